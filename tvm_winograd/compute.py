@@ -1,0 +1,295 @@
+"""Winograd conv2d as TVM tensor expressions (target-agnostic; schedules live in ``schedule/``).
+
+Stages (names are stable: schedules, tuning records and tests find blocks by them)::
+
+    data_pad      zero padding, extended so that the output tiles cover the output exactly
+    input_tile    d: the alpha x alpha input tile of every (tile p, channel c)
+    data_pack     V = B_T d B                        (alpha, alpha, C, P) | (alpha, alpha, P, C)
+    kernel_pack   U = G g G_T  (own function: folded ahead of time on constant weights)
+                                                     (alpha, alpha, C, K)
+    bgemm         M[e, n] = U[e, n]^T V[e, n]        alpha^2 independent GEMMs over C
+    inverse       Y = A_T M A                        (K, P, m, m)        | (m, m, P, K)
+    conv2d_winograd  Y scattered to the output, with the fused epilogue (bias, residual, ReLU)
+
+``P = N * ceil(H_out / m) * ceil(W_out / m)`` tiles; tile ``p = (n * nH + th) * nW + tw``.
+
+Dtypes: inputs in ``spec.dtype``; transforms are computed in ``acc_dtype``; ``data_pack`` and
+``kernel_pack`` are *stored* in ``pack_dtype`` (the input dtype by default: fp16 storage for fp16,
+which halves the GEMM's memory traffic and is what tensor cores consume); ``bgemm`` and ``inverse``
+accumulate in ``acc_dtype``; the output is cast to ``spec.out_dtype``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from tvm import te, tirx
+from tvm.topi.utils import const_matrix
+
+from .transforms import winograd_matrices
+from .workload import Conv2dSpec, check_winograd
+
+__all__ = [
+    "STAGES",
+    "SCHEDULE_RULES",
+    "Epilogue",
+    "WinogradConfig",
+    "tile_counts",
+    "kernel_pack_shape",
+    "weight_transform",
+    "conv2d_winograd",
+    "weight_transform_func",
+    "winograd_func",
+]
+
+STAGES = ("data_pad", "input_tile", "data_pack", "kernel_pack", "bgemm", "inverse", "conv2d_winograd")
+
+#: ``schedule_rule`` block attribute per stage.  MetaSchedule calls the global function
+#: ``s_tir.meta_schedule.<target key>.<rule>`` for a block carrying it (see schedule/).  Stages with
+#: "None" are inlined by their consumer's rule and left alone by the generic rules.
+SCHEDULE_RULES = {
+    "data_pad": "None",
+    "input_tile": "None",
+    "data_pack": "winograd_data_pack",
+    "kernel_pack": "winograd_kernel_pack",
+    "bgemm": "winograd_bgemm",
+    "inverse": "winograd_inverse",
+    "conv2d_winograd": "winograd_output",
+}
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What the output stage applies after the convolution: ``relu(conv + bias + residual)``."""
+
+    bias: bool = False
+    residual: bool = False
+    relu: bool = False
+
+    def tag(self) -> str:
+        return "".join(t for t, on in (("b", self.bias), ("a", self.residual), ("r", self.relu)) if on) or "none"
+
+
+@dataclass(frozen=True)
+class WinogradConfig:
+    """The algorithmic choices of one Winograd PrimFunc (not tuning knobs)."""
+
+    m: int
+    acc_dtype: str = "float32"
+    pack_dtype: str | None = None  # None: the input dtype
+    points: tuple | None = None
+
+    def resolved_pack_dtype(self, spec: Conv2dSpec) -> str:
+        return self.pack_dtype or spec.dtype
+
+
+def tile_counts(spec: Conv2dSpec, m: int) -> tuple[int, int, int]:
+    """``(nH, nW, P)``: tiles per column and row, and in total."""
+    nh = -(-spec.out_height // m)
+    nw = -(-spec.out_width // m)
+    return nh, nw, spec.batch * nh * nw
+
+
+def kernel_pack_shape(spec: Conv2dSpec, m: int) -> tuple[int, int, int, int]:
+    alpha = m + spec.r - 1
+    return (alpha, alpha, spec.in_channels, spec.out_channels)
+
+
+def _matrices(m: int, r: int, points: Sequence | None, dtype: str) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
+    a_t, g, b_t = winograd_matrices(m, r, points)
+    # const_matrix(X)[i, j] = X[i, j]; stored transposed where the compute reads columns.
+    return (
+        const_matrix(np.ascontiguousarray(a_t.T).astype(dtype), "A"),  # alpha x m
+        const_matrix(g.astype(dtype), "G"),  # alpha x r
+        const_matrix(np.ascontiguousarray(b_t.T).astype(dtype), "B"),  # alpha x alpha
+    )
+
+
+def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig) -> te.Tensor:
+    """``kernel_pack[e, n, c, k] = sum_{i,j} G[e, i] g[k, c, i, j] G[n, j]`` (alpha, alpha, C, K).
+
+    ``weight`` is OIHW for NCHW and HWIO for NHWC.  Computed in ``acc_dtype``, stored in the pack dtype.
+    """
+    check_winograd(spec, config.m)
+    r, acc = spec.r, config.acc_dtype
+    _, g_mat, _ = _matrices(config.m, r, config.points, acc)
+    r_kh = te.reduce_axis((0, r), name="r_kh")
+    r_kw = te.reduce_axis((0, r), name="r_kw")
+    if spec.layout == "NCHW":
+        w_at = lambda c, k, i, j: weight[k, c, i, j]  # noqa: E731
+    else:
+        w_at = lambda c, k, i, j: weight[i, j, c, k]  # noqa: E731
+    pack = te.compute(
+        kernel_pack_shape(spec, config.m),
+        lambda eps, nu, c, k: te.sum(
+            w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw]
+        ),
+        name="kernel_pack_acc",
+        attrs={"schedule_rule": SCHEDULE_RULES["kernel_pack"]},
+    )
+    out_dtype = config.resolved_pack_dtype(spec)
+    if out_dtype == acc:
+        return pack
+    return te.compute(pack.shape, lambda *i: pack(*i).astype(out_dtype), name="kernel_pack",
+                      attrs={"schedule_rule": "None"})
+
+
+def conv2d_winograd(
+    data: te.Tensor,
+    kernel_pack: te.Tensor,
+    spec: Conv2dSpec,
+    config: WinogradConfig,
+    *,
+    bias: te.Tensor | None = None,
+    residual: te.Tensor | None = None,
+    relu: bool = False,
+) -> te.Tensor:
+    """The Winograd convolution of ``data`` with pre-transformed weights ``kernel_pack``.
+
+    ``bias`` has shape ``(K,)``; ``residual`` has the output's shape; the epilogue is
+    ``relu(conv + bias + residual)``, computed in the output stage (no extra pass over memory).
+    """
+    m = config.m
+    check_winograd(spec, m)
+    r, alpha, acc = spec.r, m + spec.r - 1, config.acc_dtype
+    pack_dtype = config.resolved_pack_dtype(spec)
+    a_mat, _, b_mat = _matrices(m, r, config.points, acc)
+    n_batch, c_in, k_out = spec.batch, spec.in_channels, spec.out_channels
+    ho, wo = spec.out_height, spec.out_width
+    nh, nw, n_tiles = tile_counts(spec, m)
+    pt, pl, _, _ = spec.padding
+    hp, wp = nh * m + r - 1, nw * m + r - 1  # padded extent that every tile reads
+    nchw = spec.layout == "NCHW"
+
+    def padded(n, c, h, w):
+        inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
+        value = data[n, c, h - pt, w - pl] if nchw else data[n, h - pt, w - pl, c]
+        return tirx.if_then_else(inside, value, tirx.const(0, spec.dtype))
+
+    if nchw:
+        data_pad = te.compute((n_batch, c_in, hp, wp), padded, name="data_pad",
+                              attrs={"schedule_rule": SCHEDULE_RULES["data_pad"]})
+        pad_at = lambda n, c, h, w: data_pad[n, c, h, w]  # noqa: E731
+    else:
+        data_pad = te.compute((n_batch, hp, wp, c_in), lambda n, h, w, c: padded(n, c, h, w),
+                              name="data_pad", attrs={"schedule_rule": SCHEDULE_RULES["data_pad"]})
+        pad_at = lambda n, c, h, w: data_pad[n, h, w, c]  # noqa: E731
+
+    def tile_origin(p):
+        n, rest = p // (nh * nw), p % (nh * nw)
+        return n, (rest // nw) * m, (rest % nw) * m
+
+    def tile_value(eps, nu, c, p):
+        n, h0, w0 = tile_origin(p)
+        return pad_at(n, c, h0 + eps, w0 + nu)
+
+    # input_tile / data_pack are (alpha, alpha, C, P) for NCHW and (alpha, alpha, P, C) for NHWC, so
+    # that the GEMM reads its contiguous axis (P or C) innermost in both layouts.
+    if nchw:
+        input_tile = te.compute((alpha, alpha, c_in, n_tiles), tile_value, name="input_tile",
+                                attrs={"schedule_rule": SCHEDULE_RULES["input_tile"]})
+        tile_at = lambda a, b, c, p: input_tile[a, b, c, p]  # noqa: E731
+        pack_shape = (alpha, alpha, c_in, n_tiles)
+    else:
+        input_tile = te.compute((alpha, alpha, n_tiles, c_in), lambda a, b, p, c: tile_value(a, b, c, p),
+                                name="input_tile", attrs={"schedule_rule": SCHEDULE_RULES["input_tile"]})
+        tile_at = lambda a, b, c, p: input_tile[a, b, p, c]  # noqa: E731
+        pack_shape = (alpha, alpha, n_tiles, c_in)
+
+    r_a = te.reduce_axis((0, alpha), "r_a")
+    r_b = te.reduce_axis((0, alpha), "r_b")
+
+    def pack_value(eps, nu, c, p):
+        # V[eps, nu] = sum_{a, b} B_T[eps, a] d[a, b] B_T[nu, b]; B[a, eps] = B_T[eps, a]
+        return te.sum(tile_at(r_a, r_b, c, p).astype(acc) * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b])
+
+    pack_attrs = {"schedule_rule": SCHEDULE_RULES["data_pack"]}
+    if nchw:
+        data_pack_acc = te.compute(pack_shape, pack_value, name="data_pack_acc" if pack_dtype != acc else "data_pack",
+                                   attrs=pack_attrs)
+    else:
+        data_pack_acc = te.compute(pack_shape, lambda e, n, p, c: pack_value(e, n, c, p),
+                                   name="data_pack_acc" if pack_dtype != acc else "data_pack", attrs=pack_attrs)
+    if pack_dtype != acc:
+        data_pack = te.compute(pack_shape, lambda *i: data_pack_acc(*i).astype(pack_dtype), name="data_pack",
+                               attrs={"schedule_rule": "None"})
+    else:
+        data_pack = data_pack_acc
+
+    # bgemm: alpha^2 independent GEMMs over the input channels, accumulated in acc_dtype.
+    r_c = te.reduce_axis((0, c_in), name="r_c")
+    bgemm_attrs = {"schedule_rule": SCHEDULE_RULES["bgemm"]}
+    if nchw:
+        bgemm = te.compute(
+            (alpha, alpha, k_out, n_tiles),
+            lambda e, n, k, p: te.sum(kernel_pack[e, n, r_c, k].astype(acc) * data_pack[e, n, r_c, p].astype(acc),
+                                      axis=[r_c]),
+            name="bgemm", attrs=bgemm_attrs,
+        )
+    else:
+        bgemm = te.compute(
+            (alpha, alpha, n_tiles, k_out),
+            lambda e, n, p, k: te.sum(data_pack[e, n, p, r_c].astype(acc) * kernel_pack[e, n, r_c, k].astype(acc),
+                                      axis=[r_c]),
+            name="bgemm", attrs=bgemm_attrs,
+        )
+
+    # inverse: Y[vh, vw] = sum_{a, b} A_T[vh, a] M[a, b] A_T[vw, b]; A[a, vh] = A_T[vh, a]
+    r_a2 = te.reduce_axis((0, alpha), "r_a")
+    r_b2 = te.reduce_axis((0, alpha), "r_b")
+    inv_attrs = {"schedule_rule": SCHEDULE_RULES["inverse"]}
+    if nchw:
+        inverse = te.compute(
+            (k_out, n_tiles, m, m),
+            lambda k, p, vh, vw: te.sum(bgemm[r_a2, r_b2, k, p] * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2]),
+            name="inverse", attrs=inv_attrs,
+        )
+        inv_at = lambda n, k, h, w: inverse[k, (n * nh + h // m) * nw + w // m, h % m, w % m]  # noqa: E731
+    else:
+        inverse = te.compute(
+            (m, m, n_tiles, k_out),
+            lambda vh, vw, p, k: te.sum(bgemm[r_a2, r_b2, p, k] * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2]),
+            name="inverse", attrs=inv_attrs,
+        )
+        inv_at = lambda n, k, h, w: inverse[h % m, w % m, (n * nh + h // m) * nw + w // m, k]  # noqa: E731
+
+    def output_value(n, k, h, w):
+        y = inv_at(n, k, h, w)
+        if bias is not None:
+            y = y + bias[k].astype(acc)
+        if residual is not None:
+            y = y + (residual[n, k, h, w] if nchw else residual[n, h, w, k]).astype(acc)
+        if relu:
+            y = tirx.max(y, tirx.const(0, acc))
+        return y.astype(spec.out_dtype)
+
+    out_attrs = {"schedule_rule": SCHEDULE_RULES["conv2d_winograd"]}
+    if nchw:
+        return te.compute((n_batch, k_out, ho, wo), output_value, name="conv2d_winograd", attrs=out_attrs)
+    return te.compute((n_batch, ho, wo, k_out), lambda n, h, w, k: output_value(n, k, h, w),
+                      name="conv2d_winograd", attrs=out_attrs)
+
+
+def weight_transform_func(spec: Conv2dSpec, config: WinogradConfig) -> tirx.PrimFunc:
+    """PrimFunc ``(weight) -> kernel_pack``."""
+    weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+    return te.create_prim_func([weight, weight_transform(weight, spec, config)])
+
+
+def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue = Epilogue()) -> tirx.PrimFunc:
+    """PrimFunc ``(data, kernel_pack[, bias][, residual]) -> output`` for the pre-transformed weights."""
+    check_winograd(spec, config.m)
+    data = te.placeholder(spec.input_shape, spec.dtype, name="data")
+    pack = te.placeholder(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec), name="kernel_pack")
+    args = [data, pack]
+    bias = residual = None
+    if epilogue.bias:
+        bias = te.placeholder((spec.out_channels,), spec.dtype, name="bias")
+        args.append(bias)
+    if epilogue.residual:
+        residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
+        args.append(residual)
+    out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
+    return te.create_prim_func(args + [out])

@@ -1,0 +1,102 @@
+"""float64 numpy oracles: direct conv2d (any stride, dilation, groups, padding) and Winograd conv2d.
+
+These are the references every test and every tuned schedule is checked against.  They are written
+for clarity, not speed: every input is promoted to float64 first.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .transforms import winograd_matrices
+from .workload import Padding, make_spec
+
+__all__ = ["conv2d_direct", "conv2d_winograd", "winograd_weight_transform"]
+
+
+def _to_nchw(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    if layout == "NHWC":
+        return x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    return x, w
+
+
+def _from_nchw(y: np.ndarray, layout: str) -> np.ndarray:
+    return y.transpose(0, 2, 3, 1) if layout == "NHWC" else y
+
+
+def conv2d_direct(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    padding: Padding = 0,
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    layout: str = "NCHW",
+) -> np.ndarray:
+    """float64 cross-correlation, weights OIHW (NCHW) or HWIO (NHWC); padding as in :func:`make_spec`."""
+    spec = make_spec(x.shape, w.shape, padding=padding, stride=stride, dilation=dilation,
+                     groups=groups, layout=layout, dtype="float64")
+    xn, wn = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
+    pt, pl, pb, pr = spec.padding
+    xp = np.pad(xn, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel
+    ho, wo = spec.out_height, spec.out_width
+    g = spec.groups
+    cg, kg = spec.in_channels // g, spec.out_channels // g
+    out = np.zeros((spec.batch, spec.out_channels, ho, wo), dtype=np.float64)
+    for gi in range(g):
+        xs = xp[:, gi * cg:(gi + 1) * cg]
+        ws = wn[gi * kg:(gi + 1) * kg]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+                out[:, gi * kg:(gi + 1) * kg] += np.einsum("nchw,kc->nkhw", patch, ws[:, :, i, j])
+    return _from_nchw(out, layout)
+
+
+def winograd_weight_transform(w: np.ndarray, m: int, layout: str = "NCHW", points=None) -> np.ndarray:
+    """``U = G g G_T`` in float64, laid out ``(alpha, alpha, C, K)`` (the compute's ``kernel_pack``)."""
+    w = np.asarray(w, dtype=np.float64)
+    oihw = w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
+    r = oihw.shape[2]
+    _, g_mat, _ = winograd_matrices(m, r, points)
+    return np.einsum("ai,kcij,bj->abck", g_mat, oihw, g_mat, optimize=True)
+
+
+def conv2d_winograd(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    m: int = 4,
+    padding: Padding = 0,
+    layout: str = "NCHW",
+    points=None,
+) -> np.ndarray:
+    """float64 Winograd F(m x m, r x r) conv2d (stride 1, dilation 1, groups 1), tile by tile."""
+    spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype="float64")
+    r = spec.r
+    if spec.kernel[0] != spec.kernel[1]:
+        raise NotImplementedError(f"kernel {spec.kernel} is not square")
+    a_t, _, b_t = winograd_matrices(m, r, points)
+    alpha = m + r - 1
+    xn, _ = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w), layout)
+    u = winograd_weight_transform(w, m, layout, points)  # (alpha, alpha, C, K)
+    ho, wo = spec.out_height, spec.out_width
+    nh, nw = -(-ho // m), -(-wo // m)
+    pt, pl, _, _ = spec.padding
+    hp, wp = nh * m + r - 1, nw * m + r - 1
+    xp = np.zeros((spec.batch, spec.in_channels, hp, wp))
+    h_end, w_end = min(spec.height, hp - pt), min(spec.width, wp - pl)
+    xp[:, :, pt:pt + h_end, pl:pl + w_end] = xn[:, :, :h_end, :w_end]
+    # tiles[n, c, th, tw, a, b] = xp[n, c, th*m + a, tw*m + b]
+    idx_h = (np.arange(nh)[:, None] * m + np.arange(alpha)[None, :])
+    idx_w = (np.arange(nw)[:, None] * m + np.arange(alpha)[None, :])
+    tiles = xp[:, :, idx_h[:, :, None, None], idx_w[None, None, :, :]]  # n c th a tw b
+    v = np.einsum("ia,ncxayb,jb->ijncxy", b_t, tiles, b_t, optimize=True)  # B_T d B
+    mprod = np.einsum("ijck,ijncxy->ijnkxy", u, v, optimize=True)
+    y = np.einsum("pi,ijnkxy,qj->nkxpyq", a_t, mprod, a_t, optimize=True)  # A_T M A
+    out = y.reshape(spec.batch, spec.out_channels, nh * m, nw * m)[:, :, :ho, :wo]
+    return _from_nchw(out, layout)

@@ -1,0 +1,1 @@
+"""Tuning: MetaSchedule search over our design spaces, per-layer algorithm choice, databases."""
