@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from tvm import te, tirx
+from tvm import te, tirx, topi
 from tvm.topi.utils import const_matrix
 
 from .transforms import winograd_matrices
@@ -42,6 +42,8 @@ __all__ = [
     "conv2d_winograd",
     "weight_transform_func",
     "winograd_func",
+    "direct_conv2d",
+    "direct_func",
 ]
 
 STAGES = ("data_pad", "input_tile", "data_pack", "kernel_pack", "bgemm", "inverse", "conv2d_winograd")
@@ -292,4 +294,63 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
         residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
         args.append(residual)
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
+    return te.create_prim_func(args + [out])
+
+
+def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bool, name: str) -> te.Tensor:
+    nchw = spec.layout == "NCHW"
+
+    def value(*idx):
+        n, k, h, w = idx if nchw else (idx[0], idx[3], idx[1], idx[2])
+        v = y[idx].astype(acc)
+        if bias is not None:
+            v = v + bias[k].astype(acc)
+        if residual is not None:
+            v = v + residual[idx].astype(acc)
+        if relu:
+            v = tirx.max(v, tirx.const(0, acc))
+        return v.astype(spec.out_dtype)
+
+    return te.compute(y.shape, value, name=name)
+
+
+def direct_conv2d(
+    data: te.Tensor,
+    weight: te.Tensor,
+    spec: Conv2dSpec,
+    *,
+    acc_dtype: str = "float32",
+    bias: te.Tensor | None = None,
+    residual: te.Tensor | None = None,
+    relu: bool = False,
+) -> te.Tensor:
+    """Direct convolution (TVM topi's conv2d, any stride/dilation/groups) with the same epilogue as
+    :func:`conv2d_winograd`: the baseline every Winograd candidate is measured against."""
+    nchw = spec.layout == "NCHW"
+    pad = list(spec.padding)
+    if spec.groups == 1:
+        conv = (topi.nn.conv2d_nchw if nchw else topi.nn.conv2d_nhwc)(
+            data, weight, spec.stride, pad, spec.dilation, out_dtype=acc_dtype)
+    else:
+        conv = topi.nn.group_conv2d_nchw(data, weight, spec.stride, pad, spec.dilation, spec.groups,
+                                         out_dtype=acc_dtype) if nchw else topi.nn.group_conv2d_nhwc(
+            data, weight, spec.stride, pad, spec.dilation, spec.groups, out_dtype=acc_dtype)
+    if bias is None and residual is None and not relu and spec.out_dtype == acc_dtype:
+        return conv
+    return _epilogue(conv, spec, acc_dtype, bias, residual, relu, "conv2d_direct_epilogue")
+
+
+def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: str = "float32") -> tirx.PrimFunc:
+    """PrimFunc ``(data, weight[, bias][, residual]) -> output`` of the direct convolution."""
+    data = te.placeholder(spec.input_shape, spec.dtype, name="data")
+    weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
+    args = [data, weight]
+    bias = residual = None
+    if epilogue.bias:
+        bias = te.placeholder((spec.out_channels,), spec.dtype, name="bias")
+        args.append(bias)
+    if epilogue.residual:
+        residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
+        args.append(residual)
+    out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu)
     return te.create_prim_func(args + [out])
