@@ -277,7 +277,8 @@ def conv2d_winograd(
 def weight_transform_func(spec: Conv2dSpec, config: WinogradConfig) -> tirx.PrimFunc:
     """PrimFunc ``(weight) -> kernel_pack``."""
     weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
-    return te.create_prim_func([weight, weight_transform(weight, spec, config)])
+    func = te.create_prim_func([weight, weight_transform(weight, spec, config)])
+    return _tag(func, "weight_transform", spec.layout, config.m)
 
 
 def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue = Epilogue()) -> tirx.PrimFunc:
@@ -294,7 +295,22 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
         residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
         args.append(residual)
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
-    return te.create_prim_func(args + [out])
+    return _tag(te.create_prim_func(args + [out]), "winograd", spec.layout, config.m)
+
+
+def _tag(func: tirx.PrimFunc, kind: str, layout: str, m: int | None = None) -> tirx.PrimFunc:
+    """Mark a PrimFunc as ours: ``tvm_winograd.kind`` (winograd | weight_transform | direct),
+    ``tvm_winograd.layout`` and ``tvm_winograd.m``; default schedules dispatch on these."""
+    attrs = {"tvm_winograd.kind": kind, "tvm_winograd.layout": layout}
+    if m is not None:
+        attrs["tvm_winograd.m"] = m
+    return func.with_attrs(attrs) if hasattr(func, "with_attrs") else _with_each(func, attrs)
+
+
+def _with_each(func: tirx.PrimFunc, attrs: dict) -> tirx.PrimFunc:
+    for key, value in attrs.items():
+        func = func.with_attr(key, value)
+    return func
 
 
 def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bool, name: str) -> te.Tensor:
@@ -353,4 +369,4 @@ def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: st
         residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
         args.append(residual)
     out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu)
-    return te.create_prim_func(args + [out])
+    return _tag(te.create_prim_func(args + [out]), "direct", spec.layout)

@@ -47,12 +47,14 @@ def _unroll_within(sch: s_tir.Schedule, loops, budget: int = UNROLL_BUDGET) -> N
         sch.unroll(loop)
 
 
-def schedule_llvm_default(func: tirx.PrimFunc, layout: str = "NCHW", lanes: int = 16) -> tirx.PrimFunc:
+def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes: int = 16) -> tirx.PrimFunc:
     """Parallel outer loops, unrolled transforms, vectorized GEMM and output.
 
     ``func`` is a :func:`~tvm_winograd.compute.winograd_func` or
     :func:`~tvm_winograd.compute.weight_transform_func` PrimFunc of the given ``layout``.
     """
+    if layout is None:
+        layout = str(func.attrs["tvm_winograd.layout"])
     sch = s_tir.Schedule(func)
     inline_constants(sch)
     blocks = _blocks(sch)
