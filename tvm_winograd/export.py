@@ -1,0 +1,279 @@
+"""Compile a model with the Winograd pass, export one shared library, load it and run it.
+
+``compile_model`` runs, in order:
+
+1. :func:`~tvm_winograd.relax_pass.rewrite_winograd` (skipped with ``rewrite=False``: the same TVM
+   pipeline without our pass, the baseline);
+2. ``FoldConstant`` (evaluates the weight transforms on the constant weights) and
+   ``DeadCodeElimination`` (drops the then unused weight-transform PrimFuncs);
+3. the tuned schedules of ``schedules/<target_dirname>/`` (MetaSchedule JSONDatabase), if any;
+4. a default schedule for every still-unscheduled PrimFunc of ours: ``schedule_llvm_default`` for
+   Winograd on llvm, a simple parallel/vectorized schedule for our direct PrimFunc on llvm, and
+   ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA (else TVM's dlight defaults);
+5. ``relax.get_default_pipeline(target)`` and ``tvm.compile`` (CUDA: under ``with target:`` with
+   nvcc as the compiler, see DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, tirx
+
+from .relax_pass import KIND_ATTR, LayerReport, resolve_schedules_dir, rewrite_winograd
+from .schedule.default import schedule_llvm_default
+from .targets import is_cuda, resolve_target
+
+__all__ = [
+    "compile_model",
+    "export_library",
+    "load_and_run",
+    "run",
+    "our_prim_funcs",
+    "schedule_direct_llvm",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``op_pattern`` kOpaque: FuseOps must not merge our (scheduled) PrimFuncs into others.
+_OPAQUE = 8
+
+
+def our_prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    """``{name: PrimFunc}`` of the PrimFuncs made by tvm_winograd (they carry ``tvm_winograd.kind``)."""
+    out = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and KIND_ATTR in func.attrs:
+            out[gv.name_hint] = func
+    return out
+
+
+def _blocks(sch: s_tir.Schedule) -> dict:
+    root = sch.get_sblock("root")
+    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
+
+
+def schedule_direct_llvm(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFunc:
+    """A fixed CPU schedule for :func:`~tvm_winograd.compute.direct_func`: padding inlined, outer
+    spatial loops parallel, the innermost spatial loop vectorized under the reduction."""
+    sch = s_tir.Schedule(func)
+    blocks = _blocks(sch)
+    for name in ("pad_temp", "data_pad", "PaddedInput"):
+        if name in blocks:
+            sch.compute_inline(blocks.pop(name))
+    epilogue = blocks.pop("conv2d_direct_epilogue", None)
+    (conv_name, conv), = [(n, b) for n, b in blocks.items()]
+    loops = sch.get_loops(conv)
+    spatial, reduce = loops[:4], loops[4:]
+    fused = sch.fuse(spatial[0], spatial[1])
+    inner_extent = int(sch.get(spatial[3]).extent)
+    if inner_extent >= lanes and inner_extent % lanes == 0:
+        outer, inner = sch.split(spatial[3], [None, lanes])
+        sch.reorder(fused, spatial[2], outer, *reduce, inner)
+        sch.vectorize(inner)
+    else:
+        sch.reorder(fused, spatial[2], spatial[3], *reduce)
+    sch.parallel(fused)
+    sch.decompose_reduction(conv, reduce[0])
+    if epilogue is not None:
+        e_loops = sch.get_loops(epilogue)
+        sch.parallel(sch.fuse(e_loops[0], e_loops[1]))
+        extent = int(sch.get(e_loops[3]).extent)
+        if extent >= lanes and extent % lanes == 0:
+            _, inner = sch.split(e_loops[3], [None, lanes])
+            sch.vectorize(inner)
+    return sch.mod["main"]
+
+
+def _cuda_default():
+    """``tvm_winograd.schedule.cuda.schedule_cuda_default`` if that module exists (another work item)."""
+    try:
+        module = importlib.import_module("tvm_winograd.schedule.cuda")
+    except ImportError:
+        return None
+    return getattr(module, "schedule_cuda_default", None)
+
+
+def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Give each still-unscheduled PrimFunc of ours a fixed schedule; mark all of ours opaque."""
+    cuda_default = _cuda_default() if is_cuda(target) else None
+    for name, func in our_prim_funcs(mod).items():
+        kind = str(func.attrs[KIND_ATTR])
+        scheduled = "tir.is_scheduled" in func.attrs and bool(func.attrs["tir.is_scheduled"])
+        new = func
+        if not scheduled:
+            try:
+                if is_cuda(target):
+                    if cuda_default is not None:
+                        new = cuda_default(func)
+                    # else: the CUDA pipeline's dlight defaults schedule it.
+                elif kind in ("winograd", "weight_transform"):
+                    new = schedule_llvm_default(func)
+                elif kind == "direct":
+                    new = schedule_direct_llvm(func)
+            except Exception as err:  # a schedule failure must not break compilation: stay correct
+                logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
+                new = func
+            if new is not func:
+                new = new.with_attr("tir.is_scheduled", True)
+        if new.attrs is not None and "global_symbol" in new.attrs:
+            new = new.without_attr("global_symbol")
+        new = new.with_attr("op_pattern", _OPAQUE)
+        mod[name] = new
+    return mod
+
+
+def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path | None) -> tvm.IRModule:
+    if sdir is None or not (sdir / "database_tuning_record.json").is_file():
+        return mod
+    from .tune.database import open_database
+
+    database = open_database(sdir)
+    before = {n for n, f in our_prim_funcs(mod).items() if "tir.is_scheduled" in f.attrs}
+    with target, database:
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    tuned = [n for n, f in our_prim_funcs(mod).items() if "tir.is_scheduled" in f.attrs and n not in before]
+    logger.info("applied tuned schedules from %s to %d of our functions", sdir, len(tuned))
+    return mod
+
+
+@contextlib.contextmanager
+def _cuda_build_env(target: tvm.target.Target):
+    """CUDA: build with nvcc (NVRTC needs the cuda-bindings package) under ``with target:``."""
+    if not is_cuda(target):
+        yield
+        return
+    old = os.environ.get("TVM_CUDA_COMPILE_MODE")
+    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+    try:
+        with target:
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
+        else:
+            os.environ["TVM_CUDA_COMPILE_MODE"] = old
+
+
+def prepare_model(
+    mod: tvm.IRModule,
+    target: object = "llvm",
+    schedules_dir: str | os.PathLike | None = None,
+    algo: str = "auto",
+    *,
+    rewrite: bool = True,
+) -> tuple[tvm.IRModule, list[LayerReport]]:
+    """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
+    tgt = resolve_target(target)
+    reports: list[LayerReport] = []
+    if rewrite:
+        mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo)
+    mod = relax.transform.FoldConstant()(mod)
+    entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+    mod = relax.transform.DeadCodeElimination(entries)(mod)
+    leftover = [n for n, f in our_prim_funcs(mod).items() if str(f.attrs[KIND_ATTR]) == "weight_transform"]
+    if leftover:
+        # Only a non-constant weight can leave one; rewrite_winograd never plans that.
+        logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
+    mod = _apply_database(mod, tgt, resolve_schedules_dir(schedules_dir, tgt))
+    mod = _default_schedules(mod, tgt)
+    return mod, reports
+
+
+def compile_model(
+    mod: tvm.IRModule,
+    target: object = "llvm",
+    schedules_dir: str | os.PathLike | None = None,
+    algo: str = "auto",
+    *,
+    rewrite: bool = True,
+) -> tuple[tvm.runtime.Executable, list[LayerReport]]:
+    """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
+
+    Parameters
+    ----------
+    mod
+        A Relax IRModule, e.g. from :func:`tvm_winograd.frontend.load_model`.
+    target
+        Anything :func:`~tvm_winograd.targets.resolve_target` accepts (``"llvm"``, ``"cuda"``, ``"sm_90"``...).
+    schedules_dir
+        The per-target schedules directory (``choices.json`` + JSONDatabase) or its parent;
+        ``None``: the committed ``schedules/<target_dirname>`` if present.
+    algo
+        ``"auto"`` | ``"winograd"`` | ``"direct"`` (see :func:`rewrite_winograd`).
+    rewrite
+        ``False`` compiles the same pipeline without the Winograd pass (the baseline).
+
+    Returns
+    -------
+    (tvm.runtime.Executable, list[LayerReport])
+    """
+    tgt = resolve_target(target)
+    mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite)
+    with _cuda_build_env(tgt):
+        ex = tvm.compile(mod, target=tgt, relax_pipeline=relax.get_default_pipeline(tgt))
+    return ex, reports
+
+
+def export_library(ex: tvm.runtime.Executable, path: str | os.PathLike) -> Path:
+    """Write ``ex`` (code and bound weights) to one shared library at ``path``."""
+    path = Path(path)
+    if path.suffix not in (".so", ".dylib", ".dll", ".tar"):
+        raise ValueError(f"library path {str(path)!r} must end in .so (or .tar)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ex.export_library(str(path))
+    return path
+
+
+def _to_numpy(value) -> list[np.ndarray]:
+    if isinstance(value, tvm.runtime.Tensor):
+        return [value.numpy()]
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+        out = []
+        for item in value:
+            out.extend(_to_numpy(item))
+        return out
+    return [np.asarray(value)]
+
+
+def run(vm: relax.VirtualMachine, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+        device: tvm.runtime.Device | None = None, func: str = "main") -> list[np.ndarray]:
+    """Run ``func`` of a VM on named (or positional) numpy inputs; outputs as numpy arrays."""
+    device = device or tvm.cpu(0)
+    arity = vm._get_function_arity(func)
+    names = [vm._get_function_param_name(func, i) for i in range(arity)]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        extra = [n for n in inputs if n not in names]
+        if missing or extra:
+            raise ValueError(f"inputs {sorted(inputs)} do not match the model's inputs {names}"
+                             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
+        ordered = [inputs[n] for n in names]
+    else:
+        ordered = list(inputs)
+        if len(ordered) != arity:
+            raise ValueError(f"{len(ordered)} inputs given, the model takes {arity} ({names})")
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in ordered]
+    return _to_numpy(vm[func](*args))
+
+
+def load_and_run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+                 device: str = "cpu") -> list[np.ndarray]:
+    """Load an exported library with the TVM runtime alone and run ``main`` on ``inputs``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"library {str(path)!r} does not exist")
+    try:
+        rt_mod = tvm.runtime.load_module(str(path))
+    except Exception as err:
+        raise ValueError(f"cannot load library {str(path)!r}: {str(err).splitlines()[-1] if str(err) else err}") from None
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    vm = relax.VirtualMachine(rt_mod, dev)
+    return run(vm, inputs, dev)

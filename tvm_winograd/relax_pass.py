@@ -1,0 +1,473 @@
+"""The Relax rewrite: every eligible ``relax.nn.conv2d`` of a model becomes a Winograd ``call_tir``.
+
+For each ``conv2d`` binding (in dataflow blocks, after the frontend):
+
+1. Its :class:`~tvm_winograd.workload.Conv2dSpec` is made from the static shapes and attributes;
+   a dynamic shape, a non-constant weight or an unsupported layout leaves it as it is, with the
+   reason in the report.
+2. The epilogue is fused when the intermediate value has no other user: ``conv (+ bias) (+ residual)
+   (+ relu)``, where bias is an ``add`` of a constant of shape (K,), (K,1,1) or (1,K,1,1) (NCHW) /
+   (K,), (1,1,1,K) (NHWC), and residual is an ``add`` of another tensor of the output's shape.
+3. The algorithm: ``algo="winograd"`` / ``"direct"`` force it (ineligible layers stay direct);
+   ``"auto"`` takes the measured choice from ``choices.json`` (keyed by :meth:`Conv2dSpec.key`) when
+   there is one, else :func:`~tvm_winograd.workload.choose_algorithm` (the one heuristic).
+4. Winograd layers become ``call_tir(winograd_func)`` on the pre-transformed weight
+   ``call_tir(weight_transform_func, [constant weight])``: ``relax.transform.FoldConstant``
+   evaluates the latter at compile time, so the deployed module carries ``kernel_pack`` constants
+   and does no weight transform at run time.
+
+Layers chosen *direct* (eligible shape, but the heuristic or a measurement prefers direct, or
+``algo="direct"``) become ``call_tir(direct_func)`` with the same fused epilogue: that is the very
+PrimFunc the tuner measures for the direct candidate, so its tuning records apply.  Layers that cannot
+run Winograd at all (stride, groups, dilation, 1x1, dynamic shapes...) stay ``relax.nn.conv2d`` and
+are lowered by TVM's own legalization and fusion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from .compute import Epilogue, WinogradConfig, direct_func, kernel_pack_shape, weight_transform_func, winograd_func
+from .targets import resolve_target, target_dirname
+from .tune.choices import AlgorithmChoice, load_choices
+from .transforms import ALPHA_MAX
+from .workload import (
+    CANDIDATE_TILES,
+    Conv2dSpec,
+    choose_algorithm,
+    make_spec,
+    winograd_cost,
+    winograd_ineligibility,
+)
+
+__all__ = [
+    "LayerReport",
+    "rewrite_winograd",
+    "winograd_pass",
+    "format_report",
+    "resolve_schedules_dir",
+    "ALGOS",
+    "KIND_ATTR",
+]
+
+logger = logging.getLogger(__name__)
+
+ALGOS = ("auto", "winograd", "direct")
+KIND_ATTR = "tvm_winograd.kind"
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the pass did with one ``conv2d`` (in program order).
+
+    ``source`` says where the decision came from: ``tuned`` (choices.json), ``heuristic``
+    (:func:`choose_algorithm`), ``override`` (the ``algo`` argument) or ``ineligible``.
+    ``lowering`` is ``winograd`` / ``direct_tir`` (our direct PrimFunc) / ``relax`` (left as
+    ``relax.nn.conv2d``).
+    """
+
+    index: int
+    name: str
+    input_shape: tuple
+    weight_shape: tuple
+    kernel: str
+    stride: tuple
+    groups: int
+    algorithm: str  # winograd | direct
+    m: int | None
+    reason: str
+    source: str  # tuned | heuristic | override | ineligible
+    lowering: str  # winograd | direct_tir | relax
+    epilogue: str = "none"
+    key: str | None = None
+    func: str | None = None  # name of the PrimFunc called, if any
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def format_report(reports: list[LayerReport]) -> str:
+    """The per-layer report as a markdown table."""
+    lines = ["| # | layer | input | weight | stride | groups | algorithm | m | epilogue | source | reason |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        shape = lambda s: "x".join(str(v) for v in s)  # noqa: E731
+        lines.append(
+            f"| {r.index} | {r.name} | {shape(r.input_shape)} | {shape(r.weight_shape)} | "
+            f"{r.stride[0]}x{r.stride[1]} | {r.groups} | {r.algorithm} | {r.m if r.m is not None else '-'} | "
+            f"{r.epilogue} | {r.source} | {r.reason} |"
+        )
+    n_wino = sum(r.algorithm == "winograd" for r in reports)
+    lines.append(f"\n{n_wino} of {len(reports)} convolutions use Winograd.")
+    return "\n".join(lines)
+
+
+def resolve_schedules_dir(schedules_dir: str | os.PathLike | None, target) -> Path | None:
+    """The per-target directory holding ``choices.json`` and the tuning database.
+
+    ``schedules_dir`` may be the per-target directory itself or its parent (``schedules/``, in which
+    case ``schedules/<target_dirname>`` is used).  ``None`` means the repository's committed
+    ``schedules/<target_dirname>`` (or the packaged ``tvm_winograd/data/schedules/...``) if present.
+    """
+    dirname = target_dirname(target)
+    if schedules_dir is None:
+        here = Path(__file__).resolve().parent
+        for base in (here / "data" / "schedules", here.parent / "schedules"):
+            if (base / dirname).is_dir():
+                return base / dirname
+        return None
+    path = Path(schedules_dir)
+    if (path / dirname).is_dir():
+        return path / dirname
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Matching conv2d and its epilogue
+# ------------------------------------------------------------------------------------------------
+
+_CONV = tvm.ir.Op.get("relax.nn.conv2d")
+_ADD = tvm.ir.Op.get("relax.add")
+_RELU = tvm.ir.Op.get("relax.nn.relu")
+
+
+def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    sinfo = expr.ty
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        return None
+    shape = sinfo.shape
+    if not isinstance(shape, relax.ShapeExpr):
+        return None
+    if not all(isinstance(v, tirx.IntImm) for v in shape.values):
+        return None
+    return tuple(int(v) for v in shape.values)
+
+
+def _dtype(expr: relax.Expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _ints(arr) -> tuple[int, ...]:
+    return tuple(int(v) for v in arr)
+
+
+def _conv_spec(call: relax.Call) -> tuple[Conv2dSpec | None, str, tuple, tuple]:
+    """``(spec, reason)``: the spec of a conv2d call, or None and why it cannot have one."""
+    data, weight = call.args
+    attrs = call.attrs
+    in_shape, w_shape = _static_shape(data), _static_shape(weight)
+    shown_in = in_shape if in_shape is not None else tuple(str(v) for v in getattr(data.ty.shape, "values", []))
+    shown_w = w_shape if w_shape is not None else tuple(str(v) for v in getattr(weight.ty.shape, "values", []))
+    if in_shape is None or w_shape is None:
+        return None, "dynamic shape: Winograd needs static shapes", shown_in, shown_w
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    if layouts not in (("NCHW", "OIHW", "NCHW"), ("NHWC", "HWIO", "NHWC")):
+        return None, f"layouts {layouts} (data, kernel, out): supported are NCHW/OIHW and NHWC/HWIO", in_shape, w_shape
+    if not isinstance(weight, tvm.ir.expr.Constant):
+        return None, "weight is not a compile-time constant (bind the parameters first)", in_shape, w_shape
+    out_dtype = str(attrs.out_dtype) if str(attrs.out_dtype) not in ("", "void", "None") else None
+    try:
+        spec = make_spec(in_shape, w_shape, padding=_ints(attrs.padding), stride=_ints(attrs.strides),
+                         dilation=_ints(attrs.dilation), groups=int(attrs.groups), layout=layouts[0],
+                         dtype=_dtype(data), out_dtype=out_dtype)
+    except (ValueError, NotImplementedError) as err:
+        return None, str(err), in_shape, w_shape
+    if _dtype(weight) != spec.dtype:
+        return None, f"weight dtype {_dtype(weight)} differs from data dtype {spec.dtype}", in_shape, w_shape
+    return spec, "", in_shape, w_shape
+
+
+def _bias_vector(expr: relax.Expr, spec: Conv2dSpec) -> np.ndarray | None:
+    """The (K,) bias if ``expr`` is a constant broadcasting along the output channels only."""
+    if not isinstance(expr, tvm.ir.expr.Constant) or _dtype(expr) != spec.out_dtype:
+        return None
+    value = expr.value.numpy()
+    k = spec.out_channels
+    if value.size != k or k == 1:
+        return None
+    nchw = spec.layout == "NCHW"
+    ok_shapes = {(k,), (1, k, 1, 1), (k, 1, 1)} if nchw else {(k,), (1, 1, 1, k), (1, 1, k)}
+    if value.shape not in ok_shapes:
+        return None
+    return np.ascontiguousarray(value.reshape(k))
+
+
+# ------------------------------------------------------------------------------------------------
+# Decisions
+# ------------------------------------------------------------------------------------------------
+
+def _forced_tile(spec: Conv2dSpec) -> int:
+    """The tile for ``algo="winograd"``: the heuristic's m when it picks Winograd, else the candidate
+    of least estimated cost (the heuristic's own cost model, not a second heuristic)."""
+    algorithm, m, _ = choose_algorithm(spec)
+    if algorithm == "winograd" and m is not None:
+        return m
+    tiles = [t for t in CANDIDATE_TILES.get(spec.dtype, (2, 4)) if t + spec.r - 1 <= ALPHA_MAX]
+    return min(tiles, key=lambda t: (winograd_cost(spec, t), t))
+
+
+def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice]) -> tuple[str, int | None, str, str]:
+    """``(algorithm, m, reason, source)`` for an eligible spec."""
+    if algo == "direct":
+        return "direct", None, "algo='direct' requested", "override"
+    if algo == "winograd":
+        m = _forced_tile(spec)
+        return "winograd", m, f"algo='winograd' requested: F({m},{spec.r})", "override"
+    choice = choices.get(spec.key())
+    if choice is not None:
+        times = ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(choice.times_ms.items()))
+        what = f"F({choice.m},{spec.r})" if choice.algorithm == "winograd" else "direct"
+        return choice.algorithm, choice.m, f"measured: {what} fastest" + (f" ({times})" if times else ""), "tuned"
+    algorithm, m, reason = choose_algorithm(spec)
+    return algorithm, m, reason, "heuristic"
+
+
+# ------------------------------------------------------------------------------------------------
+# The rewrite
+# ------------------------------------------------------------------------------------------------
+
+def _func_name(prefix: str, spec: Conv2dSpec, m: int | None, epilogue: Epilogue | None) -> str:
+    name = f"{prefix}_{spec.key()}"
+    if m is not None:
+        name += f"_m{m}"
+    if epilogue is not None:
+        name += f"_{epilogue.tag()}"
+    return name.replace(".", "_")
+
+
+def _strip_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    # compute.py names every PrimFunc "main"; inside a Relax module the GlobalVar names it.
+    # (MetaSchedule's normalize_mod adds "main" back when it looks a workload up, so tuning records
+    # made from the compute functions still match.)
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return func
+
+
+@relax.expr_functor.mutator
+class _WinogradMutator(relax.PyExprMutator):
+    """Rewrites the conv2d chains planned by :func:`_plan` (one Relax function at a time)."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict, skip: set, funcs: dict) -> None:
+        super().__init__(mod)
+        self.plan = plan  # chain-end Var -> layer plan
+        self.skip = skip  # Vars whose bindings disappear into a fused call
+        self.funcs = funcs  # PrimFunc name -> GlobalVar (shared over the module)
+
+    def _gv(self, name: str, make) -> relax.GlobalVar:
+        if name not in self.funcs:
+            self.funcs[name] = self.builder_.add_func(_strip_symbol(make()), name)
+        return self.funcs[name]
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        var = binding.var
+        if var in self.skip:
+            return
+        layer = self.plan.get(var)
+        if layer is None:
+            super().visit_var_binding_(binding)
+            return
+        spec: Conv2dSpec = layer["spec"]
+        epi: Epilogue = layer["epilogue"]
+        data = self.visit_expr(layer["data"])
+        args: list[relax.Expr] = [data]
+        if layer["algorithm"] == "winograd":
+            config = WinogradConfig(m=layer["m"])
+            wt = self._gv(_func_name("weight_transform", spec, config.m, None),
+                          lambda: weight_transform_func(spec, config))
+            pack_sinfo = relax.TensorType(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec))
+            kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_sinfo), "kernel_pack")
+            args.append(kernel_pack)
+            gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
+        else:
+            args.append(layer["weight"])
+            gv = self._gv(_func_name("direct", spec, None, epi), lambda: direct_func(spec, epi))
+        if epi.bias:
+            args.append(relax.const(layer["bias"], spec.dtype))
+        if epi.residual:
+            args.append(self.visit_expr(layer["residual"]))
+        layer["func"] = gv.name_hint
+        call = relax.call_tir(gv, args, relax.TensorType(spec.output_shape, spec.out_dtype))
+        name = str(var.name)
+        if self.builder_.current_block_is_dataflow() and not isinstance(var, relax.DataflowVar):
+            new_var = self.builder_.emit_output(call, name)
+        else:
+            new_var = self.builder_.emit(call, name)
+        self.set_var_remap(var, new_var)
+
+
+def _use_counts(func: relax.Function) -> dict:
+    counts: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport]) -> tuple[dict, set]:
+    """Find every conv2d of ``func``; decide; record the chains to rewrite."""
+    bindings: dict = {}
+    users: dict = {}
+    order: list = []
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if not isinstance(binding, relax.VarBinding):
+                continue
+            bindings[binding.var] = binding.value
+            order.append(binding.var)
+            if isinstance(binding.value, relax.Call):
+                for arg in binding.value.args:
+                    if isinstance(arg, relax.Var):
+                        users.setdefault(arg, []).append(binding.var)
+    counts = _use_counts(func)
+    # Vars read by the function's result (outside bindings) count as extra users.
+    plan: dict = {}
+    skip: set = set()
+    for var in order:
+        value = bindings[var]
+        if not (isinstance(value, relax.Call) and value.op == _CONV):
+            continue
+        index = len(reports)
+        name = str(var.name)
+        spec, why_not, in_shape, w_shape = _conv_spec(value)
+        attrs = value.attrs
+        common = dict(index=index, name=name, input_shape=tuple(in_shape), weight_shape=tuple(w_shape),
+                      kernel="x".join(str(v) for v in (w_shape[2:] if str(attrs.kernel_layout) == "OIHW" else w_shape[:2])),
+                      stride=_ints(attrs.strides), groups=int(attrs.groups))
+        if spec is None:
+            reports.append(LayerReport(**common, algorithm="direct", m=None, reason=why_not, source="ineligible",
+                                       lowering="relax"))
+            continue
+        why = winograd_ineligibility(spec)
+        if why is not None:
+            reports.append(LayerReport(**common, algorithm="direct", m=None, reason=why[1], source="ineligible",
+                                       lowering="relax", key=spec.key()))
+            continue
+        algorithm, m, reason, source = _decide(spec, algo, choices)
+        # Grow the epilogue chain: conv (+bias) (+residual) (+relu), each step only if the value so
+        # far has exactly one user (so nothing else needs the intermediate).
+        end, bias, residual, relu = var, None, None, False
+        chain = [var]
+
+        def sole_user(v):
+            us = users.get(v, [])
+            return us[0] if len(us) == 1 and counts.get(v, 0) == 1 else None
+
+        nxt = sole_user(end)
+        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _ADD:
+            a, b = bindings[nxt].args
+            other = b if a.same_as(end) else a
+            vec = _bias_vector(other, spec)
+            if vec is not None:
+                bias, end = vec, nxt
+                chain.append(nxt)
+                nxt = sole_user(end)
+        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _ADD:
+            a, b = bindings[nxt].args
+            other = b if a.same_as(end) else a
+            if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and _static_shape(other) == spec.output_shape
+                    and _dtype(other) == spec.out_dtype):
+                residual, end = other, nxt
+                chain.append(nxt)
+                nxt = sole_user(end)
+        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _RELU:
+            relu, end = True, nxt
+            chain.append(nxt)
+        epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu)
+        data, weight = value.args
+        plan[end] = dict(spec=spec, algorithm=algorithm, m=m, epilogue=epi, data=data, weight=weight, bias=bias,
+                         residual=residual, report_index=index)
+        skip.update(chain[:-1])
+        reports.append(LayerReport(**common, algorithm=algorithm, m=m if algorithm == "winograd" else None,
+                                   reason=reason, source=source,
+                                   lowering="winograd" if algorithm == "winograd" else "direct_tir",
+                                   epilogue=epi.tag(), key=spec.key()))
+    return plan, skip
+
+
+def rewrite_winograd(
+    mod: tvm.IRModule,
+    target: object = "llvm",
+    schedules_dir: str | os.PathLike | None = None,
+    algo: str = "auto",
+) -> tuple[tvm.IRModule, list[LayerReport]]:
+    """Rewrite the conv2d layers of every Relax function of ``mod``; return the module and a report.
+
+    Parameters
+    ----------
+    mod
+        A Relax IRModule with constant (bound) weights, as :func:`tvm_winograd.frontend.load_model`
+        returns it.  ``FoldConstant`` is run first so that the frontend's bias reshapes are constants.
+    target
+        What the choices are for (anything :func:`~tvm_winograd.targets.resolve_target` accepts);
+        selects ``schedules/<target_dirname>/choices.json``.
+    schedules_dir
+        The per-target schedules directory or its parent; ``None``: the committed one, if any.
+    algo
+        ``"auto"`` (measurement, else heuristic), ``"winograd"`` (every eligible layer) or
+        ``"direct"``.
+
+    Returns
+    -------
+    (IRModule, list[LayerReport])
+        The rewritten module still holds the weight-transform ``call_tir`` on constants; run
+        ``relax.transform.FoldConstant`` (``compile_model`` does) to evaluate them at compile time.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"algo {algo!r} is not one of {', '.join(ALGOS)}")
+    if not isinstance(mod, tvm.IRModule):
+        raise ValueError(f"expected a Relax IRModule, got {type(mod).__name__}")
+    tgt = resolve_target(target)
+    sdir = resolve_schedules_dir(schedules_dir, tgt)
+    choices = load_choices(sdir) if sdir is not None else {}
+    if choices:
+        logger.info("using %d measured algorithm choices from %s", len(choices), sdir)
+    mod = relax.transform.FoldConstant()(mod)
+    reports: list[LayerReport] = []
+    funcs: dict = {}
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        plan, skip = _plan(func, algo, choices, reports)
+        if not plan:
+            continue
+        mutator = _WinogradMutator(mod, plan, skip, funcs)
+        new_func = mutator.visit_expr(func)
+        mod = mutator.builder_.get()
+        mod[gv] = new_func
+        for layer in plan.values():
+            reports[layer["report_index"]] = _with_func(reports[layer["report_index"]], layer.get("func"))
+    for r in reports:
+        logger.info("conv %d %s %s: %s%s (%s; %s)", r.index, r.name, r.key or r.input_shape, r.algorithm,
+                    f" m={r.m}" if r.m else "", r.source, r.reason)
+    return mod, reports
+
+
+def _with_func(report: LayerReport, func: str | None) -> LayerReport:
+    from dataclasses import replace
+
+    return replace(report, func=func)
+
+
+def winograd_pass(target: object = "llvm", schedules_dir: str | os.PathLike | None = None, algo: str = "auto",
+                  reports: list | None = None) -> tvm.transform.Pass:
+    """:func:`rewrite_winograd` as a ``tvm.transform`` module pass (the report is appended to ``reports``)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="WinogradRewrite")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        new_mod, rep = rewrite_winograd(mod, target, schedules_dir, algo)
+        if reports is not None:
+            reports.extend(rep)
+        return new_mod
+
+    return _pass
