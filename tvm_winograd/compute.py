@@ -123,15 +123,15 @@ def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig
         w_at = lambda c, k, i, j: weight[k, c, i, j]  # noqa: E731
     else:
         w_at = lambda c, k, i, j: weight[i, j, c, k]  # noqa: E731
+    out_dtype = config.resolved_pack_dtype(spec)
     pack = te.compute(
         kernel_pack_shape(spec, config.m),
         lambda eps, nu, c, k: te.sum(
             w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw]
         ),
-        name="kernel_pack_acc",
+        name="kernel_pack" if out_dtype == acc else "kernel_pack_acc",
         attrs={"schedule_rule": SCHEDULE_RULES["kernel_pack"]},
     )
-    out_dtype = config.resolved_pack_dtype(spec)
     if out_dtype == acc:
         return pack
     return te.compute(pack.shape, lambda *i: pack(*i).astype(out_dtype), name="kernel_pack",

@@ -13,7 +13,7 @@ import numpy as np
 from .transforms import winograd_matrices
 from .workload import Padding, make_spec
 
-__all__ = ["conv2d_direct", "conv2d_winograd", "winograd_weight_transform"]
+__all__ = ["conv2d_direct", "conv2d_winograd", "conv2d_winograd_abs", "winograd_weight_transform"]
 
 
 def _to_nchw(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +61,39 @@ def winograd_weight_transform(w: np.ndarray, m: int, layout: str = "NCHW", point
     """``U = G g G_T`` in float64, laid out ``(alpha, alpha, C, K)`` (the compute's ``kernel_pack``)."""
     w = np.asarray(w, dtype=np.float64)
     oihw = w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
-    r = oihw.shape[2]
-    _, g_mat, _ = winograd_matrices(m, r, points)
+    _, g_mat, _ = winograd_matrices(m, oihw.shape[2], points)
     return np.einsum("ai,kcij,bj->abck", g_mat, oihw, g_mat, optimize=True)
+
+
+def _winograd_nchw(xn: np.ndarray, oihw: np.ndarray, spec, m: int, mats) -> np.ndarray:
+    """Tile-by-tile ``A_T [ (G g G_T) . (B_T d B) ] A`` summed over channels, NCHW float64."""
+    a_t, g_mat, b_t = mats
+    r = spec.r
+    alpha = m + r - 1
+    u = np.einsum("ai,kcij,bj->abck", g_mat, oihw, g_mat, optimize=True)  # (alpha, alpha, C, K)
+    ho, wo = spec.out_height, spec.out_width
+    nh, nw = -(-ho // m), -(-wo // m)
+    pt, pl, _, _ = spec.padding
+    hp, wp = nh * m + r - 1, nw * m + r - 1
+    xp = np.zeros((spec.batch, spec.in_channels, hp, wp))
+    h_end, w_end = min(spec.height, hp - pt), min(spec.width, wp - pl)
+    xp[:, :, pt:pt + h_end, pl:pl + w_end] = xn[:, :, :h_end, :w_end]
+    # tiles[n, c, th, a, tw, b] = xp[n, c, th*m + a, tw*m + b]
+    idx_h = np.arange(nh)[:, None] * m + np.arange(alpha)[None, :]
+    idx_w = np.arange(nw)[:, None] * m + np.arange(alpha)[None, :]
+    tiles = xp[:, :, idx_h[:, :, None, None], idx_w[None, None, :, :]]
+    v = np.einsum("ia,ncxayb,jb->ijncxy", b_t, tiles, b_t, optimize=True)  # B_T d B
+    prod = np.einsum("ijck,ijncxy->ijnkxy", u, v, optimize=True)
+    y = np.einsum("pi,ijnkxy,qj->nkxpyq", a_t, prod, a_t, optimize=True)  # A_T M A
+    return y.reshape(spec.batch, spec.out_channels, nh * m, nw * m)[:, :, :ho, :wo]
+
+
+def _winograd_spec(x: np.ndarray, w: np.ndarray, padding: Padding, layout: str):
+    spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype="float64")
+    if spec.kernel[0] != spec.kernel[1]:
+        raise NotImplementedError(f"kernel {spec.kernel[0]}x{spec.kernel[1]} is not square")
+    xn, oihw = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
+    return spec, xn, oihw
 
 
 def conv2d_winograd(
@@ -76,27 +106,23 @@ def conv2d_winograd(
     points=None,
 ) -> np.ndarray:
     """float64 Winograd F(m x m, r x r) conv2d (stride 1, dilation 1, groups 1), tile by tile."""
-    spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype="float64")
-    r = spec.r
-    if spec.kernel[0] != spec.kernel[1]:
-        raise NotImplementedError(f"kernel {spec.kernel} is not square")
-    a_t, _, b_t = winograd_matrices(m, r, points)
-    alpha = m + r - 1
-    xn, _ = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w), layout)
-    u = winograd_weight_transform(w, m, layout, points)  # (alpha, alpha, C, K)
-    ho, wo = spec.out_height, spec.out_width
-    nh, nw = -(-ho // m), -(-wo // m)
-    pt, pl, _, _ = spec.padding
-    hp, wp = nh * m + r - 1, nw * m + r - 1
-    xp = np.zeros((spec.batch, spec.in_channels, hp, wp))
-    h_end, w_end = min(spec.height, hp - pt), min(spec.width, wp - pl)
-    xp[:, :, pt:pt + h_end, pl:pl + w_end] = xn[:, :, :h_end, :w_end]
-    # tiles[n, c, th, tw, a, b] = xp[n, c, th*m + a, tw*m + b]
-    idx_h = (np.arange(nh)[:, None] * m + np.arange(alpha)[None, :])
-    idx_w = (np.arange(nw)[:, None] * m + np.arange(alpha)[None, :])
-    tiles = xp[:, :, idx_h[:, :, None, None], idx_w[None, None, :, :]]  # n c th a tw b
-    v = np.einsum("ia,ncxayb,jb->ijncxy", b_t, tiles, b_t, optimize=True)  # B_T d B
-    mprod = np.einsum("ijck,ijncxy->ijnkxy", u, v, optimize=True)
-    y = np.einsum("pi,ijnkxy,qj->nkxpyq", a_t, mprod, a_t, optimize=True)  # A_T M A
-    out = y.reshape(spec.batch, spec.out_channels, nh * m, nw * m)[:, :, :ho, :wo]
-    return _from_nchw(out, layout)
+    spec, xn, oihw = _winograd_spec(x, w, padding, layout)
+    mats = winograd_matrices(m, spec.r, points)
+    return _from_nchw(_winograd_nchw(xn, oihw, spec, m, mats), layout)
+
+
+def conv2d_winograd_abs(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    m: int = 4,
+    padding: Padding = 0,
+    layout: str = "NCHW",
+    points=None,
+) -> np.ndarray:
+    """``sum_c |A_T| [ (|G| |g| |G_T|) . (|B_T| |d| |B|) ] |A|`` per output: the sum of the absolute values
+    of every term a Winograd output adds up.  Rounding errors are bounded componentwise by a multiple
+    of it (see :mod:`tvm_winograd.accuracy`)."""
+    spec, xn, oihw = _winograd_spec(np.abs(x), np.abs(w), padding, layout)
+    mats = tuple(np.abs(mat) for mat in winograd_matrices(m, spec.r, points))
+    return _from_nchw(_winograd_nchw(xn, oihw, spec, m, mats), layout)

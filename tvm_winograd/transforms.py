@@ -190,7 +190,9 @@ def _build(m: int, r: int, points: tuple[Fraction, ...]) -> WinogradMatrices:
         for l in range(n):
             if l != j:
                 prod *= points[j] - points[l]
-        f[j] = prod
+        # |f_j|, as wincnn normalizes row 0: the sign cancels between G and B_T, and positive
+        # denominators give the textbook matrices (e.g. Lavin & Gray's F(2, 3) for points 0, 1, -1).
+        f[j] = abs(prod)
     a_t = tuple(tuple(e_m[j][i] for j in range(alpha)) for i in range(m))
     g = tuple(tuple(e_r[j][k] / f[j] for k in range(r)) for j in range(alpha))
     b_t = tuple(tuple(f[j] * inv[t][j] for t in range(alpha)) for j in range(alpha))

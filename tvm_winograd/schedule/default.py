@@ -60,24 +60,24 @@ def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes:
     blocks = _blocks(sch)
     nchw = layout == "NCHW"
 
-    if "kernel_pack_acc" in blocks and "kernel_pack" in blocks:
-        sch.reverse_compute_inline(blocks["kernel_pack"])
-        blocks.pop("kernel_pack")
-    if "kernel_pack_acc" in blocks:  # the weight transform function
-        e, n, c, k, ra, rb = sch.get_loops(blocks["kernel_pack_acc"])
+    if func.attrs["tvm_winograd.kind"] == "weight_transform":
+        acc = blocks.get("kernel_pack_acc", blocks["kernel_pack"])
+        e, n, c, k, ra, rb = sch.get_loops(acc)
         sch.reorder(c, k, e, n, ra, rb)
-        sch.parallel(sch.fuse(c, k))
+        fused = sch.fuse(c, k)
+        sch.parallel(fused)
         _unroll_within(sch, (e, n, ra, rb))
+        if "kernel_pack_acc" in blocks:  # the cast to the pack dtype, per (c, k)
+            sch.reverse_compute_at(blocks["kernel_pack"], fused)
         return sch.mod["main"]
 
-    pack_name = "data_pack_acc" if "data_pack_acc" in blocks else "data_pack"
-    if pack_name == "data_pack_acc":
-        sch.reverse_compute_inline(blocks["data_pack"])
-    pack = blocks[pack_name]
+    pack = blocks.get("data_pack_acc", blocks["data_pack"])
     e, n, x0, x1, ra, rb = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC
     sch.reorder(x0, x1, e, n, ra, rb)
     sch.parallel(x0)
     _unroll_within(sch, (e, n, ra, rb))
+    if "data_pack_acc" in blocks:
+        sch.reverse_compute_at(blocks["data_pack"], x1)
 
     gemm = blocks["bgemm"]
     e, n, y0, y1, rc = sch.get_loops(gemm)  # (K, P) for NCHW, (P, K) for NHWC

@@ -1,0 +1,125 @@
+"""Level 2: the TE compute, built for llvm with the default schedule, against the float64 reference.
+
+Tolerance: the componentwise worst-case rounding bound of :func:`tvm_winograd.accuracy.error_bound`
+(gamma_n * sum of |terms| + output rounding), computed per output element from the actual inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+import tvm_winograd as tw
+from tvm_winograd.accuracy import error_bound, relative_errors
+from tvm_winograd.api import build_winograd
+from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func, weight_transform_func
+from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
+from tvm_winograd.schedule import schedule_llvm_default
+from tvm_winograd.workload import make_spec
+
+
+
+def _layout_arrays(x, w, layout):
+    if layout == "NHWC":
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+    return x, w
+
+
+def _check(signed, shape_nchw, k, r, m, layout, dtype, padding, acc_dtype="float32"):
+    n, c, h, wd = shape_nchw
+    x, w = _layout_arrays(signed(shape_nchw, dtype), signed((k, c, r, r), dtype), layout)
+    y = tw.conv2d(x, w, m=m, padding=padding, layout=layout, acc_dtype=acc_dtype)
+    x64, w64 = x.astype("float64"), w.astype("float64")
+    ref = conv2d_direct(x64, w64, padding=padding, layout=layout)
+    assert y.shape == ref.shape and y.dtype == np.dtype(dtype)
+    bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=acc_dtype,
+                        pack_dtype=dtype, out_dtype=dtype)
+    err = np.abs(y.astype("float64") - ref)
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+    return relative_errors(y, ref)
+
+
+GRID = [(m, r, dtype) for m in (2, 4, 6) for r in (3, 5) for dtype in ("float32", "float16")
+        if not (r == 5 and m == 6) and not (dtype == "float16" and m == 6)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("m,r,dtype", GRID)
+def test_compute_matches_reference_grid(signed, layout, m, r, dtype):
+    """Odd sizes (C=13, H=23, W=19: not multiples of m, H != W), asymmetric padding, batch 2."""
+    _check(signed, (2, 13, 23, 19), 11, r, m, layout, dtype, (1, 2, r - 1, 0))
+
+
+@pytest.mark.parametrize(
+    "shape,k,padding,layout,m",
+    [
+        ((2, 13, 71, 59), 59, 1, "NCHW", 4),  # the issue's odd shape
+        ((2, 13, 71, 59), 59, 1, "NHWC", 6),
+        ((1, 3, 1, 1), 5, 1, "NCHW", 2),  # H = W = 1, C = 3
+        ((1, 3, 1, 1), 5, "SAME", "NHWC", 4),
+        ((1, 4, 9, 3), 6, "VALID", "NCHW", 4),  # output 7x1
+        ((3, 2, 5, 8), 3, (0, 1), "NHWC", 2),
+    ],
+)
+def test_compute_special_shapes(signed, shape, k, padding, layout, m):
+    _check(signed, shape, k, 3, m, layout, "float32", padding)
+
+
+def test_selectable_accumulation_dtype(signed):
+    """fp16 accumulation is allowed and stays within the fp16 bound (which is ~8000x the fp32 one)."""
+    _check(signed, (1, 8, 10, 10), 4, 3, 2, "NCHW", "float16", 1, acc_dtype="float16")
+
+
+def test_error_grows_with_m(signed):
+    """Theory (transform norms): F(2,3) < F(4,3) < F(6,3) in fp32 error, on a 64-channel layer."""
+    x = signed((1, 64, 24, 24))
+    w = signed((16, 64, 3, 3))
+    ref = conv2d_direct(x.astype("float64"), w.astype("float64"), padding=1)
+    errs = [relative_errors(tw.conv2d(x, w, m=m, padding=1), ref)[1] for m in (2, 4, 6)]
+    assert errs[0] < errs[1] < errs[2], errs
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fused_epilogue(signed, layout):
+    """relu(conv + bias + residual) in the output stage equals the reference epilogue."""
+    spec = make_spec((1, 6, 9, 10) if layout == "NCHW" else (1, 9, 10, 6),
+                     (5, 6, 3, 3) if layout == "NCHW" else (3, 3, 6, 5), padding=1, layout=layout)
+    config = WinogradConfig(m=4)
+    target = tvm.target.Target("llvm")
+    conv = tvm.compile(tvm.IRModule({"main": schedule_llvm_default(
+        winograd_func(spec, config, Epilogue(bias=True, residual=True, relu=True)))}), target=target)
+    x, w = signed(spec.input_shape), signed(spec.weight_shape)
+    bias, res = signed((5,)), signed(spec.output_shape)
+    compiled = build_winograd(spec, config)
+    pack = compiled.transform_weight(w)
+    out = tvm.runtime.empty(spec.output_shape, "float32")
+    conv["main"](tvm.runtime.tensor(x), pack, tvm.runtime.tensor(bias), tvm.runtime.tensor(res), out)
+    ref = conv2d_direct(x, w, padding=1, layout=layout)
+    ref = np.maximum(ref + (bias[None, :, None, None] if layout == "NCHW" else bias) + res, 0)
+    np.testing.assert_allclose(out.numpy(), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+    assert (out.numpy() == 0).any() and (out.numpy() > 0).any()  # ReLU did clip something
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_weight_transform_equals_reference(signed, layout):
+    """kernel_pack = G g G_T, as its own function (what a compiler folds on constant weights)."""
+    spec = make_spec((1, 7, 8, 8) if layout == "NCHW" else (1, 8, 8, 7),
+                     (3, 7, 5, 5) if layout == "NCHW" else (5, 5, 7, 3), padding=2, layout=layout)
+    w = signed(spec.weight_shape)
+    compiled = build_winograd(spec, WinogradConfig(m=4))
+    got = compiled.transform_weight(w).numpy()
+    ref = winograd_weight_transform(w.astype("float64"), 4, layout)
+    assert got.shape == ref.shape == (8, 8, 7, 3)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=30 * 2**-24 * np.abs(ref).max())
+
+
+def test_stages_are_named_and_carry_schedule_rules():
+    spec = make_spec((1, 4, 8, 8), (4, 4, 3, 3), padding=1, dtype="float16")
+    script = winograd_func(spec, WinogradConfig(m=2)).script()
+    for stage in ("data_pad", "input_tile", "data_pack", "bgemm", "inverse", "conv2d_winograd"):
+        assert f'T.sblock("{stage}")' in script
+    for rule in ("winograd_data_pack", "winograd_bgemm", "winograd_inverse", "winograd_output"):
+        assert f'"schedule_rule": "{rule}"' in script
+    assert '"schedule_rule": "winograd_kernel_pack"' in weight_transform_func(spec, WinogradConfig(m=2)).script()
