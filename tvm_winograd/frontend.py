@@ -97,8 +97,12 @@ def _load_torch_program(path: Path) -> tvm.IRModule:
         raise ValueError(f"cannot read torch.export program {str(path)!r}: {type(err).__name__}: {err}") from None
     mod = from_exported_program(program, keep_params_as_input=True)
     mod, params = relax.frontend.detach_params(mod)
-    if "main" in params:
-        mod = relax.transform.BindParams("main", params["main"])(mod)
+    if params.get("main"):
+        main = mod["main"]
+        weights = list(params["main"])
+        # detach_params returns the weights in the order of main's trailing parameters.
+        binding = dict(zip(list(main.params)[len(main.params) - len(weights):], weights))
+        mod = relax.transform.BindParams("main", binding)(mod)
     return mod
 
 
