@@ -1,0 +1,188 @@
+"""Whole models through the Winograd pass against onnxruntime (and PyTorch); export -> load -> run.
+
+Tolerance of a model output (fp32, derived; see :func:`model_tolerance`): each convolution adds a
+rounding error of about ``eps32 * kappa * sqrt(C r^2)`` relative to the activation magnitude, where
+``kappa`` is the 2D amplification of the transforms for random-sign rounding errors (the square of the
+root-sum-square row norm ``max_i sqrt(sum_j (A_T[i,j] |G[j,:]|_2 |B_T[j,:]|_2)^2)``: 31.3 for F(4,3),
+against 876 for the worst-case L1 norm ``transform_norm(4, 3)^2``; 1 for direct) and ``sqrt(C r^2)``
+the random-sign growth of a length ``C r^2`` fp32 reduction.
+The models keep activations O(1) and each layer's gain near 1 (He init, scaled residual branches),
+so the layers' errors add at most linearly to the output: the bound is their sum times the largest
+output magnitude.  Worst-case transform norms make it loose (wrong results are O(1) errors, far above
+it) but it is what fp32 allows, and it grows with depth, channels and tile size as it should.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_winograd.export import compile_model, export_library, load_and_run, our_prim_funcs, prepare_model, run
+from tvm_winograd.frontend import load_model
+from tvm_winograd.relax_pass import LayerReport
+from tvm_winograd.transforms import winograd_matrices
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def rms_amplification(m: int, r: int) -> float:
+    """2D amplification of random-sign rounding errors by F(m, r) (module docstring)."""
+    a_t, g, b_t = winograd_matrices(m, r)
+    rows = [np.sqrt(sum((a_t[i, j] * np.linalg.norm(g[j]) * np.linalg.norm(b_t[j])) ** 2
+                        for j in range(a_t.shape[1]))) for i in range(a_t.shape[0])]
+    return float(max(rows)) ** 2
+
+
+def model_tolerance(report: list[LayerReport], ref: np.ndarray) -> float:
+    """The derived fp32 bound on ``max |ours - onnxruntime|`` (module docstring)."""
+    total = 0.0
+    for r in report:
+        c = r.input_shape[1] if len(r.input_shape) == 4 else 1
+        kh, kw = (int(v) for v in r.kernel.split("x"))
+        kappa = rms_amplification(r.m, kh) if r.algorithm == "winograd" else 1.0
+        total += EPS32 * kappa * np.sqrt(c * kh * kw / max(r.groups, 1))
+    return total * float(np.abs(ref).max())
+
+
+def _ort(info, feed):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(info.onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_compiled(tmp_path_factory):
+    """tiny_mixed compiled with every eligible layer forced to Winograd (no committed schedules)."""
+    empty = tmp_path_factory.mktemp("schedules")
+    mod, info = load_model("tiny_mixed")
+    ex, report = compile_model(mod, "llvm", empty, algo="winograd")
+    return mod, info, ex, report, empty
+
+
+def test_tiny_model_matches_onnxruntime(tiny_compiled):
+    _, info, ex, report, _ = tiny_compiled
+    assert sum(r.algorithm == "winograd" for r in report) == 4
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    tol = model_tolerance(report, ref)
+    assert tol < 0.05 * np.abs(ref).max()  # the bound is meaningful: far below a wrong answer
+    err = np.abs(got - ref).max()
+    assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
+
+
+def test_compiled_module_has_winograd_and_no_weight_transform(tiny_compiled):
+    mod, _, ex, _, empty = tiny_compiled
+    prepared, _ = prepare_model(mod, "llvm", empty, algo="winograd")
+    kinds = [str(f.attrs["tvm_winograd.kind"]) for f in our_prim_funcs(prepared).values()]
+    assert kinds.count("winograd") == 4 and "weight_transform" not in kinds
+    # The built library exports our Winograd kernels and no weight transform.
+    text = ex.mod.inspect_source("ll") if hasattr(ex.mod, "inspect_source") else None
+    names = str(text) if text is not None else ""
+    if names:
+        assert "winograd_" in names and "weight_transform_" not in names
+
+
+def test_export_load_run_in_a_fresh_process(tiny_compiled, tmp_path):
+    """The .so runs with the TVM runtime alone in a new interpreter and gives the same numbers."""
+    _, info, ex, _, _ = tiny_compiled
+    lib = export_library(ex, tmp_path / "tiny.so")
+    feed = info.net.input_feed()
+    np.save(tmp_path / "input.npy", feed["input"])
+    expected = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from tvm_winograd.export import load_and_run
+        out = load_and_run({str(lib)!r}, {{"input": np.load({str(tmp_path / 'input.npy')!r})}})
+        np.save({str(tmp_path / 'out.npy')!r}, out[0])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TVM_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.load(tmp_path / "out.npy")
+    np.testing.assert_array_equal(got, expected)  # same code, same inputs: bitwise equal
+
+
+def test_load_and_run_errors(tiny_compiled, tmp_path):
+    _, info, ex, _, _ = tiny_compiled
+    with pytest.raises(ValueError, match="does not exist"):
+        load_and_run(tmp_path / "missing.so", info.net.input_feed())
+    bad = tmp_path / "bad.so"
+    bad.write_bytes(b"not a shared library")
+    with pytest.raises(ValueError, match="bad.so"):
+        load_and_run(bad, info.net.input_feed())
+    lib = export_library(ex, tmp_path / "tiny.so")
+    with pytest.raises(ValueError, match="do not match the model's inputs"):
+        load_and_run(lib, {"data": info.net.input_feed()["input"]})
+    with pytest.raises(ValueError, match=r"\.so"):
+        export_library(ex, tmp_path / "tiny.onnx")
+
+
+def test_resnet18_end_to_end(tmp_path):
+    """ResNet-18, batch 1, 224x224: the 3x3 stride-1 layers the heuristic picks run Winograd; the
+    output matches onnxruntime (and PyTorch, when installed) within the derived bound."""
+    mod, info = load_model("resnet18")
+    ex, report = compile_model(mod, "llvm", tmp_path, algo="auto")
+    by = {r.index: r for r in report}
+    assert len(report) == 20
+    three_by_three = [r for r in report if r.kernel == "3x3" and r.stride == (1, 1)]
+    assert len(three_by_three) == 13 and all(r.algorithm == "winograd" for r in three_by_three)
+    assert by[0].algorithm == "direct" and "stride" in by[0].reason  # 7x7 stride-2 stem
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    tol = model_tolerance(report, ref)
+    assert tol < 0.05 * np.abs(ref).max()
+    err = np.abs(got - ref).max()
+    assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
+    torch = pytest.importorskip("torch")
+    from tvm_winograd.models import to_torch
+
+    with torch.no_grad():
+        ref_torch = to_torch(info.net)(torch.from_numpy(feed["input"])).numpy()
+    assert np.abs(got - ref_torch).max() <= tol
+
+
+def test_torch_export_program_compiles_and_matches_pytorch(tmp_path):
+    """The .pt2 path: torch.export -> Relax (bound params) -> Winograd pass -> same as PyTorch eager."""
+    torch = pytest.importorskip("torch")
+    from tvm_winograd.models import build_net, to_torch
+
+    net = build_net("tiny_mixed")
+    module = to_torch(net)
+    x = torch.from_numpy(net.input_feed()["input"])
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(module, (x,)), str(path))
+    mod, _ = load_model(path)
+    ex, report = compile_model(mod, "llvm", tmp_path, algo="winograd")
+    assert {r.index for r in report if r.algorithm == "winograd"} == {0, 1, 5, 6}
+    with torch.no_grad():
+        ref = module(x).numpy()
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), [x.numpy()])[0]
+    assert np.abs(got - ref).max() <= model_tolerance(report, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("resnet50", 64), ("vgg16", 64)])
+def test_resnet50_and_vgg16_end_to_end(name, size, tmp_path):
+    """At 64x64 instead of 224 to keep the test in about a minute each: the layers, their channel
+    counts and the decisions per layer type are the same; only H, W (and VGG's first dense layer)
+    shrink.  ``scripts/bench_models.py`` runs both at 224."""
+    mod, info = load_model(name, {"input": (1, 3, size, size)})
+    ex, report = compile_model(mod, "llvm", tmp_path, algo="auto")
+    assert any(r.algorithm == "winograd" for r in report)
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    tol = model_tolerance(report, ref)
+    assert tol < 0.05 * np.abs(ref).max()
+    assert np.abs(got - ref).max() <= tol
