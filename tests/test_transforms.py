@@ -59,9 +59,12 @@ def test_exact_returns_fractions_and_float_matches():
     np.testing.assert_array_equal(fg, np.array([[float(v) for v in row] for row in g]))
 
 
-def test_default_points_are_barabasz_and_user_points_accepted():
-    """F(4,3) defaults to Barabasz et al.'s (0, -1, 1, 1/2, -2); other points still give exact algorithms."""
-    assert default_points(4, 3) == tuple(Fraction(p) for p in ("0", "-1", "1", "1/2", "-2"))
+def test_default_points_and_user_points_accepted():
+    """F(4,3) defaults to our searched (0, 3/2, -3/2, 2/3, -2/3), F(6,3) to Barabasz et al.'s; any other
+    distinct points still give exact algorithms."""
+    assert default_points(4, 3) == tuple(Fraction(p) for p in ("0", "3/2", "-3/2", "2/3", "-2/3"))
+    assert default_points(6, 3) == tuple(Fraction(p) for p in ("0", "-1", "1", "1/2", "-1/2", "2", "-2"))
+    assert default_points(2, 5) == tuple(Fraction(p) for p in ("0", "-1", "1", "1/2", "-2"))
     assert verify_exact_2d(4, 3, points=["0", 1, -1.0, Fraction(1, 2), 2], trials=1)
 
 
