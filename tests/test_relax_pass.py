@@ -82,12 +82,20 @@ def test_auto_follows_the_heuristic(tiny, no_schedules):
 
 
 def test_direct_override_uses_our_direct_primfunc(tiny, no_schedules):
-    mod, _ = tiny
+    mod, info = tiny
     new, report = rewrite_winograd(mod, "llvm", no_schedules, algo="direct")
     assert all(r.algorithm == "direct" for r in report)
     calls = _calls(new["main"])
     assert sum(c.startswith("direct_") for c in calls) == len(ELIGIBLE)
     assert calls.count("relax.nn.conv2d") == 4
+    # ... and the default-scheduled direct PrimFuncs compute the model right (fp32 direct on both
+    # sides: only the summation order differs, a few ulps of the accumulated magnitudes).
+    ex, _ = compile_model(mod, "llvm", no_schedules, algo="direct")
+    feed = info.net.input_feed()
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    ref = ort.InferenceSession(info.onnx_model.SerializeToString(),
+                               providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
 def test_measured_choices_win_over_the_heuristic(tiny, tmp_path):
@@ -188,8 +196,10 @@ def test_dynamic_batch_model_compiles_and_runs(tmp_path, no_schedules):
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
-def test_nhwc_conv_with_bias_and_relu_matches_float64_reference(no_schedules):
-    """NHWC/HWIO conv2d + (1,1,1,K) bias + relu becomes one Winograd call with the epilogue fused."""
+@pytest.mark.parametrize("algo", ["winograd", "direct"])
+def test_nhwc_conv_with_bias_and_relu_matches_float64_reference(no_schedules, algo):
+    """NHWC/HWIO conv2d + (1,1,1,K) bias + relu becomes one Winograd (or our direct) call with the
+    epilogue fused, under the default llvm schedules."""
     rng = np.random.default_rng(11)
     x_np = rng.standard_normal((1, 10, 10, 16)).astype("float32")
     w_np = (rng.standard_normal((3, 3, 16, 24)) / np.sqrt(16 * 9)).astype("float32")
@@ -202,8 +212,8 @@ def test_nhwc_conv_with_bias_and_relu_matches_float64_reference(no_schedules):
             y = bb.emit(relax.op.add(y, relax.const(b_np)))
             y = bb.emit_output(relax.op.nn.relu(y))
         bb.emit_func_output(y)
-    ex, report = compile_model(bb.get(), "llvm", no_schedules, algo="winograd")
-    assert report[0].algorithm == "winograd" and report[0].epilogue == "br"
+    ex, report = compile_model(bb.get(), "llvm", no_schedules, algo=algo)
+    assert report[0].algorithm == algo and report[0].epilogue == "br"
     got = run(relax.VirtualMachine(ex, tvm.cpu()), [x_np])[0]
     ref = np.maximum(conv2d_direct(x_np.astype("float64"), w_np.astype("float64"), padding=1, layout="NHWC")
                      + b_np.astype("float64"), 0)
@@ -211,7 +221,8 @@ def test_nhwc_conv_with_bias_and_relu_matches_float64_reference(no_schedules):
     # F(4,3)) over sqrt(C r^2) random-sign terms, times the output magnitude.
     from tvm_winograd.transforms import transform_norm
 
-    tol = np.finfo(np.float32).eps * transform_norm(report[0].m, 3) ** 2 * np.sqrt(16 * 9) * np.abs(ref).max()
+    kappa = transform_norm(report[0].m, 3) ** 2 if algo == "winograd" else 1.0
+    tol = np.finfo(np.float32).eps * kappa * np.sqrt(16 * 9) * np.abs(ref).max()
     assert np.abs(got - ref).max() <= tol
 
 

@@ -60,28 +60,55 @@ def _blocks(sch: s_tir.Schedule) -> dict:
     return {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
 
 
+def _largest_divisor(n: int, options: Sequence[int]) -> int:
+    return next((o for o in options if n % o == 0 and n >= o), 1)
+
+
 def schedule_direct_llvm(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFunc:
-    """A fixed CPU schedule for :func:`~tvm_winograd.compute.direct_func`: padding inlined, outer
-    spatial loops parallel, the innermost spatial loop vectorized under the reduction."""
+    """A fixed CPU schedule for :func:`~tvm_winograd.compute.direct_func` (no search).
+
+    Register tile of (output channels x output columns) accumulated under the reduction loops, the
+    contiguous one vectorized; outer loops fused and parallel; padding and epilogue parallel apart.
+    """
+    layout = str(func.attrs["tvm_winograd.layout"]) if func.attrs is not None and "tvm_winograd.layout" in func.attrs else "NCHW"
     sch = s_tir.Schedule(func)
     blocks = _blocks(sch)
+    epilogue = blocks.pop("conv2d_direct_epilogue", None)
     for name in ("pad_temp", "data_pad", "PaddedInput"):
         if name in blocks:
-            sch.compute_inline(blocks.pop(name))
-    epilogue = blocks.pop("conv2d_direct_epilogue", None)
-    (conv_name, conv), = [(n, b) for n, b in blocks.items()]
+            pad = blocks.pop(name)
+            p_loops = sch.get_loops(pad)
+            sch.parallel(sch.fuse(p_loops[0], p_loops[1]))
+    (_, conv), = list(blocks.items())
     loops = sch.get_loops(conv)
-    spatial, reduce = loops[:4], loops[4:]
-    fused = sch.fuse(spatial[0], spatial[1])
-    inner_extent = int(sch.get(spatial[3]).extent)
-    if inner_extent >= lanes and inner_extent % lanes == 0:
-        outer, inner = sch.split(spatial[3], [None, lanes])
-        sch.reorder(fused, spatial[2], outer, *reduce, inner)
-        sch.vectorize(inner)
-    else:
-        sch.reorder(fused, spatial[2], spatial[3], *reduce)
-    sch.parallel(fused)
-    sch.decompose_reduction(conv, reduce[0])
+    (n, a, b, c), reduce = loops[:4], loops[4:]
+    if layout == "NCHW":  # n, k, h, w: tile k (unrolled) x w (vector)
+        k_loop, h_loop, w_loop = a, b, c
+        k_tile = _largest_divisor(int(sch.get(k_loop).extent), (8, 4, 2))
+        w_tile = _largest_divisor(int(sch.get(w_loop).extent), (16, 14, 8, 7, 4))
+        ko, ki = sch.split(k_loop, [None, k_tile])
+        wo, wi = sch.split(w_loop, [None, w_tile])
+        sch.reorder(n, ko, h_loop, wo, *reduce, ki, wi)
+        vector, unrolled = wi, ki
+        outer = sch.fuse(n, ko, h_loop)
+    else:  # n, h, w, k: tile w (unrolled) x k (vector)
+        h_loop, w_loop, k_loop = a, b, c
+        k_tile = _largest_divisor(int(sch.get(k_loop).extent), (lanes, 8, 4))
+        w_tile = _largest_divisor(int(sch.get(w_loop).extent), (8, 7, 4, 2))
+        ko, ki = sch.split(k_loop, [None, k_tile])
+        wo, wi = sch.split(w_loop, [None, w_tile])
+        sch.reorder(n, h_loop, ko, wo, *reduce, wi, ki)
+        vector, unrolled = ki, wi
+        outer = sch.fuse(n, h_loop, ko)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(conv, reduce[0])
+    try:
+        sch.vectorize(vector)
+    except s_tir.ScheduleError:  # the reduction's block checks refuse it: LLVM's loop vectorizer still can
+        pass
+    sch.unroll(unrolled)
+    i_loops = sch.get_loops(init)
+    sch.vectorize(i_loops[-1])
     if epilogue is not None:
         e_loops = sch.get_loops(epilogue)
         sch.parallel(sch.fuse(e_loops[0], e_loops[1]))
