@@ -1,30 +1,170 @@
-"""Builders and runners for MetaSchedule measurement (owner: issue 7 refines the RPC side).
+"""Builders and runners for MetaSchedule measurement.
 
-``make_builder(target)`` and ``make_runner(target, rpc_tracker=None, rpc_key=None)`` are the only
-places that decide how candidates are compiled and timed.
+``make_builder(target)`` and ``make_runner(target, rpc_tracker=None, rpc_key=None)`` are the only places
+that decide how candidates are compiled and timed.  Building is always local; running is local or on
+the servers of a TVM RPC tracker (one measurement per free server at a time).
+
+What MetaSchedule does with a failed measurement (TVM 0.27): the runner returns a ``RunnerResult`` with
+``run_secs=None`` and an ``error_msg`` (``RPCRunner: An exception occurred ...`` or ``... Timeout``); the
+task scheduler logs the message to ``<work_dir>/logs`` and the ``AddToDatabase`` callback stores the
+candidate with ``run_secs=[1e10]``.  Nothing is silently dropped, but the message itself is not in the
+database, and a failure caused by a dying server would mark a good candidate as bad.  The RPC runner
+made here therefore retries a candidate whose run failed for a transport reason (connection refused,
+reset or closed, session lost) on another server, up to ``retries`` times, before reporting the failure.
 """
 
 from __future__ import annotations
 
+import logging
+
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.runner import PyRunnerFuture, RunnerFuture, RunnerInput, RunnerResult
+from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunner
+from tvm.support.popen_pool import PopenPoolExecutor
 from tvm.target import Target
 
-__all__ = ["make_builder", "make_runner"]
+__all__ = ["make_builder", "make_runner", "build_candidate", "parse_tracker", "BUILD_TIMEOUT_SEC", "RUN_TIMEOUT_SEC"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds per candidate build.  MetaSchedule's 30 s default is too short on a loaded 2-core machine,
+#: where starting a worker process alone (importing TVM) takes 10-20 s.
+BUILD_TIMEOUT_SEC = 120.0
+#: Seconds an RPC session may live (server side) and a measurement may take (client side, plus slack).
+RUN_TIMEOUT_SEC = 60
+
+# Substrings of RPCRunner error messages that mean "the transport failed", not "the kernel failed".
+_TRANSPORT_ERRORS = ("connection", "connect", "broken pipe", "socket", "eof", "closed", "rpc session",
+                     "cannot request", "remote", "errno")
 
 
-def make_builder(target: Target, max_workers: int | None = None) -> ms.builder.Builder:
-    """A local parallel builder for ``target``."""
-    return ms.builder.LocalBuilder(max_workers=max_workers)
+def build_candidate(mod, target: Target, _params=None):
+    """Build one candidate in a builder worker: MetaSchedule's ``default_build`` minus its import of
+    ``tvm.s_tir.tensor_intrin``, and inside ``with target:`` (nvcc needs the current target).
+
+    ``LocalBuilder`` starts fresh worker processes for every batch, and that import parses ~500
+    TVMScript functions through ``inspect.stack()``: 40 s to several minutes per batch on a loaded 2-core
+    machine, against 0.3 s for the build itself.  Tensor intrinsics are needed while *scheduling*
+    (``tensorize`` runs in the tuning process, which has them); a scheduled module builds without them.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    with target:
+        return tvm_build(mod, target=target)
 
 
-def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | None = None) -> ms.runner.Runner:
-    """Local measurement, or through a TVM RPC tracker ``host:port`` under ``rpc_key``."""
-    if rpc_tracker:
-        host, _, port = rpc_tracker.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"rpc tracker {rpc_tracker!r} is not of the form HOST:PORT")
-        if not rpc_key:
-            raise ValueError("an rpc tracker needs --rpc-key")
-        return ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port),
-                                                                  tracker_key=rpc_key))
-    return ms.runner.LocalRunner()
+def make_builder(target: Target, max_workers: int | None = None,
+                 timeout_sec: float = BUILD_TIMEOUT_SEC) -> ms.builder.Builder:
+    """A local parallel builder for ``target`` (``max_workers`` processes, default: one per core)."""
+    return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=build_candidate)
+
+
+def parse_tracker(rpc_tracker: str) -> tuple[str, int]:
+    """``"host:port"`` -> ``(host, port)``; ``ValueError`` naming the text otherwise."""
+    host, _, port = str(rpc_tracker).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"rpc tracker {rpc_tracker!r} is not of the form HOST:PORT")
+    return host, int(port)
+
+
+def _is_transport_error(message: str | None) -> bool:
+    if not message:
+        return False
+    text = message.lower()
+    return any(word in text for word in _TRANSPORT_ERRORS)
+
+
+@derived_object
+class _RetryingFuture(PyRunnerFuture):
+    """A runner future that resubmits its candidate when the run failed for a transport reason."""
+
+    def __init__(self, runner: "_FarmRunner", runner_input: RunnerInput, future: RunnerFuture,
+                 retries: int) -> None:
+        super().__init__()
+        self.runner = runner
+        self.runner_input = runner_input
+        self.future = future
+        self.retries = retries
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> RunnerResult:
+        result = self.future.result()
+        attempt = 0
+        while result.run_secs is None and attempt < self.retries and _is_transport_error(result.error_msg):
+            attempt += 1
+            first_line = (result.error_msg or "").strip().splitlines()[-1:] or [""]
+            logger.warning("RPC measurement of %s failed (%s); retry %d of %d on another server",
+                           self.runner_input.artifact_path, first_line[0][:200], attempt, self.retries)
+            self.future = self.runner.submit(self.runner_input)
+            result = self.future.result()
+        return result
+
+
+@derived_object
+class _FarmRunner(RPCRunner._cls):  # noqa: SLF001 - derived_object forbids subclassing the decorated class
+    """``RPCRunner`` with a bounded client-side wait per measurement and transport-error retries."""
+
+    def __init__(self, rpc_config: ms.runner.RPCConfig, evaluator_config: ms.runner.EvaluatorConfig | None,
+                 max_workers: int, retries: int, wait_sec: float) -> None:
+        super().__init__(rpc_config=rpc_config, evaluator_config=evaluator_config, max_workers=max_workers)
+        # RPCRunner's pool has no timeout: a server that hangs without closing its socket would block the
+        # tuning loop forever.  Same pool, with a deadline per measurement.
+        self.pool.shutdown()
+        self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=wait_sec)
+        self.retries = retries
+        self.max_workers = max_workers
+
+    def submit(self, runner_input: RunnerInput) -> RunnerFuture:
+        return RPCRunner._cls.run(self, [runner_input])[0]  # noqa: SLF001
+
+    def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
+        futures = RPCRunner._cls.run(self, runner_inputs)  # noqa: SLF001
+        if self.retries <= 0:
+            return futures
+        return [_RetryingFuture(self, runner_input, future, self.retries)
+                for runner_input, future in zip(runner_inputs, futures)]
+
+
+def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | None = None, *,
+                evaluator_config: ms.runner.EvaluatorConfig | None = None,
+                session_timeout_sec: int = RUN_TIMEOUT_SEC, retries: int = 2,
+                max_workers: int | None = None) -> ms.runner.Runner:
+    """Local measurement, or through a TVM RPC tracker ``host:port`` on the servers under ``rpc_key``.
+
+    With a tracker, the returned runner (an ``RPCRunner`` subclass) keeps one measurement in flight per
+    server free at the tracker now (or ``max_workers``); the tracker hands each to a free server.  A run
+    that fails because its server went away is retried up to ``retries`` times on another server; a run
+    that still fails is reported as failed and recorded with ``run_secs=[1e10]``.  Raises
+    ``ValueError`` for a malformed address or a missing key, and ``ConnectionError`` naming the tracker
+    and key when no server is registered under the key.
+    """
+    if not rpc_tracker:
+        if rpc_key:
+            raise ValueError(f"rpc key {rpc_key!r} given without an rpc tracker")
+        return ms.runner.LocalRunner(evaluator_config=evaluator_config)
+    host, port = parse_tracker(rpc_tracker)
+    if not rpc_key:
+        raise ValueError(f"rpc tracker {rpc_tracker!r} needs an rpc key (--rpc-key)")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    from tvm_winograd.tune.rpc import query_tracker
+
+    free = query_tracker(host, port, timeout=10.0)
+    if max_workers is None:
+        max_workers = free.get(rpc_key, 0)
+        if max_workers <= 0:
+            known = ", ".join(f"{k!r}: {n} free" for k, n in sorted(free.items())) or "none"
+            raise ConnectionError(f"no free RPC server with key {rpc_key!r} at tracker {host}:{port} "
+                                  f"(keys registered: {known})")
+    elif max_workers <= 0:
+        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+    logger.info("measuring on %d RPC server(s) with key %r via tracker %s:%d", max_workers, rpc_key, host, port)
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                 session_timeout_sec=session_timeout_sec)
+    # The client waits for the session's full life plus time to get a server and upload the module.
+    return _FarmRunner(config, evaluator_config, max_workers, retries, wait_sec=2.0 * session_timeout_sec + 30.0)
