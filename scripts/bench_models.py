@@ -6,8 +6,9 @@
 Competitors (same ONNX graph / weights, threads pinned equal):
 
 - ``ours``: the Winograd pass (tuned schedules from ``schedules/<target>/`` when present, else the
-  default schedules; Winograd where the measurements or the heuristic say it wins);
-- ``ours-direct``: the same pass with ``algo="direct"`` (our direct PrimFunc, same default schedule
+  default schedules; Winograd where the measurements or the heuristic say it wins); the other
+  convolutions (stride 2, 1x1) run our direct PrimFunc (``ineligible="tir"``);
+- ``ours-direct``: the same with ``algo="direct"`` (every conv our direct PrimFunc, same schedule
   effort): isolates what Winograd itself brings;
 - ``tvm``: ``relax.get_default_pipeline`` without our pass (TVM's own lowering, unscheduled on llvm);
 - ``torch``: PyTorch eager (oneDNN) on the equivalent module, ``torch.set_num_threads``;
@@ -87,7 +88,8 @@ def _competitors(name: str, image_size: int, threads: int, skip: set[str], sched
 
     dev = tvm.cpu(0)
     x_dev = tvm.runtime.tensor(feed["input"], dev)
-    variants = [("ours", dict(algo="auto")), ("ours-direct", dict(algo="direct")), ("tvm", dict(rewrite=False))]
+    variants = [("ours", dict(algo="auto", ineligible="tir")), ("ours-direct", dict(algo="direct", ineligible="tir")),
+                ("tvm", dict(rewrite=False))]
     for label, kwargs in variants:
         if label in skip:
             continue

@@ -186,3 +186,40 @@ def test_resnet50_and_vgg16_end_to_end(name, size, tmp_path):
     tol = model_tolerance(report, ref)
     assert tol < 0.05 * np.abs(ref).max()
     assert np.abs(got - ref).max() <= tol
+
+
+def test_ineligible_layers_lowered_to_our_direct_primfunc(tmp_path):
+    """``ineligible="tir"``: 1x1, stride-2, depthwise and dilated convs run our direct PrimFunc
+    (with fused epilogues, default llvm schedule); no relax conv2d is left; numerics unchanged."""
+    mod, info = load_model("tiny_mixed")
+    ex, report = compile_model(mod, "llvm", tmp_path, algo="winograd", ineligible="tir")
+    assert {r.index for r in report if r.algorithm == "winograd"} == {0, 1, 5, 6}
+    assert all(r.lowering == "direct_tir" and r.source == "ineligible" for r in report if r.index in (2, 3, 4, 7))
+    prepared, _ = prepare_model(mod, "llvm", tmp_path, algo="winograd", ineligible="tir")
+    assert "relax.nn.conv2d" not in prepared["main"].script()
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    assert np.abs(got - ref).max() <= model_tolerance(report, ref)
+
+
+def test_add_of_two_convolutions_is_fused_once(tmp_path):
+    """relu(conv_a(x) + conv_b(x)): the add and relu go into conv_a's call (the first), conv_b keeps
+    its bias only; the result is still right."""
+    from tvm_winograd.frontend import ModelInfo  # noqa: F401 (documents the info type)
+    from tvm_winograd.models import Net, to_onnx
+
+    net = Net("two_branches", (1, 8, 12, 12), seed=9)
+    a = net.conv("input", 16, 3)
+    b = net.conv("input", 16, 3, scale=0.5)
+    net.relu(net.add(a, b))
+    model = to_onnx(net)
+    path = tmp_path / "two.onnx"
+    path.write_bytes(model.SerializeToString())
+    mod, info = load_model(path)
+    ex, report = compile_model(mod, "llvm", tmp_path, algo="winograd")
+    assert [r.epilogue for r in report] == ["bar", "b"]
+    feed = net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    assert np.abs(got - ref).max() <= model_tolerance(report, ref)

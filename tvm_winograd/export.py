@@ -196,12 +196,13 @@ def prepare_model(
     algo: str = "auto",
     *,
     rewrite: bool = True,
+    ineligible: str = "relax",
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
     tgt = resolve_target(target)
     reports: list[LayerReport] = []
     if rewrite:
-        mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo)
+        mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo, ineligible=ineligible)
     mod = relax.transform.FoldConstant()(mod)
     entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
     mod = relax.transform.DeadCodeElimination(entries)(mod)
@@ -221,6 +222,7 @@ def compile_model(
     algo: str = "auto",
     *,
     rewrite: bool = True,
+    ineligible: str = "relax",
 ) -> tuple[tvm.runtime.Executable, list[LayerReport]]:
     """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
 
@@ -237,13 +239,16 @@ def compile_model(
         ``"auto"`` | ``"winograd"`` | ``"direct"`` (see :func:`rewrite_winograd`).
     rewrite
         ``False`` compiles the same pipeline without the Winograd pass (the baseline).
+    ineligible
+        ``"relax"`` (default): convolutions Winograd cannot run stay ``relax.nn.conv2d``;
+        ``"tir"``: they become our scheduled direct PrimFunc (see :func:`rewrite_winograd`).
 
     Returns
     -------
     (tvm.runtime.Executable, list[LayerReport])
     """
     tgt = resolve_target(target)
-    mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite)
+    mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible)
     with _cuda_build_env(tgt):
         ex = tvm.compile(mod, target=tgt, relax_pipeline=relax.get_default_pipeline(tgt))
     return ex, reports

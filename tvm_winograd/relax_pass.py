@@ -60,6 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALGOS = ("auto", "winograd", "direct")
+INELIGIBLE_LOWERINGS = ("relax", "tir")
 KIND_ATTR = "tvm_winograd.kind"
 
 
@@ -314,7 +315,8 @@ def _use_counts(func: relax.Function) -> dict:
     return counts
 
 
-def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport]) -> tuple[dict, set]:
+def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport],
+          ineligible: str = "relax") -> tuple[dict, set]:
     """Find every conv2d of ``func``; decide; record the chains to rewrite."""
     bindings: dict = {}
     users: dict = {}
@@ -333,6 +335,7 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
     # Vars read by the function's result (outside bindings) count as extra users.
     plan: dict = {}
     skip: set = set()
+    claimed: set = set()
     for var in order:
         value = bindings[var]
         if not (isinstance(value, relax.Call) and value.op == _CONV):
@@ -349,22 +352,31 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
                                        lowering="relax"))
             continue
         why = winograd_ineligibility(spec)
-        if why is not None:
+        if why is not None and ineligible == "relax":
             reports.append(LayerReport(**common, algorithm="direct", m=None, reason=why[1], source="ineligible",
                                        lowering="relax", key=spec.key()))
             continue
-        algorithm, m, reason, source = _decide(spec, algo, choices)
+        if why is not None:
+            algorithm, m, reason, source = "direct", None, why[1], "ineligible"
+        else:
+            algorithm, m, reason, source = _decide(spec, algo, choices)
         # Grow the epilogue chain: conv (+bias) (+residual) (+relu), each step only if the value so
-        # far has exactly one user (so nothing else needs the intermediate).
+        # far has exactly one user (so nothing else needs the intermediate) and no earlier chain
+        # took that binding (add(conv_a, conv_b) is fused into conv_a's call only).
         end, bias, residual, relu = var, None, None, False
         chain = [var]
 
         def sole_user(v):
             us = users.get(v, [])
-            return us[0] if len(us) == 1 and counts.get(v, 0) == 1 else None
+            if len(us) == 1 and counts.get(v, 0) == 1 and us[0] not in claimed:
+                return us[0]
+            return None
+
+        def is_call(v, op):
+            return v is not None and isinstance(bindings[v], relax.Call) and bindings[v].op == op
 
         nxt = sole_user(end)
-        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _ADD:
+        if is_call(nxt, _ADD):
             a, b = bindings[nxt].args
             other = b if a.same_as(end) else a
             vec = _bias_vector(other, spec)
@@ -372,17 +384,18 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
                 bias, end = vec, nxt
                 chain.append(nxt)
                 nxt = sole_user(end)
-        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _ADD:
+        if is_call(nxt, _ADD):
             a, b = bindings[nxt].args
             other = b if a.same_as(end) else a
-            if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and _static_shape(other) == spec.output_shape
-                    and _dtype(other) == spec.out_dtype):
+            if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and other not in skip
+                    and _static_shape(other) == spec.output_shape and _dtype(other) == spec.out_dtype):
                 residual, end = other, nxt
                 chain.append(nxt)
                 nxt = sole_user(end)
-        if nxt is not None and isinstance(bindings[nxt], relax.Call) and bindings[nxt].op == _RELU:
+        if is_call(nxt, _RELU):
             relu, end = True, nxt
             chain.append(nxt)
+        claimed.update(chain)
         epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu)
         data, weight = value.args
         plan[end] = dict(spec=spec, algorithm=algorithm, m=m, epilogue=epi, data=data, weight=weight, bias=bias,
@@ -400,6 +413,8 @@ def rewrite_winograd(
     target: object = "llvm",
     schedules_dir: str | os.PathLike | None = None,
     algo: str = "auto",
+    *,
+    ineligible: str = "relax",
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite the conv2d layers of every Relax function of ``mod``; return the module and a report.
 
@@ -416,6 +431,11 @@ def rewrite_winograd(
     algo
         ``"auto"`` (measurement, else heuristic), ``"winograd"`` (every eligible layer) or
         ``"direct"``.
+    ineligible
+        What becomes of a static conv2d with constant weights that Winograd cannot run (stride,
+        groups, dilation, 1x1...): ``"relax"`` (default) leaves it ``relax.nn.conv2d`` for TVM's
+        own lowering; ``"tir"`` lowers it to our direct PrimFunc (fused epilogue, default or tuned
+        schedule).  Dynamic shapes, non-constant weights and other layouts always stay Relax.
 
     Returns
     -------
@@ -425,6 +445,8 @@ def rewrite_winograd(
     """
     if algo not in ALGOS:
         raise ValueError(f"algo {algo!r} is not one of {', '.join(ALGOS)}")
+    if ineligible not in INELIGIBLE_LOWERINGS:
+        raise ValueError(f"ineligible {ineligible!r} is not one of {', '.join(INELIGIBLE_LOWERINGS)}")
     if not isinstance(mod, tvm.IRModule):
         raise ValueError(f"expected a Relax IRModule, got {type(mod).__name__}")
     tgt = resolve_target(target)
@@ -438,7 +460,7 @@ def rewrite_winograd(
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
-        plan, skip = _plan(func, algo, choices, reports)
+        plan, skip = _plan(func, algo, choices, reports, ineligible)
         if not plan:
             continue
         mutator = _WinogradMutator(mod, plan, skip, funcs)
@@ -460,12 +482,12 @@ def _with_func(report: LayerReport, func: str | None) -> LayerReport:
 
 
 def winograd_pass(target: object = "llvm", schedules_dir: str | os.PathLike | None = None, algo: str = "auto",
-                  reports: list | None = None) -> tvm.transform.Pass:
+                  reports: list | None = None, ineligible: str = "relax") -> tvm.transform.Pass:
     """:func:`rewrite_winograd` as a ``tvm.transform`` module pass (the report is appended to ``reports``)."""
 
     @tvm.transform.module_pass(opt_level=0, name="WinogradRewrite")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        new_mod, rep = rewrite_winograd(mod, target, schedules_dir, algo)
+        new_mod, rep = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible)
         if reports is not None:
             reports.extend(rep)
         return new_mod
