@@ -33,8 +33,10 @@ def _check(signed, shape_nchw, k, r, m, layout, dtype, padding, acc_dtype="float
     x64, w64 = x.astype("float64"), w.astype("float64")
     ref = conv2d_direct(x64, w64, padding=padding, layout=layout)
     assert y.shape == ref.shape and y.dtype == np.dtype(dtype)
+    spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype=dtype)
+    pack_dtype = WinogradConfig(m=m, acc_dtype=acc_dtype).resolved_pack_dtype(spec)
     bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=acc_dtype,
-                        pack_dtype=dtype, out_dtype=dtype)
+                        pack_dtype=pack_dtype, out_dtype=dtype)
     err = np.abs(y.astype("float64") - ref)
     worst = np.unravel_index(np.argmax(err / bound), err.shape)
     assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
