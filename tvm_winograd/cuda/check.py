@@ -1,0 +1,357 @@
+"""``cuda-check``: prove the CUDA design spaces without a GPU, per layer.
+
+For every Winograd layer, every design space MetaSchedule generates from our rules, and ``samples``
+seeded samples of each (drawn as the search draws them: the space's trace replayed without its
+decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default schedule:
+
+(a) TVM's GPU verification for the target's limits (``VerifyGPUCode``; samples the postprocessors
+    reject are counted as ``rejected`` -- the search never measures them -- and replaced),
+(b) an nvcc build for the target's ``sm_XX`` that must hold a cubin for it,
+(c) ptxas's registers, spills and shared memory per kernel, and a static occupancy estimate,
+(d) numerics: the schedule run serially on the CPU against the float64 reference.
+
+A row passes only if every candidate in it passed (a)-(b)-(d); ``passed(rows)`` is the overall verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Trace
+from tvm.target import Target
+
+from ..compute import Epilogue, WinogradConfig, winograd_func
+from ..schedule import cuda as cuda_schedule
+from ..targets import is_cuda, resolve_target
+from ..workload import Conv2dSpec, choose_algorithm, check_winograd
+from .build import SourceOnlyModuleError, build_cuda, target_sm
+from .driver_stub import ensure_cuda_runtime
+from .verify import check_numerics, occupancy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
+           "format_checks", "specs_from_model"]
+
+#: Draw at most this many samples per requested one before giving up on a space.
+MAX_DRAWS_PER_SAMPLE = 4
+
+
+@dataclass
+class CandidateCheck:
+    """One schedule: its seed, decisions and what each check found."""
+
+    seed: int | None
+    decisions: str
+    gpu_verified: bool = False
+    compiled: bool = False
+    cubin: str = ""
+    registers: int = 0  # max over the kernels
+    spills: int = 0  # bytes, summed over kernels (stores + loads)
+    shared_bytes: int = 0  # max over the kernels
+    occupancy: float | None = None  # min over the kernels
+    numerics_ok: bool | None = None
+    error_ratio: float | None = None  # max |err| / bound
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.gpu_verified and self.compiled and self.numerics_ok is not False and not self.error
+
+
+@dataclass
+class LayerCheck:
+    """The verdict for one (layer, design space): the row ``cuda-check`` prints."""
+
+    layer: str
+    m: int
+    space: str
+    target: str
+    candidates: list[CandidateCheck] = field(default_factory=list)
+    rejected: int = 0  # samples the postprocessors (incl. VerifyGPUCode) rejected and replaced
+    requested: int = 0
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return len(self.candidates) >= self.requested > 0 and all(c.passed for c in self.candidates)
+
+    @property
+    def compile_ok(self) -> bool:
+        return bool(self.candidates) and all(c.compiled for c in self.candidates)
+
+    @property
+    def numerics_ok(self) -> bool | None:
+        vals = [c.numerics_ok for c in self.candidates if c.numerics_ok is not None]
+        return all(vals) if vals else None
+
+    @property
+    def max_registers(self) -> int:
+        return max((c.registers for c in self.candidates), default=0)
+
+    @property
+    def max_spills(self) -> int:
+        return max((c.spills for c in self.candidates), default=0)
+
+    @property
+    def max_shared_bytes(self) -> int:
+        return max((c.shared_bytes for c in self.candidates), default=0)
+
+    @property
+    def min_occupancy(self) -> float | None:
+        vals = [c.occupancy for c in self.candidates if c.occupancy is not None]
+        return min(vals) if vals else None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(passed=self.passed, compile_ok=self.compile_ok, numerics_ok=self.numerics_ok,
+                   max_registers=self.max_registers, max_spills=self.max_spills,
+                   max_shared_bytes=self.max_shared_bytes, min_occupancy=self.min_occupancy)
+        return out
+
+
+def passed(rows: Iterable[LayerCheck]) -> bool:
+    """The overall verdict: every row passed (and there was at least one)."""
+    rows = list(rows)
+    return bool(rows) and all(r.passed for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Design spaces and samples
+# --------------------------------------------------------------------------------------------------
+
+def _space_name(sch) -> str:
+    return "shared" if any(
+        inst.kind.name == "Annotate" and "meta_schedule.cooperative_fetch" in str(inst.attrs)
+        for inst in sch.trace.insts) else "direct"
+
+
+def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tvm.s_tir.Schedule]]:
+    """The design spaces :func:`tvm_winograd.schedule.cuda.space_generator` generates for ``func``, named by
+    their bgemm space (``shared`` / ``direct``)."""
+    mod = tvm.IRModule({"main": func})
+    ctx = cuda_schedule.light_tune_context(mod, target, cuda_schedule.space_generator())
+    spaces = ctx.space_generator.generate_design_space(mod)
+    named = sorted(((_space_name(s), s) for s in spaces), key=lambda t: t[0], reverse=True)
+    return named
+
+
+def sample_space(space: tvm.s_tir.Schedule, mod: tvm.IRModule, seed: int) -> tvm.s_tir.Schedule:
+    """Replay the space's trace with fresh decisions from ``seed`` (as the search's initial population)."""
+    sch = tvm.s_tir.Schedule(mod, seed=seed)
+    Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+    return sch
+
+
+def _decisions(sch: tvm.s_tir.Schedule) -> str:
+    parts = []
+    for value in sch.trace.decisions.values():
+        if isinstance(value, (list, tuple, tvm.ir.Array)):
+            parts.append("x".join(str(int(v)) for v in value))
+        else:
+            parts.append(str(int(value)))
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking one candidate
+# --------------------------------------------------------------------------------------------------
+
+def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, config: WinogradConfig,
+                     epilogue: Epilogue, seed: int | None, numerics: bool, gpu_verified: bool) -> CandidateCheck:
+    cand = CandidateCheck(seed=seed, decisions=_decisions(sch), gpu_verified=gpu_verified)
+    func = sch.mod["main"]
+    try:
+        built = build_cuda(func, target)
+    except SourceOnlyModuleError:
+        raise  # not a property of the schedule: the environment is wrong; stop the whole check
+    except Exception as err:  # a schedule that does not compile is a failed candidate
+        cand.error = f"nvcc build failed: {str(err).splitlines()[-1][:300] if str(err) else err}"
+        return cand
+    cand.compiled = True
+    cand.cubin = ", ".join(f"{i.kind} sm_{i.sm}" for i in built.images)
+    kernels = built.kernels
+    cand.registers = max((k.registers for k in kernels), default=0)
+    cand.spills = sum(k.spills for k in kernels)
+    cand.shared_bytes = max((k.shared_bytes for k in kernels), default=0)
+    sm = int(built.arch[3:].rstrip("a"))
+    occ = [o for o in (occupancy(k, sm) for k in kernels) if o is not None]
+    cand.occupancy = min(occ) if occ else None
+    if numerics:
+        try:
+            result = check_numerics(func, spec, config, epilogue, seed=0 if seed is None else seed)
+            cand.numerics_ok, cand.error_ratio = result.ok, result.worst_ratio
+        except Exception as err:
+            cand.numerics_ok = False
+            cand.error = f"CPU execution failed: {str(err).splitlines()[-1][:300] if str(err) else err}"
+    return cand
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+
+_KEY = re.compile(r"n(\d+)_c(\d+)_h(\d+)_w(\d+)_k(\d+)_r(\d+)x(\d+)_p(\d+)\.(\d+)\.(\d+)\.(\d+)_(nchw|nhwc)_(\w+?)(?:_o(\w+))?$")
+
+
+def _spec_from_key(key: str) -> Conv2dSpec | None:
+    """Inverse of :meth:`Conv2dSpec.key` for stride-1, dilation-1, groups-1 convolutions."""
+    mt = _KEY.match(key)
+    if mt is None:
+        return None
+    n, c, h, w, k, kh, kw, pt, pl, pb, pr = (int(v) for v in mt.groups()[:11])
+    layout, dtype, out_dtype = mt.group(12).upper(), mt.group(13), mt.group(14) or mt.group(13)
+    return Conv2dSpec(n, c, h, w, k, (kh, kw), (pt, pl, pb, pr), (1, 1), (1, 1), 1, layout, dtype, out_dtype)
+
+
+def specs_from_model(model: object, target: Target) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    """``(spec, m, epilogue)`` for each distinct Winograd layer of a model (name, file or IRModule), as the
+    Relax pass decides them for ``target``."""
+    from ..frontend import load_model
+    from ..relax_pass import rewrite_winograd
+
+    mod, _ = load_model(model)
+    _, reports = rewrite_winograd(mod, target)
+    out, seen = [], set()
+    for rep in reports:
+        if rep.algorithm != "winograd" or rep.key is None or rep.key in seen:
+            continue
+        spec = _spec_from_key(rep.key)
+        if spec is None:
+            logger.warning("cannot parse layer key %r: skipped", rep.key)
+            continue
+        seen.add(rep.key)
+        tag = rep.epilogue or "none"
+        out.append((spec, int(rep.m), Epilogue(bias="b" in tag, residual="a" in tag, relu="r" in tag)))
+    return out
+
+
+def _layers(model_or_spec: object, target: Target, m: int | None,
+            epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    if isinstance(model_or_spec, Conv2dSpec):
+        items: Sequence = [model_or_spec]
+    elif isinstance(model_or_spec, (list, tuple)) and all(isinstance(s, Conv2dSpec) for s in model_or_spec):
+        items = list(model_or_spec)
+    else:
+        return specs_from_model(model_or_spec, target)
+    if not items:
+        raise ValueError("cuda_check needs at least one layer")
+    out = []
+    for spec in items:
+        if m is None:
+            algo, tile, why = choose_algorithm(spec)
+            if algo != "winograd":
+                raise ValueError(f"layer {spec.key()} is not a Winograd layer ({why}): pass m= to force a tile")
+        else:
+            tile = m
+        check_winograd(spec, tile)
+        out.append((spec, int(tile), epilogue if epilogue is not None else Epilogue(bias=True, relu=True)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The check
+# --------------------------------------------------------------------------------------------------
+
+def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
+               m: int | None = None, epilogue: Epilogue | None = None, numerics: bool = True,
+               include_default: bool = True) -> list[LayerCheck]:
+    """Check the CUDA design spaces of every Winograd layer without a GPU.
+
+    Parameters
+    ----------
+    model_or_spec
+        A :class:`~tvm_winograd.workload.Conv2dSpec`, a list of them, or a model (built-in name, ``.onnx``
+        / ``.pt2`` path or Relax IRModule: its Winograd layers as the Relax pass chooses them).
+    target
+        A CUDA target (``"sm_80"``, ``"sm_90"``, a tag, ...).
+    samples
+        Sampled schedules per design space (>= 1).
+    seed
+        Base seed; sample ``i`` of space ``j`` of layer ``l`` draws with a seed derived from all four.
+    m
+        The tile for Conv2dSpec inputs (default: the heuristic's choice).
+    epilogue
+        The fused epilogue for Conv2dSpec inputs (default: bias + ReLU, to exercise the fusion).
+    numerics
+        Run the CPU numerics check (d).
+    include_default
+        Also check :func:`~tvm_winograd.schedule.cuda.schedule_cuda_default` (space ``"default"``).
+
+    Returns
+    -------
+    list[LayerCheck]
+        One row per (layer, design space); see :func:`passed` and :func:`format_checks`.
+    """
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples {samples!r} must be a positive integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed {seed!r} must be a non-negative integer")
+    tgt = resolve_target(target)
+    if not is_cuda(tgt):
+        raise ValueError(f"cuda_check needs a CUDA target, not {tgt.kind.name!r} ({target!r})")
+    target_sm(tgt)
+    ensure_cuda_runtime()
+    rows: list[LayerCheck] = []
+    arch = str(tgt.attrs["arch"])
+    for li, (spec, tile, ep) in enumerate(_layers(model_or_spec, tgt, m, epilogue)):
+        config = WinogradConfig(m=tile)
+        func = winograd_func(spec, config, ep)
+        mod = tvm.IRModule({"main": func})
+        if include_default:
+            start = time.perf_counter()
+            row = LayerCheck(spec.key(), tile, "default", arch, requested=1)
+            sch = tvm.s_tir.Schedule(cuda_schedule.schedule_cuda_default(func, tgt))
+            from .verify import verify_gpu
+
+            row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, None, numerics, verify_gpu(sch, tgt)))
+            row.seconds = time.perf_counter() - start
+            rows.append(row)
+        for si, (name, space) in enumerate(design_spaces(func, tgt)):
+            start = time.perf_counter()
+            row = LayerCheck(spec.key(), tile, name, arch, requested=samples)
+            postprocs = cuda_schedule.postprocs_for(tgt, mod)
+            for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
+                if len(row.candidates) >= samples:
+                    break
+                draw_seed = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009 + draw
+                sch = sample_space(space, mod, draw_seed)
+                rejected_by = cuda_schedule.apply_postprocs(sch, tgt, postprocs)
+                if rejected_by is not None:
+                    logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
+                    row.rejected += 1
+                    continue
+                row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, draw_seed, numerics, True))
+            row.seconds = time.perf_counter() - start
+            logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
+                        sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)
+            rows.append(row)
+    return rows
+
+
+def format_checks(rows: Sequence[LayerCheck]) -> str:
+    """The ``cuda-check`` table (markdown) and the overall verdict."""
+    lines = ["| layer | m | space | arch | samples | rejected | compile | regs | spills | smem | occupancy "
+             "| numerics (max err/bound) | pass |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratios = [c.error_ratio for c in r.candidates if c.error_ratio is not None]
+        num = "-" if r.numerics_ok is None else ("ok" if r.numerics_ok else "FAIL")
+        if ratios:
+            num += f" ({max(ratios):.2g})"
+        occ = "-" if r.min_occupancy is None else f"{r.min_occupancy:.0%}"
+        lines.append(f"| {r.layer} | {r.m} | {r.space} | {r.target} | {len(r.candidates)}/{r.requested} | {r.rejected} "
+                     f"| {'ok' if r.compile_ok else 'FAIL'} | {r.max_registers} | {r.max_spills} | {r.max_shared_bytes} "
+                     f"| {occ} | {num} | {'PASS' if r.passed else 'FAIL'} |")
+        for c in r.candidates:
+            if c.error:
+                lines.append(f"|  | | seed {c.seed} | | | | | | | | | {c.error} | FAIL |")
+    lines.append("")
+    lines.append(f"overall: {'PASS' if passed(rows) else 'FAIL'} ({sum(r.passed for r in rows)}/{len(rows)} rows)")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Verification of GPU schedules without a GPU.
+
+* :func:`gpu_limits` / :func:`verify_gpu` -- TVM's GPU verification (``VerifyGPUCode``: threads per
+  block, shared memory, vector width) for the target's limits.
+* :func:`occupancy` -- a static occupancy estimate from ptxas's registers / shared memory and the
+  kernel's threads per block, with the per-SM limits of the architecture.
+* :func:`serial_cpu_func` / :func:`check_numerics` -- the scheduled TIR with thread-bound loops made
+  serial and GPU storage scopes made global, built for llvm and compared with the float64 reference.
+  TIR's semantics are sequential, so this checks every index and tiling decision of the schedule
+  (not races, and not nvcc's code generation).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..accuracy import error_bound, unit_roundoff
+from ..compute import Epilogue, WinogradConfig
+from ..reference import conv2d_direct, winograd_weight_transform
+from ..targets import host_target
+from ..workload import Conv2dSpec
+from .build import KernelResources
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SM_LIMITS",
+    "gpu_limits",
+    "verify_gpu",
+    "occupancy",
+    "serial_cpu_func",
+    "NumericsResult",
+    "check_numerics",
+]
+
+
+@dataclass(frozen=True)
+class SMLimits:
+    """Per-SM resources of one architecture (CUDA C Programming Guide, compute capability table)."""
+
+    max_threads: int
+    max_blocks: int
+    registers: int
+    shared_bytes: int  # usable shared memory per SM
+    reserved_shared_per_block: int = 1024
+    register_granularity: int = 256  # registers are allocated per warp in units of 256
+    max_registers_per_thread: int = 255
+    warp_size: int = 32
+
+
+SM_LIMITS = {
+    80: SMLimits(max_threads=2048, max_blocks=32, registers=65536, shared_bytes=164 * 1024),
+    86: SMLimits(max_threads=1536, max_blocks=16, registers=65536, shared_bytes=100 * 1024),
+    89: SMLimits(max_threads=1536, max_blocks=24, registers=65536, shared_bytes=100 * 1024),
+    90: SMLimits(max_threads=2048, max_blocks=32, registers=65536, shared_bytes=228 * 1024),
+}
+
+
+def gpu_limits(target: Target) -> dict[str, int]:
+    """The constraints :func:`tvm.s_tir.analysis.verify_gpu_code` takes, from the target's attributes."""
+    attrs = target.attrs
+    return {
+        "max_shared_memory_per_block": int(attrs.get("max_shared_memory_per_block", 49152)),
+        "max_threads_per_block": int(attrs.get("max_threads_per_block", 1024)),
+        "max_thread_x": 1024,
+        "max_thread_y": 1024,
+        "max_thread_z": 64,
+        "max_vector_bytes": 16,
+    }
+
+
+def verify_gpu(sch: s_tir.Schedule, target: Target) -> bool:
+    """TVM's GPU verification of a scheduled module (lowered as MetaSchedule's ``VerifyGPUCode`` does)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from ..schedule.cuda import light_tune_context
+
+    postproc = ms.postproc.VerifyGPUCode()
+    postproc._initialize_with_tune_context(light_tune_context(sch.mod, target))
+    return bool(postproc.apply(sch))
+
+
+def occupancy(kernel: KernelResources, sm: int) -> float | None:
+    """Estimated fraction of the SM's warp slots a kernel can fill (registers, shared memory, threads).
+
+    ``None`` if the kernel's threads per block are unknown.
+    """
+    limits = SM_LIMITS.get(sm)
+    threads = kernel.threads
+    if limits is None or not threads:
+        return None
+    warps = math.ceil(threads / limits.warp_size)
+    max_warps = limits.max_threads // limits.warp_size
+    by_threads = limits.max_threads // (warps * limits.warp_size)
+    regs_per_warp = math.ceil(max(kernel.registers, 1) * limits.warp_size / limits.register_granularity) \
+        * limits.register_granularity
+    by_registers = limits.registers // (regs_per_warp * warps)
+    smem = kernel.shared_bytes + limits.reserved_shared_per_block
+    by_shared = limits.shared_bytes // smem if kernel.shared_bytes else limits.max_blocks
+    blocks = min(limits.max_blocks, by_threads, by_registers, by_shared)
+    return min(1.0, blocks * warps / max_warps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Serial execution on the CPU
+# --------------------------------------------------------------------------------------------------
+
+_RE_THREAD = re.compile(r"T\.thread_binding\(([^()]*?),\s*thread=\"[^\"]+\"")
+_RE_SCOPE = re.compile(r",\s*scope=\"(?:shared|shared\.dyn|local|warp)\"")
+
+
+def serial_cpu_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with every thread-bound loop serial and every shared/local/warp buffer global.
+
+    TVM 0.27 has no Python statement mutator for TIR, so this goes through TVMScript: print, rewrite
+    ``T.thread_binding(n, thread=...)`` -> ``T.serial(n)`` and drop the ``scope=`` of GPU buffers, parse.
+    """
+    text = tvm.IRModule({"main": func}).script(show_meta=True)
+    text, n_loops = _RE_THREAD.subn(r"T.serial(\1", text)
+    text = _RE_SCOPE.sub("", text)
+    if "thread_binding" in text or "threadIdx" in text or "blockIdx" in text:
+        raise RuntimeError("a thread binding survived the serial rewrite: the TVMScript printer changed")
+    parsed = tvm.script.from_source(text)
+    out = parsed["main"] if isinstance(parsed, tvm.IRModule) else parsed
+    logger.debug("serialized %d thread-bound loops", n_loops)
+    return out
+
+
+@dataclass(frozen=True)
+class NumericsResult:
+    """Componentwise comparison with the float64 reference: ``ok`` iff every error is within its bound."""
+
+    ok: bool
+    worst_ratio: float  # max |err| / bound (<= 1 passes)
+    max_relative_error: float  # max |err| / max |reference|
+
+
+def _host_target() -> Target:
+    return host_target()
+
+
+def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig,
+                   epilogue: Epilogue = Epilogue(), seed: int = 0,
+                   cpu_module: tvm.runtime.Module | None = None) -> NumericsResult:
+    """Run the GPU-scheduled winograd ``func`` serially on the CPU and compare with float64.
+
+    Inputs are signed standard normals from ``np.random.default_rng(seed)``; the kernel pack is the
+    float64 weight transform rounded to the pack dtype.  The bound is
+    :func:`tvm_winograd.accuracy.error_bound` plus the rounding of the bias add.
+    """
+    rng = np.random.default_rng(seed)
+    nchw = spec.layout == "NCHW"
+    x = rng.standard_normal(spec.input_shape).astype(spec.dtype)
+    w = rng.standard_normal(spec.weight_shape).astype(spec.dtype)
+    pack_dtype = config.resolved_pack_dtype(spec)
+    x64, w64 = x.astype("float64"), w.astype("float64")
+    kernel_pack = winograd_weight_transform(w64, config.m, spec.layout).astype(pack_dtype)
+    args = [x, kernel_pack]
+    conv = conv2d_direct(x64, w64, padding=spec.padding, layout=spec.layout)
+    ref = conv.copy()
+    bias = residual = None
+    if epilogue.bias:
+        bias = rng.standard_normal(spec.out_channels).astype(spec.dtype)
+        args.append(bias)
+        ref = ref + (bias.astype("float64")[None, :, None, None] if nchw else bias.astype("float64"))
+    if epilogue.residual:
+        residual = rng.standard_normal(spec.output_shape).astype(spec.out_dtype)
+        args.append(residual)
+        ref = ref + residual.astype("float64")
+    if epilogue.relu:
+        ref = np.maximum(ref, 0.0)
+
+    if cpu_module is None:
+        with _host_target():
+            cpu_module = tvm.tirx.build(tvm.IRModule({"main": serial_cpu_func(func)}), target=_host_target())
+    dev = tvm.cpu(0)
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
+    cpu_module["main"](*tensors, out)
+    y = out.numpy().astype("float64")
+
+    bound = error_bound(x64, w64, m=config.m, padding=spec.padding, layout=spec.layout, acc_dtype=config.acc_dtype,
+                        pack_dtype=pack_dtype, out_dtype=spec.out_dtype, points=config.points)
+    extra = np.zeros_like(bound)
+    u = unit_roundoff(config.acc_dtype)
+    if bias is not None or residual is not None:  # one rounding per add, on the running sum
+        extra += 2 * u * (np.abs(conv) + np.abs(ref))
+    bound = bound + extra + np.finfo(np.float64).tiny
+    err = np.abs(y - ref)
+    ratio = float(np.max(err / bound))
+    rel = float(err.max() / max(np.abs(ref).max(), np.finfo(np.float64).tiny))
+    return NumericsResult(bool(np.all(err <= bound)), ratio, rel)
