@@ -223,3 +223,41 @@ def test_add_of_two_convolutions_is_fused_once(tmp_path):
     ref = _ort(info, feed)
     got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
     assert np.abs(got - ref).max() <= model_tolerance(report, ref)
+
+
+def test_tuned_record_replaces_the_default_schedule(tmp_path):
+    """A record in ``<schedules>/<target>/`` (MetaSchedule JSONDatabase) is applied to the matching
+    Winograd PrimFunc exactly, and the default schedule is not applied on top of it."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func
+    from tvm_winograd.relax_pass import rewrite_winograd
+    from tvm_winograd.targets import host_target, target_dirname
+    from tvm_winograd.tune.database import open_database
+    from tvm_winograd.workload import make_spec
+
+    target = host_target()
+    mod, info = load_model("tiny_mixed")
+    _, report = rewrite_winograd(mod, target, tmp_path, algo="winograd")
+    layer = report[6]  # conv7: 3x3, no epilogue
+    spec = make_spec(layer.input_shape, layer.weight_shape, padding=1)
+    func = winograd_func(spec, WinogradConfig(m=layer.m), Epilogue())
+    workload = _normalize_mod(func)  # what the tuner stores for this PrimFunc
+    sch = s_tir.Schedule(workload)
+    sch.parallel(sch.get_loops(sch.get_sblock("conv2d_winograd"))[1])  # a deliberately odd "tuned" schedule
+    db = open_database(tmp_path / target_dirname(target))
+    record = ms.database.TuningRecord(sch.trace, db.commit_workload(workload), [1e-3], target,
+                                      ms.arg_info.ArgInfo.from_prim_func(func))
+    db.commit_tuning_record(record)
+    if hasattr(db, "close"):
+        db.close()
+    prepared, _ = prepare_model(mod, target, tmp_path, algo="winograd")
+    tuned = our_prim_funcs(prepared)[layer.func]
+    tvm.ir.assert_structural_equal(tuned.body, sch.mod["main"].body)
+    ex, report = compile_model(mod, target, tmp_path, algo="winograd")
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    assert np.abs(got - ref).max() <= model_tolerance(report, ref)

@@ -37,6 +37,7 @@ __all__ = [
     "load_and_run",
     "run",
     "our_prim_funcs",
+    "is_scheduled",
     "schedule_direct_llvm",
 ]
 
@@ -44,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: ``op_pattern`` kOpaque: FuseOps must not merge our (scheduled) PrimFuncs into others.
 _OPAQUE = 8
+
+
+#: The PrimFunc attribute TVM 0.27 sets on scheduled functions (older releases: "tir.is_scheduled").
+SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` was scheduled (by a tuning record or a default schedule)."""
+    return func.attrs is not None and any(k in func.attrs and bool(func.attrs[k]) for k in SCHEDULED_ATTRS)
 
 
 def our_prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
@@ -133,7 +143,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
     cuda_default = _cuda_default() if is_cuda(target) else None
     for name, func in our_prim_funcs(mod).items():
         kind = str(func.attrs[KIND_ATTR])
-        scheduled = "tir.is_scheduled" in func.attrs and bool(func.attrs["tir.is_scheduled"])
+        scheduled = is_scheduled(func)
         new = func
         if not scheduled:
             try:
@@ -149,7 +159,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
                 logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
                 new = func
             if new is not func:
-                new = new.with_attr("tir.is_scheduled", True)
+                new = new.with_attr(SCHEDULED_ATTRS[0], True)
         if new.attrs is not None and "global_symbol" in new.attrs:
             new = new.without_attr("global_symbol")
         new = new.with_attr("op_pattern", _OPAQUE)
@@ -162,11 +172,14 @@ def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path | N
         return mod
     from .tune.database import open_database
 
-    database = open_database(sdir)
-    before = {n for n, f in our_prim_funcs(mod).items() if "tir.is_scheduled" in f.attrs}
+    try:  # a reader must not take the tuning run's lock (crash-safe database of issue 7)
+        database = open_database(sdir, readonly=True)
+    except TypeError:  # an open_database without the readonly option
+        database = open_database(sdir)
+    before = {n for n, f in our_prim_funcs(mod).items() if is_scheduled(f)}
     with target, database:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    tuned = [n for n, f in our_prim_funcs(mod).items() if "tir.is_scheduled" in f.attrs and n not in before]
+    tuned = [n for n, f in our_prim_funcs(mod).items() if is_scheduled(f) and n not in before]
     logger.info("applied tuned schedules from %s to %d of our functions", sdir, len(tuned))
     return mod
 
