@@ -1,8 +1,31 @@
 """The CUDA path without (or with) a GPU: driver stand-in, nvcc builds, verification, ``cuda-check``.
 
-Nothing here runs at import time; submodules import TVM's CUDA pieces lazily.
+* :mod:`.driver_stub`  -- ``ensure_cuda_runtime()``: TVM's CUDA runtime, with a driver stand-in on a
+  machine without a GPU (never pretends a device exists);
+* :mod:`.build`        -- ``build_cuda`` (nvcc + ptxas report), ``export_cuda`` / ``require_cubin``
+  (refuse source-only modules), ``cuda_builder`` (MetaSchedule);
+* :mod:`.verify`       -- GPU verification, occupancy estimate, serial CPU execution of GPU schedules;
+* :mod:`.check`        -- ``cuda_check(model_or_spec, target, samples, seed)`` -> per-layer rows;
+* :mod:`.measure`      -- ``require_gpu_measurement``: tuning refuses without a GPU or an RPC tracker.
+
+Nothing here runs at import time.
 """
+
+from importlib import import_module
 
 from .driver_stub import CudaRuntimeStatus, ensure_cuda_runtime
 
-__all__ = ["CudaRuntimeStatus", "ensure_cuda_runtime"]
+__all__ = ["CudaRuntimeStatus", "ensure_cuda_runtime", "build_cuda", "export_cuda", "cuda_check", "format_checks",
+           "passed", "require_gpu_measurement", "NoGPUError", "SourceOnlyModuleError"]
+
+_LAZY = {
+    "build_cuda": "build", "export_cuda": "build", "SourceOnlyModuleError": "build",
+    "cuda_check": "check", "format_checks": "check", "passed": "check",
+    "require_gpu_measurement": "measure", "NoGPUError": "measure",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -272,14 +272,29 @@ def file_cuda_images(path: str | os.PathLike) -> list[CudaImage]:
         return cuda_images(f.read())
 
 
-def require_cubin(images: list[CudaImage], arch: str, what: str = "module") -> None:
-    """Raise :class:`SourceOnlyModuleError` unless ``images`` hold a cubin for ``arch`` (``"sm_80"``)."""
-    sm = int(arch[3:].rstrip("a"))
+def require_cubin(images: object, arch: str, what: str | None = None) -> list[CudaImage]:
+    """Raise :class:`SourceOnlyModuleError` unless ``images`` hold a cubin for ``arch`` (``"sm_80"``).
+
+    ``images`` is a list of :class:`CudaImage`, a path (exported library, cubin or fatbin) or a built
+    module; returns the images found.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        what = what or f"library {os.fspath(images)}"
+        images = file_cuda_images(images)
+    elif not isinstance(images, list):
+        what = what or "module"
+        images = module_cuda_images(images)
+    what = what or "module"
+    match = re.fullmatch(r"sm_(\d+)a?", str(arch))
+    if match is None:
+        raise ValueError(f"arch {arch!r} is not of the form sm_XX")
+    sm = int(match.group(1))
     if not any(img.kind == "cubin" and img.sm == sm for img in images):
         got = ", ".join(f"{i.kind} sm_{i.sm}" for i in images) or "no device code (CUDA source only)"
         raise SourceOnlyModuleError(
             f"{what} has no cubin for {arch} ({got}): TVM's CUDA runtime was not loaded when it was built, so "
             "nvcc never ran; call tvm_winograd.cuda.ensure_cuda_runtime() first")
+    return images
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,19 +340,31 @@ def export_cuda(module: object, path: str | os.PathLike, arch: str) -> list[Cuda
 
 
 def _build_under_target(mod: tvm.IRModule, target: Target, _params: dict | None) -> tvm.runtime.Module:
-    """MetaSchedule build function: nvcc needs the target in scope (else "No CUDA architecture")."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401  (registers the tensor intrinsics a trace may use)
+    """MetaSchedule build function for CUDA candidates, run in a builder worker process.
+
+    * nvcc (``TVM_CUDA_COMPILE_MODE=nvcc``): NVRTC needs the ``cuda-bindings`` package;
+    * under ``with target:``: nvcc needs the current target (else "No CUDA architecture");
+    * TVM's CUDA runtime loaded (with the driver stand-in on a host without a GPU, e.g. when measuring
+      through RPC): otherwise the build is a source-only module the remote cannot load;
+    * no ``import tvm.s_tir.tensor_intrin`` (minutes per worker on a loaded machine; not needed to build).
+    """
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    if os.environ.get("TVM_CUDA_COMPILE_MODE") is None:
-        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"  # NVRTC needs the cuda-bindings package
+    from .driver_stub import ensure_cuda_runtime
+
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    ensure_cuda_runtime()
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     with target:
-        return tvm.tirx.build(mod, target=target)
+        built = tvm.tirx.build(mod, target=target)
+    if not all(m.is_runnable() for m in _cuda_imports(built)):
+        raise SourceOnlyModuleError(f"CUDA build for {target_sm(target)} returned a source-only module")
+    return built
 
 
-def cuda_builder(target: Target, max_workers: int | None = None):
-    """A MetaSchedule ``LocalBuilder`` that builds CUDA candidates under ``with target:`` (nvcc)."""
+def cuda_builder(target: Target, max_workers: int | None = None, timeout_sec: float = 120.0):
+    """A MetaSchedule ``LocalBuilder`` for CUDA candidates (see :func:`_build_under_target`)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(max_workers=max_workers, f_build=_build_under_target)
+    target_sm(target)
+    return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=_build_under_target)

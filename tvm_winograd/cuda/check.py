@@ -37,7 +37,7 @@ from .verify import check_numerics, occupancy
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
-           "format_checks", "specs_from_model"]
+           "format_checks", "specs_from_model", "cuda_check_command"]
 
 #: Draw at most this many samples per requested one before giving up on a space.
 MAX_DRAWS_PER_SAMPLE = 4
@@ -355,3 +355,31 @@ def format_checks(rows: Sequence[LayerCheck]) -> str:
     lines.append("")
     lines.append(f"overall: {'PASS' if passed(rows) else 'FAIL'} ({sum(r.passed for r in rows)}/{len(rows)} rows)")
     return "\n".join(lines)
+
+
+def cuda_check_command(args) -> int:
+    """``tvm-winograd cuda-check MODEL --target T [--samples N] [--seed S] [--json]``: 0 iff every row passed.
+
+    ``args`` needs ``model``, ``target``, ``samples``, ``seed`` and optionally ``input_shape`` (the CLI's
+    ``NAME:D1,D2,...`` list) and ``json``.
+    """
+    import json
+
+    from ..frontend import load_model
+
+    shapes = None
+    if getattr(args, "input_shape", None):
+        shapes = {}
+        for item in args.input_shape:
+            name, _, dims = str(item).partition(":")
+            try:
+                shapes[name] = tuple(int(d) for d in dims.split(","))
+            except ValueError:
+                raise ValueError(f"input shape {item!r} is not of the form NAME:D1,D2,...") from None
+    mod, _ = load_model(args.model, shapes)
+    rows = cuda_check(mod, args.target, samples=args.samples, seed=args.seed)
+    if getattr(args, "json", False):
+        print(json.dumps({"passed": passed(rows), "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
+    else:
+        print(format_checks(rows))
+    return 0 if passed(rows) else 1

@@ -59,6 +59,8 @@ def build_candidate(mod, target: Target, _params=None):
 def make_builder(target: Target, max_workers: int | None = None,
                  timeout_sec: float = BUILD_TIMEOUT_SEC) -> ms.builder.Builder:
     """A local parallel builder for ``target`` (``max_workers`` processes, default: one per core)."""
+    if target.kind.name == "cuda":  # nvcc mode + CUDA runtime (driver stand-in without a GPU): tvm_winograd.cuda
+        from tvm_winograd.cuda.build import cuda_builder; return cuda_builder(target, max_workers, timeout_sec)  # noqa: E702
     return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec, f_build=build_candidate)
 
 
@@ -146,6 +148,8 @@ def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | N
     if not rpc_tracker:
         if rpc_key:
             raise ValueError(f"rpc key {rpc_key!r} given without an rpc tracker")
+        if target.kind.name == "cuda":  # never time CUDA without a GPU (tvm_winograd.cuda.measure)
+            from tvm_winograd.cuda.measure import require_gpu_measurement; require_gpu_measurement(target)  # noqa: E702
         return ms.runner.LocalRunner(evaluator_config=evaluator_config)
     host, port = parse_tracker(rpc_tracker)
     if not rpc_key:

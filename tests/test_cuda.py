@@ -1,0 +1,295 @@
+"""The CUDA path without a GPU (DESIGN section 4): real cubins from nvcc, TVM's GPU verification, ptxas
+resources, and the numerics of sampled schedules run serially on the CPU against float64.
+
+The driver stand-in (:mod:`tvm_winograd.cuda.driver_stub`) is loaded into this process; the test of the
+source-only fallback runs in a subprocess that never loads it.  Numerics tolerances are the componentwise
+rounding bound of :func:`tvm_winograd.accuracy.error_bound` (see :mod:`tvm_winograd.cuda.verify`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tvm
+
+from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func
+from tvm_winograd.targets import resolve_target
+from tvm_winograd.workload import make_spec
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("gcc") is None,
+                                reason="needs nvcc (CUDA toolkit) and gcc")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    from tvm_winograd.cuda import ensure_cuda_runtime
+
+    return ensure_cuda_runtime()
+
+
+def test_driver_stand_in_loads_cuda_runtime_without_a_gpu(runtime):
+    """TVM's CUDA runtime is loaded, and nothing pretends a GPU exists."""
+    assert tvm.runtime.enabled("cuda")
+    if runtime.driver == "system":
+        pytest.skip("a real NVIDIA driver is installed: the stand-in is not used here")
+    assert runtime.driver in ("stand-in", "nvidia-stub") and runtime.library
+    assert not runtime.gpu_present and not tvm.cuda(0).exist
+
+
+def test_rules_registered_for_cuda_and_gpu_keys():
+    from tvm_winograd.compute import SCHEDULE_RULES
+    from tvm_winograd.schedule import cuda as cuda_schedule
+
+    for key in cuda_schedule.RULE_KEYS:
+        for stage in ("data_pack", "bgemm", "inverse", "conv2d_winograd", "kernel_pack"):
+            name = f"s_tir.meta_schedule.{key}.{SCHEDULE_RULES[stage]}"
+            assert tvm.get_global_func(name, allow_missing=True) is not None, name
+
+
+# --------------------------------------------------------------------------------------------------
+# Binaries
+# --------------------------------------------------------------------------------------------------
+
+def test_parse_ptxas_report():
+    from tvm_winograd.cuda.build import parse_ptxas
+
+    log = textwrap.dedent("""\
+        ptxas info    : 0 bytes gmem
+        ptxas info    : Compiling entry function 'main_kernel_1' for 'sm_90'
+        ptxas info    : Function properties for main_kernel_1
+            16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+        ptxas info    : Used 96 registers, used 1 barriers, 12288 bytes smem, 400 bytes cmem[0]
+        ptxas info    : Compiling entry function 'main_kernel' for 'sm_90'
+        ptxas info    : Function properties for main_kernel
+            0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+        ptxas info    : Used 32 registers, used 0 barriers, 380 bytes cmem[0]
+        """)
+    source = ('extern "C" __global__ void __launch_bounds__(256) main_kernel_1(float* a) {}\n'
+              'extern "C" __global__ void __launch_bounds__(128) main_kernel(float* a) {}\n')
+    k1, k0 = parse_ptxas(log, source)
+    assert (k1.name, k1.arch, k1.registers, k1.spill_stores, k1.spill_loads, k1.shared_bytes, k1.threads) == \
+        ("main_kernel_1", "sm_90", 96, 8, 4, 12288, 256)
+    assert (k0.name, k0.registers, k0.spills, k0.shared_bytes, k0.threads) == ("main_kernel", 32, 0, 0, 128)
+
+
+def test_occupancy_estimate():
+    """sm_80: 64K registers; 128 threads x 128 registers = 16K per block -> 4 blocks = 16 of 64 warps."""
+    from tvm_winograd.cuda.build import KernelResources
+    from tvm_winograd.cuda.verify import occupancy
+
+    k = KernelResources("k", "sm_80", registers=128, spill_stores=0, spill_loads=0, shared_bytes=0,
+                        stack_bytes=0, threads=128)
+    assert occupancy(k, 80) == pytest.approx(16 / 64)
+    small = KernelResources("k", "sm_80", 32, 0, 0, 48 * 1024, 0, threads=256)  # smem-bound: 164K / 49K = 3
+    assert occupancy(small, 80) == pytest.approx(3 * 8 / 64)
+
+
+def test_cuda_images_of_fatbin_and_bare_cubin():
+    """Synthetic images: a fatbin with a PTX and an sm_90 ELF entry; a bare ELF cubin (ABI v8, sm_80)."""
+    from tvm_winograd.cuda.build import CudaImage, cuda_images, require_cubin, SourceOnlyModuleError
+
+    def elf(sm_flags: int, abi: int) -> bytes:
+        ident = b"\x7fELF" + bytes([2, 1, 1, 0x41, abi]) + bytes(7)
+        head = ident + struct.pack("<HHIQQQIHHHHHH", 2, 190, 1, 0, 0, 0, sm_flags, 64, 0, 0, 0, 0, 0)
+        return head
+
+    def entry(kind: int, sm: int, payload: bytes) -> bytes:
+        return struct.pack("<HHIQII", kind, 0x101, 64, len(payload), 0, 0) + struct.pack("<I", 0) + \
+            struct.pack("<I", sm) + bytes(32) + payload
+
+    body = entry(1, 90, b"//ptx\0\0\0") + entry(2, 90, elf(0x5A00, 8))
+    fatbin = struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(body)) + body
+    assert cuda_images(b"junk" + fatbin + b"tail") == [CudaImage("ptx", 90), CudaImage("cubin", 90)]
+    assert cuda_images(elf(0x5000, 8)) == [CudaImage("cubin", 80)]
+    assert cuda_images(elf(0x50, 7)) == [CudaImage("cubin", 80)]
+    require_cubin(cuda_images(fatbin), "sm_90")
+    with pytest.raises(SourceOnlyModuleError, match="no cubin for sm_80"):
+        require_cubin(cuda_images(fatbin), "sm_80")
+    with pytest.raises(SourceOnlyModuleError, match="CUDA source only"):
+        require_cubin(cuda_images(b"extern \"C\" __global__ void main_kernel() {}"), "sm_80")
+
+
+SMALL = make_spec((1, 8, 10, 10), (16, 8, 3, 3), padding=1)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_export_round_trip_holds_cubin(runtime, tmp_path, arch):
+    """Default schedule -> nvcc -> export .so -> load: the library embeds a cubin for exactly ``arch``,
+    the loaded module is a runnable CUDA module with our kernels, and ptxas reports no spills."""
+    from tvm_winograd.cuda.build import build_cuda, export_cuda, file_cuda_images
+    from tvm_winograd.cuda.verify import occupancy
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+
+    target = resolve_target(arch)
+    func = schedule_cuda_default(winograd_func(SMALL, WinogradConfig(m=4), Epilogue(bias=True, relu=True)), target)
+    built = build_cuda(func, target)
+    sm = int(arch[3:])
+    assert [(i.kind, i.sm) for i in built.images] == [("cubin", sm)]
+    names = {k.name for k in built.kernels}
+    assert len(names) == 3  # data_pack, bgemm, inverse+output
+    assert built.arch.startswith(arch)  # the H100 tag targets sm_90a
+    assert all(k.arch == built.arch and k.registers > 0 and k.spills == 0 for k in built.kernels)
+    assert max(k.shared_bytes for k in built.kernels) > 0  # the bgemm stages its operands in shared memory
+    assert all(0 < occupancy(k, sm) <= 1 for k in built.kernels)
+
+    path = tmp_path / f"winograd_{arch}.so"
+    images = export_cuda(built.module, path, arch)
+    assert ("cubin", sm) in [(i.kind, i.sm) for i in images]
+    assert file_cuda_images(path) == images
+    lib = tvm.runtime.load_module(str(path))
+    assert lib.implements_function("main")
+    cuda_mods = [m for m in lib.imports if m.kind == "cuda"]
+    assert len(cuda_mods) == 1 and cuda_mods[0].is_runnable()
+    assert all(cuda_mods[0].implements_function(n) for n in names)
+
+
+def test_source_only_fallback_is_refused(tmp_path):
+    """Without the driver stand-in TVM silently builds a source-only module: our checks refuse it."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+        import tvm
+        assert not tvm.runtime.enabled("cuda"), "this machine has a driver: no fallback to test"
+        from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func
+        from tvm_winograd.cuda.build import SourceOnlyModuleError, export_cuda, module_cuda_images
+        from tvm_winograd.schedule.cuda import schedule_cuda_default
+        from tvm_winograd.targets import resolve_target
+        from tvm_winograd.workload import make_spec
+        target = resolve_target("sm_80")
+        spec = make_spec((1, 4, 6, 6), (4, 4, 3, 3), padding=1)
+        func = schedule_cuda_default(winograd_func(spec, WinogradConfig(m=2)), target)
+        with target:
+            built = tvm.tirx.build(tvm.IRModule({{"main": func}}), target=target)
+        assert module_cuda_images(built) == []
+        try:
+            export_cuda(built, {str(tmp_path / "x.so")!r}, "sm_80")
+        except SourceOnlyModuleError as err:
+            print("REFUSED:", err)
+            sys.exit(0)
+        sys.exit("exported a source-only module")
+        """)
+    if _system_driver():
+        pytest.skip("a real NVIDIA driver is installed: TVM never falls back here")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "REFUSED: refusing to export a source-only CUDA module for sm_80" in proc.stdout
+
+
+def _system_driver() -> bool:
+    from tvm_winograd.cuda import ensure_cuda_runtime
+
+    return ensure_cuda_runtime().driver == "system"
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampled schedules: every one verified, compiled and numerically right
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "input_shape,weight_shape,layout,m,arch,samples",
+    [
+        ((1, 32, 14, 14), (32, 32, 3, 3), "NCHW", 4, "sm_80", 4),  # ResNet-like (256@14 scaled down)
+        ((1, 28, 28, 16), (3, 3, 16, 24), "NHWC", 2, "sm_90", 3),  # VGG-like (conv3_x scaled down), NHWC
+    ],
+    ids=["resnet-like-nchw-sm80", "vgg-like-nhwc-sm90"],
+)
+def test_sampled_schedules_pass_every_check(runtime, input_shape, weight_shape, layout, m, arch, samples):
+    from tvm_winograd.cuda.check import cuda_check, format_checks, passed
+
+    spec = make_spec(input_shape, weight_shape, padding=1, layout=layout)
+    rows = cuda_check(spec, arch, samples=samples, seed=0, m=m)
+    table = format_checks(rows)
+    assert [r.space for r in rows] == ["default", "shared", "direct"], table
+    assert passed(rows), table
+    for row in rows:
+        assert len(row.candidates) == row.requested
+        for cand in row.candidates:
+            assert cand.gpu_verified and cand.compiled and cand.numerics_ok, table
+            assert f"cubin sm_{arch[3:]}" in cand.cubin
+            assert cand.error_ratio is not None and cand.error_ratio <= 1.0
+    # the samples are different schedules, not one schedule checked N times
+    for row in rows[1:]:
+        assert len({c.decisions for c in row.candidates}) == len(row.candidates), table
+    assert rows[1].max_shared_bytes > 0 and rows[2].max_shared_bytes == 0, table
+
+
+def test_numerics_check_catches_a_wrong_program(runtime):
+    """The CPU numerics check fails when the program does not compute the reference (ReLU applied
+    by the schedule but not by the reference): the check can fail."""
+    from tvm_winograd.cuda.verify import check_numerics
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+
+    config = WinogradConfig(m=2)
+    func = schedule_cuda_default(winograd_func(SMALL, config, Epilogue(relu=True)), resolve_target("sm_80"))
+    assert check_numerics(func, SMALL, config, Epilogue(relu=True)).ok
+    wrong = check_numerics(func, SMALL, config, Epilogue())
+    assert not wrong.ok and wrong.worst_ratio > 1e3
+
+
+# --------------------------------------------------------------------------------------------------
+# Tuning and benchmarks refuse without a GPU
+# --------------------------------------------------------------------------------------------------
+
+def test_tuning_for_cuda_refuses_without_gpu_or_rpc(runtime):
+    from tvm_winograd.cuda.measure import NoGPUError, gpu_present, require_gpu_measurement
+    from tvm_winograd.tune.measure import make_builder, make_runner
+
+    if gpu_present():
+        pytest.skip("a GPU is present")
+    target = resolve_target("sm_80")
+    with pytest.raises(NoGPUError, match=r"no GPU here and no RPC tracker.*--rpc-tracker HOST:PORT --rpc-key KEY"):
+        require_gpu_measurement(target)
+    with pytest.raises(NoGPUError):
+        make_runner(target)
+    assert require_gpu_measurement(target, "127.0.0.1:9190") == "rpc"
+    assert require_gpu_measurement(resolve_target("llvm")) == "local"
+    make_builder(target)  # building needs no GPU
+
+
+def test_bench_cuda_exits_without_gpu():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_cuda.py"), "--layers", "resnet"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        pytest.skip("a GPU is present: the benchmark ran")
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_weight_transform_default_schedule(runtime):
+    """kernel_pack = G g G_T on the GPU schedule: compiles to a cubin, and run serially equals float64
+    (bound: 9 products summed per entry, in fp32)."""
+    import numpy as np
+
+    from tvm_winograd.compute import weight_transform_func
+    from tvm_winograd.cuda.build import build_cuda
+    from tvm_winograd.cuda.verify import serial_cpu_func
+    from tvm_winograd.reference import winograd_weight_transform
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+    from tvm_winograd.targets import host_target
+    from tvm_winograd.transforms import winograd_matrices
+
+    target = resolve_target("sm_80")
+    func = schedule_cuda_default(weight_transform_func(SMALL, WinogradConfig(m=4)), target)
+    built = build_cuda(func, target)
+    assert [(i.kind, i.sm) for i in built.images] == [("cubin", 80)] and len(built.kernels) == 1
+    cpu = tvm.tirx.build(tvm.IRModule({"main": serial_cpu_func(func)}), target=host_target())
+    w = np.random.default_rng(1).standard_normal(SMALL.weight_shape).astype("float32")
+    out = tvm.runtime.empty((6, 6, SMALL.in_channels, SMALL.out_channels), "float32", tvm.cpu(0))
+    cpu["main"](tvm.runtime.tensor(w, tvm.cpu(0)), out)
+    ref = winograd_weight_transform(w.astype("float64"), 4, "NCHW")
+    _, g_mat, _ = winograd_matrices(4, 3)
+    # sum of |terms| per entry: |G| |g| |G|^T; 9 rounded products (3 roundings each incl. the constants)
+    # accumulated in fp32: gamma_12 of it, plus the final rounding.
+    terms = np.einsum("ei,kcij,nj->enck", np.abs(g_mat), np.abs(w).astype("float64"), np.abs(g_mat))
+    u = np.finfo(np.float32).eps / 2
+    bound = 12 * u / (1 - 12 * u) * terms + u * np.abs(ref) + 1e-30
+    err = np.abs(out.numpy() - ref)
+    assert np.all(err <= bound) and err.max() > 0
