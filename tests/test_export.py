@@ -206,7 +206,6 @@ def test_ineligible_layers_lowered_to_our_direct_primfunc(tmp_path):
 def test_add_of_two_convolutions_is_fused_once(tmp_path):
     """relu(conv_a(x) + conv_b(x)): the add and relu go into conv_a's call (the first), conv_b keeps
     its bias only; the result is still right."""
-    from tvm_winograd.frontend import ModelInfo  # noqa: F401 (documents the info type)
     from tvm_winograd.models import Net, to_onnx
 
     net = Net("two_branches", (1, 8, 12, 12), seed=9)

@@ -232,3 +232,15 @@ def test_bad_arguments():
         rewrite_winograd(mod, "llvm", algo="fast")
     with pytest.raises(ValueError, match="IRModule"):
         rewrite_winograd("resnet18", "llvm")
+
+
+def test_module_pass_form(tiny, no_schedules):
+    """``winograd_pass`` is the same rewrite as a ``tvm.transform`` pass, reporting into a list."""
+    from tvm_winograd.relax_pass import winograd_pass
+
+    mod, _ = tiny
+    reports: list = []
+    new = tvm.transform.Sequential([winograd_pass("llvm", no_schedules, "winograd", reports)])(mod)
+    direct, expected = rewrite_winograd(mod, "llvm", no_schedules, algo="winograd")
+    assert reports == expected
+    tvm.ir.assert_structural_equal(new, direct)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,8 +283,8 @@ class _WinogradMutator(relax.PyExprMutator):
             config = WinogradConfig(m=layer["m"])
             wt = self._gv(_func_name("weight_transform", spec, config.m, None),
                           lambda: weight_transform_func(spec, config))
-            pack_sinfo = relax.TensorType(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec))
-            kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_sinfo), "kernel_pack")
+            pack_type = relax.TensorType(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec))
+            kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
             args.append(kernel_pack)
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
         else:
@@ -476,8 +476,6 @@ def rewrite_winograd(
 
 
 def _with_func(report: LayerReport, func: str | None) -> LayerReport:
-    from dataclasses import replace
-
     return replace(report, func=func)
 
 
