@@ -1,0 +1,330 @@
+"""Searched CPU (llvm) design spaces for the Winograd stages, registered as MetaSchedule custom rules.
+
+MetaSchedule calls ``s_tir.meta_schedule.cpu.<rule>`` with ``(sch, block)`` for every block whose
+``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.compute.SCHEDULE_RULES`).
+Each rule returns a list of schedules (one per structural choice); the knobs inside are *sampled*
+(``sample_perfect_tile``), so the evolutionary search mutates them.
+
+The spaces, stage by stage (``x1`` is the contiguous storage axis of a buffer):
+
+``winograd_output`` (visited first: blocks are visited from the last one)
+    The output is split into ``m x m`` tiles; a sampled number of tiles along the vector axis (W tiles
+    for NCHW, K lanes for NHWC) forms one step; ``inverse`` is computed at that step into a small
+    local buffer laid out with the vector axis innermost, so ``Y = A_T M A`` runs on whole vectors,
+    fully unrolled (within :data:`UNROLL_BUDGET`), and the epilogue (bias, residual, ReLU) is applied
+    while the tile is written.  Parallel over the outer tiles.
+``winograd_inverse``
+    Nothing more when the output rule placed it (always, for our PrimFuncs); a standalone schedule
+    otherwise.
+``winograd_bgemm`` (the hot stage)
+    ``alpha^2`` GEMMs ``M[e, n] = U[e, n]^T V[e, n]`` with a register-blocked micro-kernel: a
+    ``rows x lanes`` tile of accumulators lives in a local buffer (cache_write) that LLVM keeps in
+    registers, the whole reduction over C runs inside it (broadcast one operand, vector-load the
+    other, FMA), then the tile is written out.  Rows and lanes are split in three (parallel/cache
+    block, block, register) with sampled factors; one design space per vector axis: K (both layouts:
+    ``U[e, n, c, k]`` is contiguous in k) and, for NCHW, P (``V[e, n, c, p]`` is contiguous in p).
+``winograd_data_pack``
+    ``data_pad``, ``input_tile`` and ``B`` inlined; vectorized along the contiguous axis of
+    ``data_pack`` (P for NCHW, C for NHWC) with a sampled vector length, the ``alpha^2`` outputs and
+    the ``alpha^2`` inputs of a tile unrolled within :data:`UNROLL_BUDGET`, parallel over the rest.
+``winograd_kernel_pack``
+    The weight transform (folded ahead of time on constant weights): parallel over (C, K), unrolled.
+
+Compile time: fully unrolling ``eps, nu, r_a, r_b`` is ``alpha^4`` statements; for F(6, 3) (alpha 8)
+that is 4096 and compiles take minutes, so :func:`_unroll_within` keeps outer transform loops rolled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import tvm
+from tvm import s_tir, tirx
+
+from .default import UNROLL_BUDGET, _unroll_within
+
+__all__ = [
+    "RULES",
+    "register_cpu_rules",
+    "schedule_output",
+    "schedule_inverse",
+    "schedule_bgemm",
+    "schedule_data_pack",
+    "schedule_kernel_pack",
+    "bgemm_vector_axes",
+    "apply_fixed",
+]
+
+logger = logging.getLogger(__name__)
+
+Decisions = dict  # fixed sampling decisions by knob name, for hand-written schedules and tests
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _layout(sch: s_tir.Schedule) -> str:
+    return str(sch.mod["main"].attrs["tvm_winograd.layout"])
+
+
+def _m(sch: s_tir.Schedule) -> int:
+    return int(sch.mod["main"].attrs["tvm_winograd.m"])
+
+
+def _tile(sch: s_tir.Schedule, loop, n: int, max_inner: int, name: str, fixed: Decisions | None):
+    """Split ``loop`` in ``n`` with sampled perfect factors (or the fixed decision ``fixed[name]``)."""
+    decision = None if fixed is None else fixed.get(name)
+    if decision is not None:
+        decision = [int(d) for d in decision]
+    factors = sch.sample_perfect_tile(loop, n=n, max_innermost_factor=max_inner, decision=decision)
+    return sch.split(loop, factors)
+
+
+def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return False
+
+
+def _decompose_vectorized(sch: s_tir.Schedule, block, loop) -> None:
+    """Split the init of reduction ``block`` out above ``loop``; vectorize/unroll the init's loops
+    like the update's innermost ones (the update is vectorized before, as TVM requires)."""
+    init = sch.decompose_reduction(block, loop)
+    init_loops = sch.get_loops(init)
+    update_loops = sch.get_loops(block)
+    kinds = {int(sch.get(l).extent): sch.get(l).kind for l in update_loops[-1:]}
+    del kinds
+    inner = init_loops[-1]
+    if _extent(sch, inner) > 1:
+        sch.vectorize(inner)
+
+
+# --------------------------------------------------------------------------------------------------
+# output + inverse
+# --------------------------------------------------------------------------------------------------
+
+def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
+    """Output tiles with ``inverse`` computed per step of tiles, vectorized, epilogue fused."""
+    m, layout = _m(sch), _layout(sch)
+    if _has_block(sch, "A"):
+        sch.compute_inline(sch.get_sblock("A"))
+    inverse = sch.get_sblock("inverse")
+    ra_ext = sch.get(inverse).iter_vars[4].dom.extent
+    alpha = int(ra_ext)
+    if layout == "NCHW":
+        n, k, h, w = sch.get_loops(block)
+        ht, hi = sch.split(h, [None, m])
+        wt, wi = sch.split(w, [None, m])
+        wt0, wt1 = _tile(sch, wt, 2, 16, "output.tiles", fixed)
+        sch.reorder(n, k, ht, wt0, hi, wt1, wi)
+        outer = sch.fuse(n, k, ht)
+        step = wt0
+        sch.compute_at(inverse, step, preserve_unit_loops=True)
+        sch.vectorize(sch.fuse(wt1, wi))
+    else:
+        n, h, w, k = sch.get_loops(block)
+        ht, hi = sch.split(h, [None, m])
+        wt, wi = sch.split(w, [None, m])
+        k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
+        sch.reorder(n, ht, wt, k0, hi, wi, k1)
+        outer = sch.fuse(n, ht, wt)
+        step = k0
+        sch.compute_at(inverse, step, preserve_unit_loops=True)
+        sch.vectorize(k1)
+    sch.parallel(outer)
+    sch.set_scope(inverse, 0, "local")
+    # inverse's own loops: (k, p, vh, vw, r_a, r_b) for NCHW, (vh, vw, p, k, r_a, r_b) for NHWC.
+    loops = sch.get_loops(inverse)[-6:]
+    if layout == "NCHW":
+        k_l, p_l, vh, vw, ra, rb = loops
+        vec, rest = p_l, k_l
+    else:
+        vh, vw, p_l, k_l, ra, rb = loops
+        vec, rest = k_l, p_l
+    sch.reorder(rest, ra, rb, vh, vw, vec)
+    sch.vectorize(vec)
+    _unroll_within(sch, (ra, rb, vh, vw), UNROLL_BUDGET // 2 if alpha > 6 else UNROLL_BUDGET)
+    _decompose_vectorized(sch, inverse, ra)
+    return sch
+
+
+def schedule_inverse(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
+    """Standalone inverse (only when no output rule placed it): parallel, unrolled, vectorized."""
+    if len(sch.get_loops(block)) > 6:  # already computed at the output's tiles
+        return sch
+    layout = _layout(sch)
+    loops = sch.get_loops(block)
+    if layout == "NCHW":
+        k, p, vh, vw, ra, rb = loops
+        sch.reorder(k, p, ra, rb, vh, vw)
+        sch.parallel(k)
+    else:
+        vh, vw, p, k, ra, rb = loops
+        sch.reorder(p, k, ra, rb, vh, vw)
+        sch.parallel(p)
+    _unroll_within(sch, (ra, rb, vh, vw))
+    return sch
+
+
+# --------------------------------------------------------------------------------------------------
+# bgemm
+# --------------------------------------------------------------------------------------------------
+
+def bgemm_vector_axes(layout: str) -> tuple[str, ...]:
+    """The axis the GEMM micro-kernel vectorizes: the contiguous axis of ``M`` (P for NCHW, K for NHWC).
+
+    Vectorizing K for NCHW needs the accumulator tile transposed (``transform_layout``), whose
+    ``IndexMap`` our crash-safe database cannot serialize yet; ``schedule_bgemm`` still accepts it
+    for experiments.
+    """
+    return ("p",) if layout == "NCHW" else ("k",)
+
+
+def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
+                   fixed: Decisions | None = None) -> s_tir.Schedule:
+    """Register-blocked batched GEMM vectorized along ``vector_axis`` ("k" or "p")."""
+    layout = _layout(sch)
+    e, n, y0, y1, rc = sch.get_loops(block)
+    k, p = (y0, y1) if layout == "NCHW" else (y1, y0)
+    vec, row = (k, p) if vector_axis == "k" else (p, k)
+    en = sch.fuse(e, n)
+    r0, r1, r2 = _tile(sch, row, 3, 16, "bgemm.rows", fixed)
+    v0, v1, v2 = _tile(sch, vec, 3, 64, "bgemm.lanes", fixed)
+    c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
+    sch.reorder(en, r0, v0, r1, v1, c0, c1, r2, v2)
+    # Accumulate the rows x lanes tile in a local buffer (registers after unrolling), write it once.
+    acc = block
+    out = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(out, v1, preserve_unit_loops=True)
+    sch.parallel(sch.fuse(en, r0, v0))
+    sch.unroll(r2)
+    sch.vectorize(v2)
+    _decompose_vectorized(sch, acc, c0)
+    out_loops = sch.get_loops(out)
+    inner = out_loops[-2:]
+    # The write-back loops follow the buffer order: vectorize the contiguous one when it is the lanes.
+    contiguous_is_vec = (layout == "NCHW") == (vector_axis == "p")
+    if contiguous_is_vec:
+        sch.vectorize(inner[-1])
+    return sch
+
+
+# --------------------------------------------------------------------------------------------------
+# data_pack
+# --------------------------------------------------------------------------------------------------
+
+def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
+    """Input transform, vectorized along data_pack's contiguous axis (P for NCHW, C for NHWC).
+
+    The ``alpha x alpha x lanes`` input tiles are gathered once into a local buffer (``input_tile``
+    computed at the step, padding inlined), so the unrolled transform reads constant-indexed vectors.
+    """
+    for name in ("data_pad", "B"):
+        if _has_block(sch, name):
+            sch.compute_inline(sch.get_sblock(name))
+    pack = block
+    if sch.get(block).name_hint == "data_pack_acc" and _has_block(sch, "data_pack"):
+        sch.reverse_compute_inline(sch.get_sblock("data_pack"))
+    e, n, x0, x1, ra, rb = sch.get_loops(pack)
+    x10, x11 = _tile(sch, x1, 2, 64, "data_pack.lanes", fixed)
+    sch.reorder(x0, x10, e, n, ra, rb, x11)
+    step = sch.fuse(x0, x10)
+    sch.parallel(step)
+    # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once.
+    out = sch.cache_write(pack, 0, "local")
+    sch.reverse_compute_at(out, step, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(out)[-1])
+    tile = sch.get_sblock("input_tile")
+    sch.compute_at(tile, step, preserve_unit_loops=True)
+    sch.set_scope(tile, 0, "local")
+    tile_loops = sch.get_loops(tile)[-4:]
+    sch.vectorize(tile_loops[-1])
+    _unroll_within(sch, tile_loops[:2])
+    sch.vectorize(x11)
+    _unroll_within(sch, (e, n, ra, rb))
+    _decompose_vectorized(sch, pack, ra)
+    return sch
+
+
+def schedule_kernel_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
+    """The weight transform ``U = G g G_T``: parallel over (C, K), unrolled transform loops."""
+    if _has_block(sch, "G"):
+        sch.compute_inline(sch.get_sblock("G"))
+    if sch.get(block).name_hint == "kernel_pack_acc" and _has_block(sch, "kernel_pack"):
+        sch.reverse_compute_inline(sch.get_sblock("kernel_pack"))
+    e, n, c, k, ra, rb = sch.get_loops(block)
+    sch.reorder(c, k, e, n, ra, rb)
+    sch.parallel(sch.fuse(c, k))
+    _unroll_within(sch, (e, n, ra, rb))
+    return sch
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------------
+
+def _rule_output(sch, block):
+    return [schedule_output(sch, block)]
+
+
+def _rule_inverse(sch, block):
+    return [schedule_inverse(sch, block)]
+
+
+def _rule_bgemm(sch, block):
+    spaces = []
+    for axis in bgemm_vector_axes(_layout(sch)):
+        fork = sch.copy()
+        fork.seed(sch.fork_seed())
+        spaces.append(schedule_bgemm(fork, block, axis))
+    return spaces
+
+
+def _rule_data_pack(sch, block):
+    return [schedule_data_pack(sch, block)]
+
+
+def _rule_kernel_pack(sch, block):
+    return [schedule_kernel_pack(sch, block)]
+
+
+#: rule name (``schedule_rule`` attribute) -> design-space function ``(sch, block) -> [sch, ...]``
+RULES: dict[str, Callable] = {
+    "winograd_output": _rule_output,
+    "winograd_inverse": _rule_inverse,
+    "winograd_bgemm": _rule_bgemm,
+    "winograd_data_pack": _rule_data_pack,
+    "winograd_kernel_pack": _rule_kernel_pack,
+}
+
+
+def register_cpu_rules() -> None:
+    """Register every rule as ``s_tir.meta_schedule.cpu.<rule>`` (idempotent)."""
+    for name, fn in RULES.items():
+        tvm.register_global_func(f"s_tir.meta_schedule.cpu.{name}", fn, override=True)
+
+
+def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_axis: str = "k") -> tirx.PrimFunc:
+    """Apply the CPU design space with fixed decisions (hand-written schedules, experiments, tests).
+
+    ``decisions`` maps knob names (``output.tiles`` | ``output.lanes``, ``bgemm.rows``,
+    ``bgemm.lanes``, ``bgemm.reduce``, ``data_pack.lanes``) to perfect-tile factor lists; a missing
+    knob is sampled.
+    """
+    sch = s_tir.Schedule(func)
+    kind = str(func.attrs["tvm_winograd.kind"])
+    if kind == "weight_transform":
+        name = "kernel_pack_acc" if _has_block(sch, "kernel_pack_acc") else "kernel_pack"
+        return schedule_kernel_pack(sch, sch.get_sblock(name), decisions).mod["main"]
+    schedule_output(sch, sch.get_sblock("conv2d_winograd"), decisions)
+    schedule_bgemm(sch, sch.get_sblock("bgemm"), vector_axis, decisions)
+    pack = "data_pack_acc" if _has_block(sch, "data_pack_acc") else "data_pack"
+    schedule_data_pack(sch, sch.get_sblock(pack), decisions)
+    return sch.mod["main"]
+
+
+register_cpu_rules()

@@ -1,0 +1,686 @@
+"""Per-layer tuning: MetaSchedule search for every candidate algorithm, then choice by measurement.
+
+For one convolution (:class:`~tvm_winograd.workload.Conv2dSpec`) the candidates are the direct
+convolution (tuned with MetaSchedule's default llvm rules: it has no custom rule) and Winograd F(m, r)
+for every ``m`` of :data:`~tvm_winograd.workload.CANDIDATE_TILES` that fits the output (our design
+spaces, :mod:`tvm_winograd.schedule.cpu`).  Each candidate is one MetaSchedule task searched with
+evolutionary search and the XGBoost cost model; every measurement goes to the full tuning log
+(``tuning_logs/<target-dir>/``, via :func:`~tvm_winograd.tune.database.open_database`).
+
+Then, per candidate, the best records are re-applied, compiled and checked against the float64
+reference (:func:`tvm_winograd.reference.conv2d_direct`) with a derived rounding bound; the first one
+that passes is the candidate's schedule and its median measured time is the candidate's time.  The
+fastest candidate wins (:func:`choose_by_times`, a pure function); the decision and all times go to
+``schedules/<target-dir>/choices.json`` and each candidate's verified best record to the JSON database
+in ``schedules/<target-dir>/`` — what compilation applies (:func:`apply_best`).
+
+Resuming: a candidate whose workload already has ``>= trials`` records in the tuning log (failures
+included, :func:`~tvm_winograd.tune.database.measured_count`), or whose search with a budget of
+``>= trials`` already finished (``search_state.json`` in the log directory: a search can stop early when
+its space is exhausted), is not searched again: nothing is re-measured.  A candidate with fewer records
+gets the remaining ``trials - records`` trials; its search starts from the best database records
+(MetaSchedule's evolutionary search seeds its population from them), but the cost model starts fresh.
+
+Budget realism (2 cores): MetaSchedule's default evolutionary search evolves 512 candidates per round;
+here the population, initial sample and genetic iterations are scaled to the trial budget
+(:func:`make_strategy`), so a round costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
+from ..compute import Epilogue, WinogradConfig, direct_func, winograd_func
+from ..reference import conv2d_direct, winograd_weight_transform
+from ..targets import resolve_target, target_dirname
+from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
+from .choices import AlgorithmChoice, save_choices
+from .database import open_database
+from .measure import make_builder, make_runner
+
+__all__ = [
+    "CandidateResult",
+    "LayerTuneResult",
+    "layer_candidates",
+    "candidate_func",
+    "choose_by_times",
+    "make_strategy",
+    "tune_layer",
+    "apply_best",
+    "verify_func",
+    "format_results",
+    "default_tuning_dir",
+    "default_schedules_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+SEARCH_STATE_FILE = "search_state.json"
+#: How many of a candidate's best records are tried (verified) before giving up on it.
+VERIFY_TOP_K = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidates and the choice
+# --------------------------------------------------------------------------------------------------
+
+def layer_candidates(spec: Conv2dSpec) -> list[str]:
+    """``["direct", "winograd_m2", ...]``: direct always; Winograd for each candidate tile that fits.
+
+    A tile fits when Winograd can run the layer and ``m`` is at most the output's height and width
+    (a larger tile computes mostly padding).
+    """
+    names = ["direct"]
+    if winograd_ineligibility(spec) is None:
+        for m in CANDIDATE_TILES.get(spec.dtype, (2, 4)):
+            if m <= min(spec.out_height, spec.out_width):
+                names.append(f"winograd_m{m}")
+    return names
+
+
+def _parse_candidate(name: str) -> tuple[str, int | None]:
+    if name == "direct":
+        return "direct", None
+    if name.startswith("winograd_m") and name[len("winograd_m"):].isdigit():
+        return "winograd", int(name[len("winograd_m"):])
+    raise ValueError(f"candidate {name!r} is not 'direct' or 'winograd_m<m>'")
+
+
+def candidate_func(spec: Conv2dSpec, name: str, epilogue: Epilogue = Epilogue()) -> tirx.PrimFunc:
+    """The PrimFunc a candidate tunes: :func:`direct_func` or :func:`winograd_func` (pre-transformed weights)."""
+    algorithm, m = _parse_candidate(name)
+    if algorithm == "direct":
+        return direct_func(spec, epilogue)
+    return winograd_func(spec, WinogradConfig(m=m), epilogue)
+
+
+def choose_by_times(times_ms: dict[str, float | None]) -> AlgorithmChoice:
+    """The fastest candidate (``None`` = no verified schedule); ties go to direct, then the smaller m.
+
+    Raises ``ValueError`` when no candidate has a time.
+    """
+    timed = {name: t for name, t in times_ms.items() if t is not None and math.isfinite(t)}
+    if not timed:
+        raise ValueError(f"no candidate has a measured time: {times_ms}")
+
+    def order(name: str) -> tuple:
+        algorithm, m = _parse_candidate(name)
+        return (timed[name], algorithm != "direct", m or 0)
+
+    best = min(timed, key=order)
+    algorithm, m = _parse_candidate(best)
+    return AlgorithmChoice(algorithm, m, {k: (None if v is None else float(v)) for k, v in times_ms.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class CandidateResult:
+    """What tuning found for one candidate of one layer."""
+
+    name: str
+    algorithm: str
+    m: int | None
+    median_ms: float | None = None  # of the verified best record; None: none verified
+    records: int = 0  # measured candidates in the tuning log (failures included)
+    new_trials: int = 0  # measured by this call
+    verified: bool = False
+    max_error: float | None = None  # |ours - float64 reference| of the verified record
+    trials_to_90: int | None = None  # trials (this call) until within 90% of this call's best
+    history_ms: list = field(default_factory=list)  # best-so-far after each measured trial (this call)
+    wall_s: float = 0.0
+
+
+@dataclass
+class LayerTuneResult:
+    """The per-layer outcome: every candidate, the choice, where things were written."""
+
+    spec: Conv2dSpec
+    epilogue: Epilogue
+    target: str
+    candidates: dict[str, CandidateResult]
+    choice: AlgorithmChoice | None
+    work_dir: str
+    schedules_dir: str
+    trials: int
+    wall_s: float
+
+    @property
+    def best_ms(self) -> float | None:
+        if self.choice is None:
+            return None
+        name = "direct" if self.choice.algorithm == "direct" else f"winograd_m{self.choice.m}"
+        return self.candidates[name].median_ms
+
+
+def default_tuning_dir(target: Target) -> Path:
+    """``./tuning_logs/<target-dir>`` (full, resumable tuning logs)."""
+    return Path.cwd() / "tuning_logs" / target_dirname(target)
+
+
+def default_schedules_dir(target: Target) -> Path:
+    """``./schedules/<target-dir>`` (best record per workload + choices.json, applied at compile time)."""
+    return Path.cwd() / "schedules" / target_dirname(target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search configuration
+# --------------------------------------------------------------------------------------------------
+
+def make_strategy(trials: int, trials_per_iter: int) -> ms.search_strategy.SearchStrategy:
+    """Evolutionary search sized for small budgets (MetaSchedule's defaults evolve 512 per round)."""
+    population = int(min(256, max(32, 4 * trials_per_iter)))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population,
+        init_measured_ratio=0.2,
+        init_min_unmeasured=int(min(population, max(16, 2 * trials_per_iter))),
+        max_fail_count=5,
+        genetic_num_iters=2 if trials < 200 else 4,
+        genetic_mutate_prob=0.85,
+        genetic_max_fail_count=10,
+        eps_greedy=0.05,
+    )
+
+
+def _space(algorithm: str) -> ms.space_generator.SpaceGenerator:
+    if algorithm == "winograd":
+        # Our rules schedule every block (and inline the constant matrices): no generic rule on top.
+        return ms.space_generator.PostOrderApply(sch_rules=[ms.schedule_rule.ApplyCustomRule()])
+    return ms.space_generator.PostOrderApply()  # MetaSchedule's default llvm rules
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Counts measured trials and tracks the best time; drives the optional progress display."""
+
+    def __init__(self, on_update: Callable[[int, float | None], None] | None = None) -> None:
+        super().__init__()
+        self.trials = 0
+        self.best_ms: float | None = None
+        self.history_ms: list[float | None] = []
+        self.on_update = on_update
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        for result in runner_results:
+            self.trials += 1
+            secs = result.run_secs
+            if secs is not None and len(secs) > 0:
+                vals = [float(s) for s in secs]
+                if all(v < 1e9 for v in vals):
+                    t = statistics.median(vals) * 1e3
+                    if self.best_ms is None or t < self.best_ms:
+                        self.best_ms = t
+            self.history_ms.append(self.best_ms)
+        if self.on_update is not None:
+            self.on_update(self.trials, self.best_ms)
+
+
+def _trials_to_90(history: Sequence[float | None]) -> int | None:
+    final = next((h for h in reversed(history) if h is not None), None)
+    if final is None:
+        return None
+    for i, h in enumerate(history):
+        if h is not None and h <= final / 0.9:
+            return i + 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------------------------------
+
+def _unit_roundoff(dtype: str) -> float:
+    return {"float16": 2.0**-11, "float32": 2.0**-24, "float64": 2.0**-53}[dtype]
+
+
+def _inputs(spec: Conv2dSpec, epilogue: Epilogue, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {"x": rng.standard_normal(spec.input_shape).astype(spec.dtype),
+           "w": rng.standard_normal(spec.weight_shape).astype(spec.dtype)}
+    if epilogue.bias:
+        out["bias"] = rng.standard_normal((spec.out_channels,)).astype(spec.dtype)
+    if epilogue.residual:
+        out["residual"] = rng.standard_normal(spec.output_shape).astype(spec.out_dtype)
+    return out
+
+
+def _reference_and_bound(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, m: int | None,
+                         data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 result and a componentwise rounding bound (transform norms, reduction depth, dtype)."""
+    from ..accuracy import error_bound
+
+    x64, w64 = data["x"].astype(np.float64), data["w"].astype(np.float64)
+    pad = spec.padding
+    conv = conv2d_direct(x64, w64, padding=pad, layout=spec.layout)
+    if algorithm == "winograd":
+        bound = error_bound(x64, w64, m=m, padding=pad, layout=spec.layout, out_dtype=spec.out_dtype)
+    else:
+        u = _unit_roundoff("float32")
+        depth = spec.in_channels * spec.r * spec.r + 1
+        s = conv2d_direct(np.abs(x64), np.abs(w64), padding=pad, layout=spec.layout)
+        bound = depth * u / (1 - depth * u) * s + _unit_roundoff(spec.out_dtype) * np.abs(conv)
+    y = conv
+    extra = np.zeros_like(conv)
+    channel_axis = 1 if spec.layout == "NCHW" else 3
+    if epilogue.bias:
+        b = data["bias"].astype(np.float64)
+        shape = [1, 1, 1, 1]
+        shape[channel_axis] = -1
+        y = y + b.reshape(shape)
+        extra = extra + np.abs(b.reshape(shape))
+    if epilogue.residual:
+        res = data["residual"].astype(np.float64)
+        y = y + res
+        extra = extra + np.abs(res)
+    if epilogue.relu:
+        y = np.maximum(y, 0)  # 1-Lipschitz: the bound carries over
+    u_out = _unit_roundoff(spec.out_dtype)
+    # Each epilogue addition rounds once; the output cast rounds once more.
+    bound = bound + 3 * u_out * (np.abs(conv) + extra + np.abs(y))
+    return y, bound
+
+
+def verify_func(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algorithm: str,
+                m: int | None, target: Target, seed: int = 0) -> float:
+    """Build ``func`` (a scheduled candidate) for ``target``, run it on seeded signed inputs and return
+    the max error vs the float64 reference; raises ``ArithmeticError`` when any output exceeds the
+    derived bound.  CPU targets only."""
+    if target.kind.name != "llvm":
+        raise NotImplementedError(f"verifying on target {target.kind.name!r}: only llvm runs on this host")
+    data = _inputs(spec, epilogue, seed)
+    dev = tvm.cpu(0)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    if algorithm == "winograd":
+        pack = winograd_weight_transform(data["w"].astype(np.float64), m, spec.layout).astype(spec.dtype)
+        args = [data["x"], pack]
+    else:
+        args = [data["x"], data["w"]]
+    if epilogue.bias:
+        args.append(data["bias"])
+    if epilogue.residual:
+        args.append(data["residual"])
+    dev_args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
+    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
+    ex["main"](*dev_args, out)
+    got = out.numpy().astype(np.float64)
+    ref, bound = _reference_and_bound(spec, epilogue, algorithm, m, data)
+    err = np.abs(got - ref)
+    if not np.all(np.isfinite(got)) or np.any(err > bound):
+        worst = np.unravel_index(np.argmax(np.where(np.isfinite(err), err - bound, np.inf)), err.shape)
+        raise ArithmeticError(f"{algorithm} (m={m}) output {worst}: error {err[worst]:.3g} > bound {bound[worst]:.3g}")
+    return float(err.max())
+
+
+def _apply_trace(record: ms.database.TuningRecord) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod["main"]
+
+
+def _median_ms(record: ms.database.TuningRecord) -> float | None:
+    secs = record.run_secs
+    if secs is None or len(secs) == 0:
+        return None
+    vals = [float(s) for s in secs]
+    if any(v >= 1e9 for v in vals):
+        return None
+    return statistics.median(vals) * 1e3
+
+
+# --------------------------------------------------------------------------------------------------
+# Database helpers
+# --------------------------------------------------------------------------------------------------
+
+def _as_module(func: tirx.PrimFunc) -> tvm.IRModule:
+    """The module MetaSchedule tunes for a PrimFunc (``global_symbol`` ``main``)."""
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+
+
+def _record_count(db, mod: tvm.IRModule, target: Target) -> int:
+    try:
+        from .database import measured_count
+    except ImportError:  # older database module: count by workload
+        if not db.has_workload(mod):
+            return 0
+        workload = db.commit_workload(mod)
+        return sum(1 for r in db.get_all_tuning_records() if r.workload.same_as(workload)
+                   or tvm.ir.structural_equal(r.workload.mod, mod))
+    return measured_count(db, mod, target)
+
+
+def _close(db) -> None:
+    close = getattr(db, "close", None)
+    if close is not None:
+        close()
+
+
+def _load_state(work_dir: Path) -> dict:
+    path = work_dir / SEARCH_STATE_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning("%s is unreadable (%s): ignoring it", path, err)
+        return {}
+
+
+def _save_state(work_dir: Path, state: dict) -> None:
+    path = work_dir / SEARCH_STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _state_key(spec: Conv2dSpec, epilogue: Epilogue, name: str) -> str:
+    return f"{spec.key()}|{epilogue.tag()}|{name}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The tuner
+# --------------------------------------------------------------------------------------------------
+
+def _make_runner(target: Target) -> ms.runner.Runner:
+    config = ms.runner.EvaluatorConfig(number=3, repeat=5, min_repeat_ms=20, enable_cpu_cache_flush=False)
+    try:
+        return make_runner(target, evaluator_config=config)
+    except TypeError:  # make_runner without evaluator_config
+        return make_runner(target)
+
+
+def tune_layer(
+    spec: Conv2dSpec,
+    target: object = "llvm",
+    *,
+    epilogue: Epilogue = Epilogue(),
+    trials: int = 64,
+    candidates: Iterable[str] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    schedules_dir: str | os.PathLike | None = None,
+    builder: ms.builder.Builder | None = None,
+    runner: ms.runner.Runner | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    trials_per_iter: int | None = None,
+    verify: bool = True,
+) -> LayerTuneResult:
+    """Tune every candidate algorithm of ``spec`` for ``target`` and keep the fastest, by measurement.
+
+    Parameters
+    ----------
+    spec, epilogue
+        The layer and its fused epilogue (part of the tuned PrimFunc).
+    target
+        Anything :func:`~tvm_winograd.targets.resolve_target` takes (default: this CPU).
+    trials
+        Measured candidates per algorithm (the same budget for direct and each Winograd m).
+    candidates
+        Subset of :func:`layer_candidates` (``"direct"``, ``"winograd_m4"``, ...); default: all.
+    work_dir, schedules_dir
+        Full tuning log and applied-schedules directories; default ``./tuning_logs/<target-dir>`` and
+        ``./schedules/<target-dir>``.
+    builder, runner
+        Injected measurement (tests); default :func:`make_builder` / :func:`make_runner` (local).
+    progress
+        Show a live progress display (trials, best time) and log the final per-layer table.
+    trials_per_iter
+        Candidates measured per search round (default ``min(16, trials)``).
+    verify
+        Check the chosen records against the float64 reference before storing them (llvm only).
+    """
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    tgt = resolve_target(target)
+    allowed = layer_candidates(spec)
+    names = list(allowed if candidates is None else candidates)
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"candidate {name!r} is not available for {spec.key()}: choose from {allowed}")
+    if not names:
+        raise ValueError("candidates is empty")
+    work_dir = Path(work_dir) if work_dir is not None else default_tuning_dir(tgt)
+    schedules_dir = Path(schedules_dir) if schedules_dir is not None else default_schedules_dir(tgt)
+    per_iter = int(trials_per_iter or min(16, trials))
+    can_verify = verify and tgt.kind.name == "llvm"
+    start = time.perf_counter()
+
+    builder = builder if builder is not None else _fast_builder(tgt)
+    runner = runner if runner is not None else _make_runner(tgt)
+    display = _Display(spec, names, trials) if progress else None
+    results: dict[str, CandidateResult] = {}
+    db = open_database(work_dir)
+    try:
+        state = _load_state(work_dir)
+        for index, name in enumerate(names):
+            algorithm, m = _parse_candidate(name)
+            func = candidate_func(spec, name, epilogue)
+            mod = _as_module(func)
+            res = CandidateResult(name, algorithm, m)
+            t0 = time.perf_counter()
+            done = _record_count(db, mod, tgt)
+            key = _state_key(spec, epilogue, name)
+            finished_budget = int(state.get(key, 0))
+            remaining = trials - done
+            if remaining > 0 and finished_budget < trials:
+                callback = _Progress(display.updater(name) if display else None)
+                if display:
+                    display.start(name, done)
+                ctx = ms.TuneContext(
+                    mod=mod, target=tgt, space_generator=_space(algorithm),
+                    search_strategy=make_strategy(trials, per_iter), task_name=name,
+                    rand_state=seed + 7919 * index, num_threads="physical",
+                    logger=ms.logging.get_loggers_from_work_dir(str(work_dir), [name])[0],
+                ).clone()
+                ms.tune.tune_tasks(
+                    tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir),
+                    max_trials_global=remaining, max_trials_per_task=remaining,
+                    num_trials_per_iter=min(per_iter, remaining), builder=builder, runner=runner,
+                    database=db, cost_model="xgb",
+                    measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
+                    task_scheduler="round-robin",
+                )
+                res.new_trials = callback.trials
+                res.history_ms = list(callback.history_ms)
+                res.trials_to_90 = _trials_to_90(callback.history_ms)
+                state[key] = trials
+                _save_state(work_dir, state)
+            else:
+                logger.info("%s %s: %d records already measured (budget %d): not searched again",
+                            spec.key(), name, done, trials)
+            res.records = _record_count(db, mod, tgt)
+            _pick_verified(db, mod, spec, epilogue, res, tgt, can_verify, seed)
+            res.wall_s = time.perf_counter() - t0
+            if display:
+                display.finish(name, res)
+            results[name] = res
+    finally:
+        if display:
+            display.close()
+        _close(db)
+
+    times = {name: r.median_ms for name, r in results.items()}
+    choice = None
+    if any(t is not None for t in times.values()):
+        choice = choose_by_times(times)
+        _store_best(schedules_dir, spec, epilogue, results, db_dir=work_dir, target=tgt)
+        save_choices(schedules_dir, {spec.key(): choice})
+    else:
+        logger.warning("%s: no candidate has a verified, measured schedule; nothing stored", spec.key())
+    out = LayerTuneResult(spec, epilogue, str(tgt), results, choice, str(work_dir), str(schedules_dir),
+                          trials, time.perf_counter() - start)
+    if progress:
+        logger.info("\n%s", format_results([out]))
+    return out
+
+
+def _pick_verified(db, mod: tvm.IRModule, spec: Conv2dSpec, epilogue: Epilogue, res: CandidateResult,
+                   target: Target, can_verify: bool, seed: int) -> None:
+    """Set ``res`` from the first of the best records that passes the float64 check."""
+    if not db.has_workload(mod):
+        return
+    workload = db.commit_workload(mod)
+    for record in db.get_top_k(workload, VERIFY_TOP_K):
+        t = _median_ms(record)
+        if t is None:
+            continue
+        if can_verify:
+            try:
+                res.max_error = verify_func(_apply_trace(record), spec, epilogue, res.algorithm, res.m,
+                                            target, seed)
+            except ArithmeticError as err:
+                logger.error("%s %s: a measured schedule is numerically wrong, skipped: %s",
+                             spec.key(), res.name, err)
+                continue
+        res.verified = can_verify
+        res.median_ms = t
+        res._record = record  # type: ignore[attr-defined]  # the record to store
+        return
+
+
+def _store_best(schedules_dir: Path, spec: Conv2dSpec, epilogue: Epilogue,
+                results: dict[str, CandidateResult], db_dir: Path, target: Target) -> None:
+    """Commit each candidate's verified best record to the schedules database (once)."""
+    db = open_database(schedules_dir)
+    try:
+        for res in results.values():
+            record = getattr(res, "_record", None)
+            if record is None:
+                continue
+            mod = record.workload.mod
+            workload = db.commit_workload(mod)
+            top = db.get_top_k(workload, 1)
+            if top and str(top[0].trace) == str(record.trace) and _median_ms(top[0]) == _median_ms(record):
+                continue
+            db.commit_tuning_record(ms.database.TuningRecord(
+                record.trace, workload, record.run_secs, record.target or target, record.args_info))
+    finally:
+        _close(db)
+
+
+def apply_best(func: tirx.PrimFunc, target: object, schedules_dir: str | os.PathLike | None = None
+               ) -> tirx.PrimFunc | None:
+    """The tuned schedule of exactly ``func`` from ``schedules_dir`` (its best record), or ``None``."""
+    tgt = resolve_target(target)
+    schedules_dir = Path(schedules_dir) if schedules_dir is not None else default_schedules_dir(tgt)
+    if not (schedules_dir / "database_workload.json").exists():
+        return None
+    mod = _as_module(func)
+    db = open_database(schedules_dir, readonly=True) if _accepts_readonly() else open_database(schedules_dir)
+    try:
+        if not db.has_workload(mod):
+            return None
+        records = db.get_top_k(db.commit_workload(mod), 1)
+        if not records:
+            return None
+        return _apply_trace(records[0]).with_attr("global_symbol", func.attrs.get("global_symbol", "main")
+                                                 if func.attrs is not None else "main")
+    finally:
+        _close(db)
+
+
+def _accepts_readonly() -> bool:
+    import inspect
+
+    return "readonly" in inspect.signature(open_database).parameters
+
+
+# --------------------------------------------------------------------------------------------------
+# Display
+# --------------------------------------------------------------------------------------------------
+
+class _Display:
+    """A rich progress bar per candidate: trials done of the budget and the best time so far."""
+
+    def __init__(self, spec: Conv2dSpec, names: list[str], trials: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.trials = trials
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), transient=False)
+        self.tasks = {name: self.progress.add_task(f"{spec.key()} {name}", total=trials, best="-", start=False)
+                      for name in names}
+        self.offset: dict[str, int] = {}
+        self.progress.start()
+
+    def start(self, name: str, done: int) -> None:
+        self.offset[name] = done
+        self.progress.start_task(self.tasks[name])
+        self.progress.update(self.tasks[name], completed=min(done, self.trials))
+
+    def updater(self, name: str) -> Callable[[int, float | None], None]:
+        def update(trials: int, best_ms: float | None) -> None:
+            self.progress.update(self.tasks[name], completed=min(self.offset.get(name, 0) + trials, self.trials),
+                                 best="-" if best_ms is None else f"{best_ms:.3f} ms")
+        return update
+
+    def finish(self, name: str, res: CandidateResult) -> None:
+        self.progress.update(self.tasks[name], completed=min(res.records, self.trials),
+                             best="-" if res.median_ms is None else f"{res.median_ms:.3f} ms"
+                             + ("" if res.verified else " (unverified)"))
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def format_results(results: Sequence[LayerTuneResult]) -> str:
+    """A markdown table: one row per layer, median ms per candidate, the choice and GFLOP/s."""
+    names: list[str] = []
+    for r in results:
+        for n in r.candidates:
+            if n not in names:
+                names.append(n)
+    head = ["layer"] + [f"{n} ms" for n in names] + ["choice", "eff. GFLOP/s", "trials", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r.spec.key()]
+        for n in names:
+            c = r.candidates.get(n)
+            cells.append("-" if c is None or c.median_ms is None else f"{c.median_ms:.3f}")
+        if r.choice is None:
+            cells += ["none", "-"]
+        else:
+            cells.append("direct" if r.choice.algorithm == "direct" else f"winograd F({r.choice.m},{r.spec.r})")
+            best = r.best_ms
+            cells.append("-" if not best else f"{r.spec.flops / (best * 1e6):.0f}")
+        cells += [str(r.trials), f"{r.wall_s:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_candidate(mod: tvm.IRModule, target: Target, _params=None) -> tvm.runtime.Module:
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin``.
+
+    That import parses ~500 TVMScript intrinsics, each walking the call stack with ``inspect``: about a
+    minute per builder process on a loaded 2-core machine (MetaSchedule restarts its build pool for every
+    batch).  Our llvm candidates use no tensor intrinsics.
+    """
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.compile(mod, target=target)
+
+
+def _fast_builder(target: Target) -> ms.builder.Builder:
+    builder = make_builder(target)
+    if isinstance(builder, ms.builder.LocalBuilder) and getattr(builder, "f_build", "x") is None:
+        builder.f_build = build_candidate
+    return builder
