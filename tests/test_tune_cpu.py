@@ -1,0 +1,145 @@
+"""The per-layer tuner (tune/tuner.py): choice by measurement, databases, resume, applied schedules.
+
+Measurement is injected (a fake runner returning fixed times per candidate, as Triton's autotuner tests
+inject a fake benchmark), so the choice is deterministic; candidates are really built, and the stored
+schedules are really compiled and checked against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from tvm_winograd.compute import Epilogue
+from tvm_winograd.targets import resolve_target
+from tvm_winograd.tune.choices import AlgorithmChoice, load_choices
+from tvm_winograd.tune.database import open_database
+from tvm_winograd.tune.tuner import (apply_best, candidate_func, choose_by_times, format_results,
+                                     layer_candidates, tune_layer, verify_func)
+from tvm_winograd.workload import make_spec
+
+TARGET = resolve_target("llvm")
+
+
+# ---------------------------------------------------------------------------------------------
+# The choice: a pure function of the measured times
+# ---------------------------------------------------------------------------------------------
+
+def test_choose_by_times_picks_the_fastest():
+    choice = choose_by_times({"direct": 2.0, "winograd_m2": 1.5, "winograd_m4": 0.9})
+    assert choice == AlgorithmChoice("winograd", 4, {"direct": 2.0, "winograd_m2": 1.5, "winograd_m4": 0.9})
+    assert choose_by_times({"direct": 0.5, "winograd_m4": 0.9}).algorithm == "direct"
+
+
+def test_choose_by_times_skips_unverified_and_breaks_ties():
+    choice = choose_by_times({"direct": None, "winograd_m2": 1.0, "winograd_m4": 1.0})
+    assert (choice.algorithm, choice.m) == ("winograd", 2)  # tie: the smaller (more accurate) tile
+    assert choose_by_times({"direct": 1.0, "winograd_m2": 1.0}).algorithm == "direct"  # tie: direct
+    assert choice.times_ms["direct"] is None
+    with pytest.raises(ValueError, match="no candidate"):
+        choose_by_times({"direct": None, "winograd_m4": float("nan")})
+
+
+def test_layer_candidates():
+    assert layer_candidates(make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)) == [
+        "direct", "winograd_m2", "winograd_m4", "winograd_m6"]
+    assert layer_candidates(make_spec((1, 8, 4, 4), (8, 8, 3, 3), padding=1)) == [
+        "direct", "winograd_m2", "winograd_m4"]  # F(6,3) on a 4x4 output: mostly padding
+    assert layer_candidates(make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1, stride=2)) == ["direct"]
+
+
+def test_bad_arguments():
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    with pytest.raises(ValueError, match="trials"):
+        tune_layer(spec, trials=0)
+    with pytest.raises(ValueError, match="winograd_m3"):
+        tune_layer(spec, trials=1, candidates=["winograd_m3"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning with injected measurement
+# ---------------------------------------------------------------------------------------------
+
+@derived_object
+class _FixedFuture(ms.runner.PyRunnerFuture):
+    def __init__(self, secs: float) -> None:
+        super().__init__()
+        self.secs = secs
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> ms.runner.RunnerResult:
+        return ms.runner.RunnerResult([self.secs] * 3, None)
+
+
+@derived_object
+class FakeRunner(ms.runner.PyRunner):
+    """Returns a fixed time per candidate, recognised by its second argument's shape:
+    Winograd's ``kernel_pack`` is (alpha, alpha, C, K), direct's weight is (K, C, 3, 3)."""
+
+    def __init__(self, secs_by_alpha: dict[int, float], direct_secs: float) -> None:
+        super().__init__()
+        self.secs_by_alpha = secs_by_alpha
+        self.direct_secs = direct_secs
+        self.calls = 0
+
+    def run(self, runner_inputs):
+        futures = []
+        for runner_input in runner_inputs:
+            self.calls += 1
+            shape = [int(s) for s in runner_input.args_info[1].shape]
+            secs = self.secs_by_alpha.get(shape[0], self.direct_secs) if shape[0] == shape[1] else self.direct_secs
+            futures.append(_FixedFuture(secs))
+        return futures
+
+
+def test_tune_choose_store_apply_resume(tmp_path):
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    epilogue = Epilogue(bias=True, relu=True)
+    work_dir, schedules_dir = tmp_path / "logs", tmp_path / "schedules"
+    runner = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)  # F(2,3) (alpha 4) is "faster"
+    result = tune_layer(spec, TARGET, epilogue=epilogue, trials=3, candidates=["direct", "winograd_m2"],
+                        work_dir=work_dir, schedules_dir=schedules_dir, runner=runner, progress=False, seed=1)
+    assert runner.calls == 6
+    assert (result.choice.algorithm, result.choice.m) == ("winograd", 2)
+    assert result.candidates["direct"].median_ms == pytest.approx(2.0)
+    assert result.candidates["winograd_m2"].median_ms == pytest.approx(1.0)
+    assert all(c.verified and c.records == 3 and c.new_trials == 3 for c in result.candidates.values())
+    assert "winograd F(2,3)" in format_results([result])
+
+    # The decision and every candidate's best verified record are stored for compilation.
+    choices = load_choices(schedules_dir)
+    assert choices[spec.key()].algorithm == "winograd" and choices[spec.key()].m == 2
+    assert set(choices[spec.key()].times_ms) == {"direct", "winograd_m2"}
+    assert json.loads((schedules_dir / "choices.json").read_text())
+    for name, algorithm, m in (("winograd_m2", "winograd", 2), ("direct", "direct", None)):
+        func = candidate_func(spec, name, epilogue)
+        tuned = apply_best(func, TARGET, schedules_dir)
+        assert tuned is not None, name
+        assert "T.parallel" in tuned.script() or name == "direct"
+        verify_func(tuned, spec, epilogue, algorithm, m, TARGET, seed=5)
+    other = candidate_func(spec, "winograd_m4", epilogue)
+    assert apply_best(other, TARGET, schedules_dir) is None  # never tuned: nothing applied
+
+    # A second run resumes: nothing is measured again, the same choice comes back.
+    runner2 = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)
+    again = tune_layer(spec, TARGET, epilogue=epilogue, trials=3, candidates=["direct", "winograd_m2"],
+                       work_dir=work_dir, schedules_dir=schedules_dir, runner=runner2, progress=False, seed=1)
+    assert runner2.calls == 0
+    assert all(c.new_trials == 0 and c.records == 3 for c in again.candidates.values())
+    assert (again.choice.algorithm, again.choice.m) == ("winograd", 2)
+    db = open_database(schedules_dir)
+    try:
+        assert len(db.get_all_tuning_records()) == 2  # one best record per workload, not duplicated
+    finally:
+        getattr(db, "close", lambda: None)()
+
+    # A bigger budget measures only the difference.
+    runner3 = FakeRunner({4: 1.0e-3}, direct_secs=0.5e-3)
+    more = tune_layer(spec, TARGET, epilogue=epilogue, trials=4, candidates=["direct"],
+                      work_dir=work_dir, schedules_dir=schedules_dir, runner=runner3, progress=False, seed=1)
+    assert runner3.calls == 1 and more.candidates["direct"].records == 4
