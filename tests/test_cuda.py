@@ -8,6 +8,7 @@ rounding bound of :func:`tvm_winograd.accuracy.error_bound` (see :mod:`tvm_winog
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -293,3 +294,20 @@ def test_weight_transform_default_schedule(runtime):
     bound = 12 * u / (1 - 12 * u) * terms + u * np.abs(ref) + 1e-30
     err = np.abs(out.numpy() - ref)
     assert np.all(err <= bound) and err.max() > 0
+
+
+def test_cpu_run_crash_is_reported_not_fatal():
+    """A schedule that corrupts memory on the CPU (an out-of-bounds write) kills a forked child only;
+    the check reports it (TVM 0.27's reverse_compute_at under a predicated thread loop did that to
+    data_pack before its thread split was made perfect)."""
+    from tvm_winograd.cuda.verify import CPUExecutionCrashed, _in_child
+
+    assert _in_child(sum, [1, 2, 3]) == 6
+    with pytest.raises(CPUExecutionCrashed, match="crashed \\(signal 6\\)"):
+        _in_child(os.abort)
+    with pytest.raises(RuntimeError, match="ValueError: bad"):
+        _in_child(_raise_value_error)
+
+
+def _raise_value_error():
+    raise ValueError("bad")

@@ -39,6 +39,7 @@ __all__ = [
     "serial_cpu_func",
     "NumericsResult",
     "check_numerics",
+    "CPUExecutionCrashed",
 ]
 
 
@@ -147,15 +148,64 @@ def _host_target() -> Target:
     return host_target()
 
 
+class CPUExecutionCrashed(RuntimeError):
+    """The serial CPU run of a schedule died (e.g. an out-of-bounds write corrupted memory)."""
+
+
+def _in_child(fn, *args, **kwargs):
+    """Run ``fn`` in a forked child (no re-import: copy-on-write) and return its result.
+
+    A schedule with an out-of-bounds access can corrupt the heap of the process that runs it; in a child
+    it only kills the child, and the check reports it.
+    """
+    import os
+    import pickle
+
+    if not hasattr(os, "fork"):
+        return fn(*args, **kwargs)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(read_fd)
+            try:
+                payload = pickle.dumps(("ok", fn(*args, **kwargs)))
+            except BaseException as err:  # report any failure to the parent
+                payload = pickle.dumps(("error", f"{type(err).__name__}: {err}"))
+            with os.fdopen(write_fd, "wb") as f:
+                f.write(payload)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+        raise CPUExecutionCrashed(f"the serial CPU run crashed ({how}): the schedule likely accesses memory out "
+                                  "of bounds")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise RuntimeError(value)
+    return value
+
+
 def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig,
                    epilogue: Epilogue = Epilogue(), seed: int = 0,
-                   cpu_module: tvm.runtime.Module | None = None) -> NumericsResult:
+                   cpu_module: tvm.runtime.Module | None = None, isolate: bool = True) -> NumericsResult:
     """Run the GPU-scheduled winograd ``func`` serially on the CPU and compare with float64.
 
     Inputs are signed standard normals from ``np.random.default_rng(seed)``; the kernel pack is the
     float64 weight transform rounded to the pack dtype.  The bound is
-    :func:`tvm_winograd.accuracy.error_bound` plus the rounding of the bias add.
+    :func:`tvm_winograd.accuracy.error_bound` plus the rounding of the bias add.  With ``isolate`` the
+    build and run happen in a forked child, so a schedule that writes out of bounds raises
+    :class:`CPUExecutionCrashed` instead of corrupting this process.
     """
+    if isolate and cpu_module is None:
+        return _in_child(check_numerics, func, spec, config, epilogue, seed, None, False)
     rng = np.random.default_rng(seed)
     nchw = spec.layout == "NCHW"
     x = rng.standard_normal(spec.input_shape).astype(spec.dtype)

@@ -16,7 +16,8 @@ PostOrderApply visits consumers first, so the stages are scheduled in this order
                      space both operands staged through shared memory per reduction step with
                      vectorized cooperative loads (lanes: a categorical knob), explicit unrolling
                      (a categorical knob).
-``winograd_data_pack`` V = B_T d B: one thread per (channel, tile) (threads per block: a knob); the
+``winograd_data_pack`` V = B_T d B: one thread per (channel, tile) (threads per block: a perfect tile
+                     of C * P up to 256, so no thread is predicated off); the
                      alpha x alpha input tile gathered into registers (padding inlined), the transform
                      fully unrolled, V written from registers.
 ``winograd_kernel_pack`` U = G g G_T (the weight-transform function; folded ahead of time on constants).
@@ -60,6 +61,8 @@ RULE_KEYS = ("cuda", "gpu")
 BGEMM_SPACES = ("shared", "direct")
 #: Threads per block for the element-wise stages (data_pack, output + inverse, kernel_pack).
 THREAD_CHOICES = (32, 64, 128, 256)
+#: Threads per block for data_pack: a perfect factor of C * P up to this.
+MAX_PACK_THREADS = 256
 #: Explicit unroll limits for the bgemm inner loops.
 UNROLL_CHOICES = (0, 16, 64, 512)
 #: Vector lanes of the cooperative shared-memory loads.
@@ -240,8 +243,11 @@ def _schedule_data_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_
     data_pad = next(p for p in sch.get_producers(input_tile) if _name(sch, p) == "data_pad")
     e, nu, x0, x1, ra, rb = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC
     sch.reorder(x0, x1, e, nu, ra, rb)
-    threads = _categorical(sch, THREAD_CHOICES, DEFAULT_THREADS if pin else None)
-    _, tx = _bind_threads(sch, sch.fuse(x0, x1), threads)
+    # A perfect split: reverse_compute_at of the local write-back under a predicated (non-divisible)
+    # thread loop drops the predicate in TVM 0.27 and writes past the end of data_pack.
+    bx, tx = _tile2(sch, sch.fuse(x0, x1), MAX_PACK_THREADS, DEFAULT_THREADS if pin else None)
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
     for loop in (e, nu, ra, rb):
         sch.unroll(loop)
     local = sch.cache_write(pack, 0, "local")
