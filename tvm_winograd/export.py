@@ -149,7 +149,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
             try:
                 if is_cuda(target):
                     if cuda_default is not None:
-                        new = cuda_default(func)
+                        new = cuda_default(func, target)
                     # else: the CUDA pipeline's dlight defaults schedule it.
                 elif kind in ("winograd", "weight_transform"):
                     new = schedule_llvm_default(func)
@@ -190,6 +190,12 @@ def _cuda_build_env(target: tvm.target.Target):
     if not is_cuda(target):
         yield
         return
+    try:  # without libcuda TVM silently builds CUDA *source* only: load the driver (or its stand-in)
+        from .cuda.driver_stub import ensure_cuda_runtime
+
+        ensure_cuda_runtime()
+    except ImportError:
+        logger.warning("tvm_winograd.cuda is unavailable: without a CUDA driver the module may be source-only")
     old = os.environ.get("TVM_CUDA_COMPILE_MODE")
     os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
     try:
