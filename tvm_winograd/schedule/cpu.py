@@ -5,14 +5,14 @@ MetaSchedule calls ``s_tir.meta_schedule.cpu.<rule>`` with ``(sch, block)`` for 
 Each rule returns a list of schedules (one per structural choice); the knobs inside are *sampled*
 (``sample_perfect_tile``), so the evolutionary search mutates them.
 
-The spaces, stage by stage (``x1`` is the contiguous storage axis of a buffer):
+The spaces, stage by stage:
 
 ``winograd_output`` (visited first: blocks are visited from the last one)
     The output is split into ``m x m`` tiles; a sampled number of tiles along the vector axis (W tiles
     for NCHW, K lanes for NHWC) forms one step; ``inverse`` is computed at that step into a small
-    local buffer laid out with the vector axis innermost, so ``Y = A_T M A`` runs on whole vectors,
-    fully unrolled (within :data:`UNROLL_BUDGET`), and the epilogue (bias, residual, ReLU) is applied
-    while the tile is written.  Parallel over the outer tiles.
+    local buffer, ``Y = A_T M A`` runs on whole vectors of tiles (NCHW) or channels (NHWC), fully
+    unrolled within :data:`UNROLL_BUDGET` so the constant matrices fold, and the epilogue (bias,
+    residual, ReLU) is applied while the tile is written.  Parallel over the outer tiles.
 ``winograd_inverse``
     Nothing more when the output rule placed it (always, for our PrimFuncs); a standalone schedule
     otherwise.
@@ -20,13 +20,15 @@ The spaces, stage by stage (``x1`` is the contiguous storage axis of a buffer):
     ``alpha^2`` GEMMs ``M[e, n] = U[e, n]^T V[e, n]`` with a register-blocked micro-kernel: a
     ``rows x lanes`` tile of accumulators lives in a local buffer (cache_write) that LLVM keeps in
     registers, the whole reduction over C runs inside it (broadcast one operand, vector-load the
-    other, FMA), then the tile is written out.  Rows and lanes are split in three (parallel/cache
-    block, block, register) with sampled factors; one design space per vector axis: K (both layouts:
-    ``U[e, n, c, k]`` is contiguous in k) and, for NCHW, P (``V[e, n, c, p]`` is contiguous in p).
+    other, FMA), then the tile is written out once.  Rows and lanes are split in three (parallel/cache
+    block, block, register) with sampled factors, the reduction in two.  The lanes are the contiguous
+    axis of ``M``: P for NCHW (``V[e, n, c, p]`` contiguous in p), K for NHWC (``U[e, n, c, k]``).
 ``winograd_data_pack``
-    ``data_pad``, ``input_tile`` and ``B`` inlined; vectorized along the contiguous axis of
-    ``data_pack`` (P for NCHW, C for NHWC) with a sampled vector length, the ``alpha^2`` outputs and
-    the ``alpha^2`` inputs of a tile unrolled within :data:`UNROLL_BUDGET`, parallel over the rest.
+    ``data_pad`` and ``B`` inlined; vectorized along the contiguous axis of ``data_pack`` (P for
+    NCHW, C for NHWC) with a sampled vector length; per step, the ``alpha x alpha x lanes`` input tiles
+    are gathered once into a local buffer (``input_tile`` computed there, padding folded in), the
+    transform accumulates in a local tile (cache_write) with its ``alpha^2`` outputs and inputs unrolled
+    within :data:`UNROLL_BUDGET`, and is written once; parallel over the steps.
 ``winograd_kernel_pack``
     The weight transform (folded ahead of time on constant weights): parallel over (C, K), unrolled.
 
@@ -37,7 +39,7 @@ that is 4096 and compiles take minutes, so :func:`_unroll_within` keeps outer tr
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Callable
 
 import tvm
 from tvm import s_tir, tirx
@@ -91,14 +93,10 @@ def _has_block(sch: s_tir.Schedule, name: str) -> bool:
 
 
 def _decompose_vectorized(sch: s_tir.Schedule, block, loop) -> None:
-    """Split the init of reduction ``block`` out above ``loop``; vectorize/unroll the init's loops
-    like the update's innermost ones (the update is vectorized before, as TVM requires)."""
+    """Split the init of reduction ``block`` out above ``loop`` and vectorize the init's innermost loop
+    (the update is vectorized before decomposing: TVM refuses to vectorize it afterwards)."""
     init = sch.decompose_reduction(block, loop)
-    init_loops = sch.get_loops(init)
-    update_loops = sch.get_loops(block)
-    kinds = {int(sch.get(l).extent): sch.get(l).kind for l in update_loops[-1:]}
-    del kinds
-    inner = init_loops[-1]
+    inner = sch.get_loops(init)[-1]
     if _extent(sch, inner) > 1:
         sch.vectorize(inner)
 
