@@ -9,8 +9,9 @@ What MetaSchedule does with a failed measurement (TVM 0.27): the runner returns 
 task scheduler logs the message to ``<work_dir>/logs`` and the ``AddToDatabase`` callback stores the
 candidate with ``run_secs=[1e10]``.  Nothing is silently dropped, but the message itself is not in the
 database, and a failure caused by a dying server would mark a good candidate as bad.  The RPC runner
-made here therefore retries a candidate whose run failed for a transport reason (connection refused,
-reset or closed, session lost) on another server, up to ``retries`` times, before reporting the failure.
+made here therefore retries a candidate whose run raised in the RPC session (server gone, connection
+reset, ``code=kShutdown``) on another server, up to ``retries`` times (default 1), before reporting the
+failure; timeouts are not retried.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ BUILD_TIMEOUT_SEC = 120.0
 #: Seconds an RPC session may live (server side) and a measurement may take (client side, plus slack).
 RUN_TIMEOUT_SEC = 60
 
-# Substrings of RPCRunner error messages that mean "the transport failed", not "the kernel failed".
-_TRANSPORT_ERRORS = ("connection", "connect", "broken pipe", "socket", "eof", "closed", "rpc session",
-                     "cannot request", "remote", "errno")
+# RPCRunner reports a timeout with this prefix; every other failure is an exception in the session.
+_TIMEOUT_PREFIX = "RPCRunner: Timeout"
 
 
 def build_candidate(mod, target: Target, _params=None):
@@ -72,16 +72,20 @@ def parse_tracker(rpc_tracker: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_transport_error(message: str | None) -> bool:
-    if not message:
-        return False
-    text = message.lower()
-    return any(word in text for word in _TRANSPORT_ERRORS)
+def _is_retryable(message: str | None) -> bool:
+    """A failure worth a second server: any exception in the RPC session, not a timeout.
+
+    A server that dies shows up as an exception somewhere in the session (``code=kShutdown``,
+    connection reset, ``Cannot request ... after 5 retry``); the traceback does not reliably tell it from
+    a kernel that fails on every server, so both are retried (``retries`` bounds the cost), while a
+    timeout, which a slow kernel would repeat, is not.
+    """
+    return bool(message) and not message.startswith(_TIMEOUT_PREFIX)
 
 
 @derived_object
 class _RetryingFuture(PyRunnerFuture):
-    """A runner future that resubmits its candidate when the run failed for a transport reason."""
+    """A runner future that resubmits its candidate when the run raised (see ``_is_retryable``)."""
 
     def __init__(self, runner: "_FarmRunner", runner_input: RunnerInput, future: RunnerFuture,
                  retries: int) -> None:
@@ -97,11 +101,11 @@ class _RetryingFuture(PyRunnerFuture):
     def result(self) -> RunnerResult:
         result = self.future.result()
         attempt = 0
-        while result.run_secs is None and attempt < self.retries and _is_transport_error(result.error_msg):
+        while result.run_secs is None and attempt < self.retries and _is_retryable(result.error_msg):
             attempt += 1
-            first_line = (result.error_msg or "").strip().splitlines()[-1:] or [""]
+            last_line = (result.error_msg or "").strip().splitlines()[-1:] or [""]
             logger.warning("RPC measurement of %s failed (%s); retry %d of %d on another server",
-                           self.runner_input.artifact_path, first_line[0][:200], attempt, self.retries)
+                           self.runner_input.artifact_path, last_line[0][:200], attempt, self.retries)
             self.future = self.runner.submit(self.runner_input)
             result = self.future.result()
         return result
@@ -109,7 +113,7 @@ class _RetryingFuture(PyRunnerFuture):
 
 @derived_object
 class _FarmRunner(RPCRunner._cls):  # noqa: SLF001 - derived_object forbids subclassing the decorated class
-    """``RPCRunner`` with a bounded client-side wait per measurement and transport-error retries."""
+    """``RPCRunner`` with a bounded client-side wait per measurement and retries on another server."""
 
     def __init__(self, rpc_config: ms.runner.RPCConfig, evaluator_config: ms.runner.EvaluatorConfig | None,
                  max_workers: int, retries: int, wait_sec: float) -> None:
@@ -134,14 +138,14 @@ class _FarmRunner(RPCRunner._cls):  # noqa: SLF001 - derived_object forbids subc
 
 def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | None = None, *,
                 evaluator_config: ms.runner.EvaluatorConfig | None = None,
-                session_timeout_sec: int = RUN_TIMEOUT_SEC, retries: int = 2,
+                session_timeout_sec: int = RUN_TIMEOUT_SEC, retries: int = 1,
                 max_workers: int | None = None) -> ms.runner.Runner:
     """Local measurement, or through a TVM RPC tracker ``host:port`` on the servers under ``rpc_key``.
 
     With a tracker, the returned runner (an ``RPCRunner`` subclass) keeps one measurement in flight per
     server free at the tracker now (or ``max_workers``); the tracker hands each to a free server.  A run
-    that fails because its server went away is retried up to ``retries`` times on another server; a run
-    that still fails is reported as failed and recorded with ``run_secs=[1e10]``.  Raises
+    that raises (e.g. its server went away) is retried up to ``retries`` times on another server; a run
+    that still fails, or times out, is reported as failed and recorded with ``run_secs=[1e10]``.  Raises
     ``ValueError`` for a malformed address or a missing key, and ``ConnectionError`` naming the tracker
     and key when no server is registered under the key.
     """

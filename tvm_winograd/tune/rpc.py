@@ -56,21 +56,42 @@ def _spawn(args: list[str], log_path: str | None) -> subprocess.Popen:
             out.close()
 
 
+def _descendants(pid: int) -> list:
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil missing or the process already gone
+        return []
+
+
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-    """Stop ``proc`` and its process group (``sig``, then SIGKILL after ``timeout`` seconds)."""
+    """Stop ``proc`` and every process below it (``sig``, then SIGKILL after ``timeout`` seconds).
+
+    An ``rpc_server`` runs its server loop in a TVM popen worker (its own session) and forks a child per
+    RPC session, so killing the process group alone can leave a session running: the whole tree goes.
+    """
     if proc.poll() is not None:
         return
+    children = _descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.send_signal(sig)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=timeout)
-    # Session children of an rpc_server live in the same group; make sure none survives.
+    # Nothing below it may survive (session children, popen workers in their own sessions).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.kill()
+            child.wait(timeout=timeout)
 
 
 def _tracker_socket(host: str, port: int, timeout: float) -> socket.socket:
