@@ -199,13 +199,15 @@ def _system_driver() -> bool:
     [
         ((1, 32, 14, 14), (32, 32, 3, 3), "NCHW", 4, "sm_80", 4),  # ResNet-like (256@14 scaled down)
         ((1, 28, 28, 16), (3, 3, 16, 24), "NHWC", 2, "sm_90", 3),  # VGG-like (conv3_x scaled down), NHWC
+        ((1, 16, 12, 12), (16, 16, 3, 3), "NCHW", 4, "sm_86", 2),  # fp16 storage, fp32 accumulation
     ],
-    ids=["resnet-like-nchw-sm80", "vgg-like-nhwc-sm90"],
+    ids=["resnet-like-nchw-sm80", "vgg-like-nhwc-sm90", "fp16-nchw-sm86"],
 )
-def test_sampled_schedules_pass_every_check(runtime, input_shape, weight_shape, layout, m, arch, samples):
+def test_sampled_schedules_pass_every_check(runtime, request, input_shape, weight_shape, layout, m, arch, samples):
     from tvm_winograd.cuda.check import cuda_check, format_checks, passed
 
-    spec = make_spec(input_shape, weight_shape, padding=1, layout=layout)
+    dtype = "float16" if "fp16" in request.node.callspec.id else "float32"
+    spec = make_spec(input_shape, weight_shape, padding=1, layout=layout, dtype=dtype)
     rows = cuda_check(spec, arch, samples=samples, seed=0, m=m)
     table = format_checks(rows)
     assert [r.space for r in rows] == ["default", "shared", "direct"], table

@@ -231,47 +231,66 @@ def _bgemm_space(sch: s_tir.Schedule, gemm, space: str, pin: bool) -> None:
     sch.annotate(gemm, "meta_schedule.unroll_explicit", unroll)
 
 
+def _cast_consumer(sch: s_tir.Schedule, block, name: str):
+    """The dtype-cast block ``name`` that consumes ``block`` (fp16 storage of an fp32 transform), if any."""
+    return next((c for c in sch.get_consumers(block) if _name(sch, c) == name), None)
+
+
 def _schedule_data_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_tir.Schedule]:
-    """V = B_T d B: one thread per (channel, tile), the input tile and V in registers."""
-    nchw = _layout(sch) == "NCHW"
-    if _name(sch, pack) == "data_pack_acc":  # fp16 storage: fold the cast into the transform
-        for consumer in sch.get_consumers(pack):
-            if _name(sch, consumer) == "data_pack":
-                sch.reverse_compute_inline(consumer)
+    """V = B_T d B: one thread per (channel, tile), the input tile and V in registers.
+
+    With fp16 storage (``data_pack_acc`` -> cast ``data_pack``) the cast block is the per-thread store
+    and the fp32 transform is computed at it in registers (a reduction block cannot be inlined into its
+    consumer).
+    """
+    cast = _cast_consumer(sch, pack, "data_pack") if _name(sch, pack) == "data_pack_acc" else None
     _inline_producers(sch, pack, ("B",))
     input_tile = next(p for p in sch.get_producers(pack) if _name(sch, p) == "input_tile")
     data_pad = next(p for p in sch.get_producers(input_tile) if _name(sch, p) == "data_pad")
     e, nu, x0, x1, ra, rb = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC
     sch.reorder(x0, x1, e, nu, ra, rb)
+    for loop in (e, nu, ra, rb):
+        sch.unroll(loop)
+    store = pack if cast is None else cast
+    if cast is not None:
+        ce, cn, c0, c1 = sch.get_loops(cast)
+        sch.reorder(c0, c1, ce, cn)
+        sch.unroll(ce)
+        sch.unroll(cn)
+        x0, x1 = c0, c1
     # A perfect split: reverse_compute_at of the local write-back under a predicated (non-divisible)
     # thread loop drops the predicate in TVM 0.27 and writes past the end of data_pack.
     bx, tx = _tile2(sch, sch.fuse(x0, x1), MAX_PACK_THREADS, DEFAULT_THREADS if pin else None)
     sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
-    for loop in (e, nu, ra, rb):
-        sch.unroll(loop)
-    local = sch.cache_write(pack, 0, "local")
-    sch.reverse_compute_at(local, tx, preserve_unit_loops=True)
+    if cast is None:
+        local = sch.cache_write(store, 0, "local")
+        sch.reverse_compute_at(local, tx, preserve_unit_loops=True)
+    else:
+        sch.compute_at(pack, tx, preserve_unit_loops=True)
+        sch.set_scope(pack, 0, "local")
     sch.compute_at(input_tile, tx, preserve_unit_loops=True)
     sch.set_scope(input_tile, 0, "local")
     sch.compute_inline(data_pad)
-    del nchw
     return [sch]
 
 
 def _schedule_kernel_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_tir.Schedule]:
     """U = G g G_T: one thread per (channel, output channel), the transform unrolled."""
-    if _name(sch, pack) == "kernel_pack_acc":
-        for consumer in sch.get_consumers(pack):
-            if _name(sch, consumer) == "kernel_pack":
-                sch.reverse_compute_inline(consumer)
+    cast = _cast_consumer(sch, pack, "kernel_pack") if _name(sch, pack) == "kernel_pack_acc" else None
     _inline_producers(sch, pack, ("G",))
     e, nu, c, k, ra, rb = sch.get_loops(pack)
     sch.reorder(c, k, e, nu, ra, rb)
-    threads = _categorical(sch, THREAD_CHOICES, DEFAULT_THREADS if pin else None)
-    _bind_threads(sch, sch.fuse(c, k), threads)
     for loop in (ra, rb):
         sch.unroll(loop)
+    if cast is not None:
+        ce, cn, c, k = sch.get_loops(cast)
+        sch.reorder(c, k, ce, cn)
+    threads = _categorical(sch, THREAD_CHOICES, DEFAULT_THREADS if pin else None)
+    _, tx = _bind_threads(sch, sch.fuse(c, k), threads)
+    if cast is not None:
+        sch.compute_at(pack, tx, preserve_unit_loops=True)
+        sch.set_scope(pack, 0, "local")
     return [sch]
 
 
