@@ -1,0 +1,448 @@
+"""``tvm-winograd``: inspect, tune, compile, run and benchmark Winograd convolution in TVM models.
+
+Modelled on ``tvmc``: one subcommand per job, ``--help`` with an example on each, plain tables on the
+terminal and ``--json`` for machines.  Bad input is one line on stderr and exit code 2 (``--debug``
+shows the traceback).  Heavy imports happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+PROG = "tvm-winograd"
+logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """Bad input from the command line (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument helpers
+# --------------------------------------------------------------------------------------------------
+
+def _parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``["input:1,3,224,224"]`` -> ``{"input": (1, 3, 224, 224)}``."""
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.rpartition(":")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise UsageError(f"--input-shape {item!r} is not NAME:D1,D2,... with positive integers")
+        shapes[name] = shape
+    return shapes
+
+
+def _parse_inputs(items: Sequence[str] | None) -> dict:
+    """``["data=x.npy"]`` -> ``{"data": np.ndarray}``."""
+    import numpy as np
+
+    inputs = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--input {item!r} is not NAME=FILE.npy")
+        if not Path(path).is_file():
+            raise UsageError(f"input file {path!r} (for {name!r}) does not exist")
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except Exception as err:  # numpy raises several types for a bad file
+            raise UsageError(f"input file {path!r} is not a readable .npy array: {err}") from None
+    return inputs
+
+
+def _target(text: str):
+    from .targets import resolve_target
+
+    return resolve_target(text)
+
+
+def _schedules_dir(path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"schedules directory {path!r} does not exist")
+    if not p.is_dir():
+        raise UsageError(f"schedules directory {path!r} is not a directory")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise UsageError(f"schedules directory {path!r} is not readable")
+    return str(p)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _progress(description: str):
+    """A transient spinner on stderr for a step that takes seconds to minutes."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                        console=_console(), transient=True, disable=not sys.stderr.isatty())
+    progress.add_task(description, total=None)
+    return progress
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row))
+    Console(width=200).print(table)
+
+
+def _emit_json(obj: object) -> None:
+    print(json.dumps(obj, indent=1, default=str))
+
+
+def _load(args) -> tuple:
+    from .frontend import load_model
+
+    with _progress(f"importing {args.model}"):
+        return load_model(args.model, _parse_input_shapes(getattr(args, "input_shape", None)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------
+
+def cmd_layers(args) -> int:
+    from .relax_pass import rewrite_winograd
+
+    mod, _info = _load(args)
+    _, reports = rewrite_winograd(mod, _target(args.target), _schedules_dir(args.schedules), args.algo)
+    if args.json:
+        _emit_json([r.as_dict() for r in reports])
+        return 0
+    rows = [(r.index, r.name, "x".join(map(str, r.input_shape)), "x".join(map(str, r.weight_shape)),
+             f"{r.stride[0]}x{r.stride[1]}", r.groups, r.algorithm, r.m, r.epilogue, r.source, r.reason)
+            for r in reports]
+    _print_table(f"{args.model}: {sum(r.algorithm == 'winograd' for r in reports)} of {len(reports)} "
+                 "convolutions use Winograd",
+                 ["#", "layer", "input", "weight", "stride", "groups", "algorithm", "m", "epilogue", "source",
+                  "reason"], rows)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tune.model import tune_model
+
+    mod, _info = _load(args)
+    target = _target(args.target)
+    if args.trials < 1:
+        raise UsageError(f"--trials {args.trials} must be at least 1")
+    results = tune_model(mod, target, trials=args.trials, log_dir=args.log_dir, schedules_dir=args.schedules,
+                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, progress=not args.json)
+    if args.json:
+        _emit_json(results)
+        return 0
+    rows = [(r["key"], r["algorithm"], r.get("m"), ", ".join(f"{k}={v:.3f}" for k, v in sorted(r["times_ms"].items())),
+             f"{r['speedup_vs_direct']:.2f}x" if r.get("speedup_vs_direct") else None) for r in results]
+    _print_table("tuned layers (median ms per candidate)", ["workload", "chosen", "m", "candidates (ms)",
+                                                             "vs direct"], rows)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from .export import compile_model, export_library
+
+    target = _target(args.target)
+    sdir = _schedules_dir(args.schedules)
+    if not str(args.output).endswith(".so"):
+        raise UsageError(f"output {args.output!r} must end in .so")
+    mod, info = _load(args)
+    if target.kind.name == "cuda":
+        from .cuda import ensure_cuda_runtime
+
+        ensure_cuda_runtime()  # TVM builds CUDA source only (no nvcc) without a driver library
+    start = time.perf_counter()
+    with _progress(f"compiling {args.model} for {target.kind.name}"):
+        ex, reports = compile_model(mod, target, sdir, args.algo)
+        path = export_library(ex, args.output)
+    if target.kind.name == "cuda":
+        from .cuda.build import require_cubin
+
+        require_cubin(path, str(target.attrs.get("arch", "")))
+    seconds = time.perf_counter() - start
+    n_wino = sum(r.algorithm == "winograd" for r in reports)
+    summary = {"output": str(path), "target": str(target), "seconds": round(seconds, 2),
+               "inputs": {n: {"shape": list(info.input_shapes[n]), "dtype": info.input_dtypes[n]}
+                          for n in info.input_names},
+               "winograd_layers": n_wino, "conv_layers": len(reports),
+               "layers": [r.as_dict() for r in reports]}
+    if args.json:
+        _emit_json(summary)
+    else:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
+              f"{n_wino} of {len(reports)} convolutions use Winograd")
+        print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from .export import run
+
+    inputs = _parse_inputs(args.input)
+    if args.repeat < 1:
+        raise UsageError(f"--repeat {args.repeat} must be at least 1")
+    vm, device = _load_vm(args.library, args.device)
+    outputs = _run_checked(vm, inputs, device)
+    times = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        run(vm, inputs, device)
+        times.append((time.perf_counter() - start) * 1e3)
+    median = float(np.median(times))
+    written = []
+    if args.output:
+        out = Path(args.output)
+        if len(outputs) == 1:
+            np.save(out, outputs[0])
+            written.append(str(out))
+        else:
+            for i, arr in enumerate(outputs):
+                p = out.with_name(f"{out.stem}_{i}{out.suffix or '.npy'}")
+                np.save(p, arr)
+                written.append(str(p))
+    if args.json:
+        _emit_json({"median_ms": median, "repeat": args.repeat, "times_ms": times,
+                    "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs],
+                    "written": written})
+    else:
+        for i, o in enumerate(outputs):
+            print(f"output {i}: shape {list(o.shape)} {o.dtype}, checksum {float(np.sum(o, dtype=np.float64)):.6g}")
+        for p in written:
+            print(f"wrote {p}")
+        print(f"latency: median {median:.3f} ms over {args.repeat} runs")
+    return 0
+
+
+def _load_vm(path: str, device: str):
+    """The library's Relax VM, loaded with the TVM runtime alone (no frontend, no compiler pass)."""
+    import tvm
+    from tvm import relax
+
+    lib = Path(path)
+    if not lib.is_file():
+        raise UsageError(f"library {path!r} does not exist")
+    try:
+        rt_mod = tvm.runtime.load_module(str(lib))
+    except Exception as err:  # TVM raises its own error types for a bad file
+        raise UsageError(f"cannot load library {path!r}: {_last_line(err)}") from None
+    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+    if device == "cuda" and not dev.exist:
+        raise UsageError("--device cuda: no CUDA GPU is visible on this machine")
+    try:
+        return relax.VirtualMachine(rt_mod, dev), dev
+    except Exception as err:
+        raise UsageError(f"library {path!r} is not a Relax VM executable: {_last_line(err)}") from None
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _run_checked(vm, inputs: dict, device) -> list:
+    """Run once; a wrong input name, shape or dtype becomes one clear UsageError."""
+    from .export import run
+
+    arity = vm._get_function_arity("main")
+    names = [vm._get_function_param_name("main", i) for i in range(arity)]
+    if not inputs:
+        raise UsageError(f"no --input given: the model takes {', '.join(names)}")
+    try:
+        return run(vm, inputs, device)
+    except ValueError:
+        raise
+    except Exception as err:  # the VM checks shapes/dtypes against the compiled signature
+        raise UsageError("inputs " + ", ".join(f"{n}{list(a.shape)} {a.dtype}" for n, a in inputs.items())
+                         + f" do not match the model: {_last_line(err)}") from None
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_main
+
+    return bench_main(args)
+
+
+def cmd_accuracy(args) -> int:
+    from .accuracy import accuracy_markdown, measure_accuracy
+
+    if not 2 <= args.r <= 7:
+        raise UsageError(f"--r {args.r} must be in 2..7")
+    ms = tuple(args.m) if args.m else tuple(m for m in range(2, 9) if m + args.r - 1 <= 14)
+    bad = [m for m in ms if not 2 <= m <= 8 or m + args.r - 1 > 14]
+    if bad:
+        raise UsageError(f"--m {bad[0]} is out of range for r={args.r} (2 <= m <= 8, m + r - 1 <= 14)")
+    dtypes = tuple(args.dtype) if args.dtype else ("float32", "float16")
+    with _progress("measuring Winograd errors"):
+        rows = measure_accuracy(ms=ms, r=args.r, dtypes=dtypes, shape=(1, args.channels, args.size, args.size))
+    if args.json:
+        _emit_json(rows)
+    else:
+        print(accuracy_markdown(rows))
+    return 0
+
+
+def cmd_cuda_check(args) -> int:
+    from .cuda.check import cuda_check_command
+
+    return cuda_check_command(args)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+
+MODEL_HELP = "a .onnx file, a torch.export program (.pt2) or a built-in name: resnet18, resnet50, vgg16, tiny_mixed"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--input-shape", action="append", metavar="NAME:D1,D2,...",
+                   help="fix an input's shape, e.g. input:1,3,224,224 (repeatable)")
+
+
+def _add_target(p: argparse.ArgumentParser, default: str = "llvm") -> None:
+    p.add_argument("--target", default=default,
+                   help="llvm (this CPU), cuda, sm_80/sm_86/sm_89/sm_90, a TVM tag or a JSON dict "
+                        f"(default {default})")
+
+
+def _cmd(sub, name: str, func: Callable, help_: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=f"{help_}\n\nexample:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Winograd convolution for Apache TVM: inspect, tune, compile and run models.",
+        epilog="example:\n  tvm-winograd compile resnet18 -o resnet18.so\n"
+               "  tvm-winograd run resnet18.so --input input=x.npy -o y.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _cmd(sub, "layers", cmd_layers, "list the conv layers, their eligibility and chosen algorithm",
+             "tvm-winograd layers resnet18 --target llvm")
+    _add_model_args(p)
+    _add_target(p)
+    p.add_argument("--schedules", metavar="DIR", help="schedules directory (default: the committed one)")
+    p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "tune", cmd_tune, "tune every distinct conv layer (direct vs Winograd m=2,4,6) by measurement",
+             "tvm-winograd tune resnet18 --target llvm --trials 64")
+    _add_model_args(p)
+    _add_target(p)
+    p.add_argument("--trials", type=int, default=64, help="measured trials per candidate (default 64)")
+    p.add_argument("--log-dir", metavar="DIR", help="tuning log root (default tuning_logs/)")
+    p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default schedules/)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the servers of a TVM RPC tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="device key of the RPC servers")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "compile", cmd_compile, "compile a model into one deployable shared library",
+             "tvm-winograd compile resnet18 --target llvm -o resnet18.so")
+    _add_model_args(p)
+    _add_target(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.so", help="the library to write")
+    p.add_argument("--schedules", metavar="DIR", help="tuned schedules directory (default: the committed one)")
+    p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto",
+                   help="auto: measured choice, else heuristic (default)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "run", cmd_run, "run a compiled library with the TVM runtime on .npy inputs",
+             "tvm-winograd run resnet18.so --input input=x.npy -o y.npy --repeat 10")
+    p.add_argument("library", help="the .so written by `tvm-winograd compile`")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeatable)")
+    p.add_argument("-o", "--output", metavar="Y.npy", help="write the output(s) here")
+    p.add_argument("--repeat", type=int, default=1, help="timed runs after one warm-up (default 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "bench", cmd_bench, "per-layer benchmark: ours vs TVM direct vs PyTorch vs onnxruntime",
+             "tvm-winograd bench --layers resnet18 --trials 32 --png bench.png")
+    p.add_argument("--layers", default="all",
+                   help="vgg16, resnet18, all, or comma-separated layer names (default all)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--trials", type=int, default=64, help="tuning trials per candidate (default 64)")
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats per competitor (default 10)")
+    p.add_argument("--out-md", metavar="FILE", help="write the markdown table here")
+    p.add_argument("--png", metavar="FILE", help="write a bar chart here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "accuracy", cmd_accuracy, "error table of Winograd F(m, r) vs float64 direct convolution",
+             "tvm-winograd accuracy --r 3")
+    p.add_argument("--r", type=int, default=3, help="kernel size (default 3)")
+    p.add_argument("--channels", type=int, default=64, help="input channels (default 64)")
+    p.add_argument("--size", type=int, default=32, help="input height = width (default 32)")
+    p.add_argument("--dtype", action="append", choices=("float32", "float16"), help="(repeatable; default both)")
+    p.add_argument("--m", action="append", type=int, help="tile sizes to measure (repeatable; default 2..8)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "cuda-check", cmd_cuda_check,
+             "verify sampled CUDA schedules without a GPU: nvcc, GPU limits, ptxas resources, numerics",
+             "tvm-winograd cuda-check resnet18 --target sm_80 --samples 4")
+    _add_model_args(p)
+    _add_target(p, default="sm_80")
+    p.add_argument("--samples", type=int, default=8, help="sampled schedules per design space (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ValueError, NotImplementedError, FileNotFoundError, ConnectionError) as err:
+        if args.debug:
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
