@@ -14,8 +14,9 @@ PostOrderApply visits consumers first, so the stages are scheduled in this order
                      tiles (perfect tiles, nested so that threads <= 16 x 32 and the shared tiles always
                      fit), a register tile per thread accumulated in ``local``, and in the ``shared``
                      space both operands staged through shared memory per reduction step with
-                     vectorized cooperative loads (lanes: a categorical knob), explicit unrolling
-                     (a categorical knob).
+                     vectorized cooperative loads (lanes: a categorical knob) and double-buffered
+                     (software pipelining: the next step's tiles load while this one computes),
+                     explicit unrolling (a categorical knob).
 ``winograd_data_pack`` V = B_T d B: one thread per (channel, tile) (threads per block: a perfect tile
                      of C * P up to 256, so no thread is predicated off); the
                      alpha x alpha input tile gathered into registers (padding inlined), the transform
@@ -227,6 +228,12 @@ def _bgemm_space(sch: s_tir.Schedule, gemm, space: str, pin: bool) -> None:
             sch.fuse(*loops[-ndim:])
             lanes = _categorical(sch, VECTOR_CHOICES, DEFAULT_VECTOR if pin else None)
             sch.annotate(cached, "meta_schedule.cooperative_fetch", lanes)
+        if not pin:
+            # Double-buffer the shared tiles: load step rc_o + 1 while computing step rc_o (TVM's
+            # InjectSoftwarePipeline; ThreadSync places the barriers).  Searched spaces only: the
+            # default schedule stays single-buffered, the most conservative choice for untuned code.
+            sch.annotate(rc_o, "software_pipeline_stage", [0, 0, 1])
+            sch.annotate(rc_o, "software_pipeline_order", [0, 1, 2])
     unroll = _categorical(sch, UNROLL_CHOICES, DEFAULT_UNROLL if pin else None)
     sch.annotate(gemm, "meta_schedule.unroll_explicit", unroll)
 
