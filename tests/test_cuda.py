@@ -313,3 +313,19 @@ def test_cpu_run_crash_is_reported_not_fatal():
 
 def _raise_value_error():
     raise ValueError("bad")
+
+
+def test_metaschedule_builder_ships_a_cubin(runtime):
+    """``make_builder`` for CUDA builds in a worker process that has no GPU (the RPC case: measure on a
+    remote GPU): the artifact it uploads embeds a real sm_90 cubin, never CUDA source."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_winograd.cuda.build import file_cuda_images
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+    from tvm_winograd.tune.measure import make_builder
+
+    target = resolve_target("sm_90")
+    func = schedule_cuda_default(winograd_func(SMALL, WinogradConfig(m=2)), target)
+    (result,) = make_builder(target, max_workers=1).build([ms.builder.BuilderInput(tvm.IRModule({"main": func}), target)])
+    assert result.error_msg is None, result.error_msg
+    assert [(i.kind, i.sm) for i in file_cuda_images(result.artifact_path)] == [("cubin", 90)]

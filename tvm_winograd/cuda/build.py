@@ -267,7 +267,18 @@ def module_cuda_images(module: object) -> list[CudaImage]:
 
 
 def file_cuda_images(path: str | os.PathLike) -> list[CudaImage]:
-    """Device images in an exported library (``.so``) or a cubin/fatbin file."""
+    """Device images in an exported library (``.so``), a (compressed) ``.tar`` of objects as
+    MetaSchedule's builder exports, or a cubin/fatbin file."""
+    import tarfile
+
+    if tarfile.is_tarfile(path):
+        images: list[CudaImage] = []
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                f = tar.extractfile(member) if member.isfile() else None
+                if f is not None:
+                    images.extend(cuda_images(f.read()))
+        return images
     with open(path, "rb") as f:
         return cuda_images(f.read())
 
