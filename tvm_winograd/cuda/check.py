@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 import tvm
-from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
