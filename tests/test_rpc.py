@@ -142,3 +142,22 @@ def test_server_killed_during_a_measurement(tmp_path, target, caplog, retries):
             [(r.run_secs, (r.error_msg or "")[-300:]) for r in results]
         assert _is_retryable(failed[0].error_msg)  # what a retrying runner would have retried
         assert sum(r.run_secs is not None for r in results) == 1
+
+
+@pytest.mark.slow
+def test_tune_layer_through_the_tracker(tmp_path, target):
+    """The per-layer tuner measuring on two loopback servers: both candidates get their full budget,
+    a verified choice comes out, and the log is a plain MetaSchedule database."""
+    from tvm_winograd.tune.tuner import tune_layer
+
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    with local_rpc_farm(2, key=KEY, log_dir=str(tmp_path)) as farm:
+        runner = make_runner(target, rpc_tracker=farm.address, rpc_key=KEY)
+        result = tune_layer(spec, target, trials=4, candidates=["direct", "winograd_m2"],
+                            work_dir=tmp_path / "log", schedules_dir=tmp_path / "schedules",
+                            builder=make_builder(target), runner=runner, progress=False, seed=2,
+                            trials_per_iter=4)
+    assert all(c.records == 4 and c.new_trials == 4 for c in result.candidates.values()), result.candidates
+    assert all(c.verified for c in result.candidates.values())
+    assert result.choice is not None
+    assert len(ms.database.JSONDatabase(work_dir=str(tmp_path / "log"))) == 8
