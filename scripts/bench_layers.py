@@ -15,7 +15,8 @@ Effective GFLOP/s = direct-convolution FLOPs / time (Winograd can exceed the FMA
 
 Example (the lead's run, ~35 min on 2 idle cores, see the report)::
 
-    python scripts/bench_layers.py --layers 'vgg_conv2_2,vgg_conv3_*,vgg_conv4_*,resnet_*' --trials 64 \\
+    python scripts/bench_layers.py --layout NHWC --layers 'vgg_conv2_2,vgg_conv3_2,vgg_conv4_2,resnet_*' \\
+        --candidates direct,winograd_m2,winograd_m4 --trials 32 \\
         --out-md bench_layers.md --json bench_layers.json --png bench_layers.png
 """
 
@@ -45,7 +46,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated globs over: {', '.join(BENCH_LAYERS)} (default: all)")
     p.add_argument("--trials", type=int, default=64, help="trials per algorithm per layer (default 64)")
     p.add_argument("--batch", type=int, choices=(1, 8), default=1)
-    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NHWC",
+                   help="our data layout (default NHWC: K-vectorized GEMM; NCHW vectorizes P, often not a multiple of 16)")
     p.add_argument("--repeats", type=int, default=10, help="timed blocks per competitor (>= 10 for the report)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--candidates", default=None, help="comma-separated subset, e.g. direct,winograd_m4")

@@ -69,7 +69,7 @@ def test_sampled_schedules_are_correct(layout, m):
         seen.append(decisions)
         err = verify_func(scheduled, spec, epilogue, "winograd", m, TARGET, seed=seed)
         assert err > 0.0  # a real fp32 computation, not a copy of the reference
-    assert all(len(d) >= 3 for d in seen), "the design space samples its knobs"
+    assert all(len(d) >= 4 for d in seen), "the design space samples its knobs"
 
 
 def test_seeds_explore_different_points():
@@ -83,8 +83,8 @@ def test_seeds_explore_different_points():
 def test_fixed_decisions_hand_written_schedule():
     """apply_fixed: a hand-written point of the space (what scripts use to probe speed) is correct."""
     spec = _spec("NHWC", c=16, h=8, k=32)
-    decisions = {"bgemm.rows": [2, 2, 4], "bgemm.lanes": [1, 2, 16], "bgemm.reduce": [2, 8],
-                 "output.lanes": [2, 16], "data_pack.lanes": [1, 16]}
+    decisions = {"bgemm.rows": [2, 2, 4], "bgemm.vector": 16, "bgemm.lanes": [1, 2], "bgemm.reduce": [2, 8],
+                 "output.lanes": 16, "data_pack.lanes": 16}
     func = cpu.apply_fixed(winograd_func(spec, WinogradConfig(m=2)), decisions, "k")
     verify_func(func, spec, Epilogue(), "winograd", 2, TARGET)
     text = func.script()

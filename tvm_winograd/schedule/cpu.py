@@ -84,6 +84,31 @@ def _tile(sch: s_tir.Schedule, loop, n: int, max_inner: int, name: str, fixed: D
     return sch.split(loop, factors)
 
 
+#: Vector lengths the spaces use: powers of two.  LLVM turns other lengths (e.g. 28 or 14 lanes, from
+#: perfect tiles of P = 196) into very slow code and very long compiles (measured: a 28-lane GEMM
+#: micro-kernel ran 10x slower than a 4-lane one; a 14-lane strided inverse took minutes to compile).
+VECTOR_LANES = (4, 8, 16, 32, 64)
+
+
+def _lanes(sch: s_tir.Schedule, loop, name: str, fixed: Decisions | None, max_lanes: int = 64,
+           candidates: tuple[int, ...] = VECTOR_LANES):
+    """Split ``loop`` into ``(outer, lanes)`` with ``lanes`` a sampled power of two dividing its extent
+    (``fixed[name]`` = a lane count pins it); ``(loop, None)`` when no candidate divides the extent."""
+    extent = _extent(sch, loop)
+    options = [c for c in candidates if c <= max_lanes and extent % c == 0]
+    if not options:
+        return loop, None
+    decision = None
+    if fixed is not None and fixed.get(name) is not None:
+        want = int(fixed[name])
+        if want not in options:
+            raise ValueError(f"{name}={want} is not a power-of-two lane count dividing {extent}: {options}")
+        decision = options.index(want)
+    lanes = sch.sample_categorical(options, [1.0 / len(options)] * len(options), decision=decision)
+    outer, inner = sch.split(loop, [None, lanes])
+    return outer, inner
+
+
 def _has_block(sch: s_tir.Schedule, name: str) -> bool:
     try:
         sch.get_sblock(name)
@@ -117,7 +142,7 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) 
         n, k, h, w = sch.get_loops(block)
         ht, hi = sch.split(h, [None, m])
         wt, wi = sch.split(w, [None, m])
-        wt0, wt1 = _tile(sch, wt, 2, 16, "output.tiles", fixed)
+        wt0, wt1 = _lanes(sch, wt, "output.tiles", fixed, max_lanes=16, candidates=(1, 2, 4, 8, 16))
         sch.reorder(n, k, ht, wt0, hi, wt1, wi)
         outer = sch.fuse(n, k, ht)
         step = wt0
@@ -127,7 +152,9 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) 
         n, h, w, k = sch.get_loops(block)
         ht, hi = sch.split(h, [None, m])
         wt, wi = sch.split(w, [None, m])
-        k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
+        k0, k1 = _lanes(sch, k, "output.lanes", fixed)
+        if k1 is None:
+            k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
         sch.reorder(n, ht, wt, k0, hi, wi, k1)
         outer = sch.fuse(n, ht, wt)
         step = k0
@@ -191,7 +218,11 @@ def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
     vec, row = (k, p) if vector_axis == "k" else (p, k)
     en = sch.fuse(e, n)
     r0, r1, r2 = _tile(sch, row, 3, 16, "bgemm.rows", fixed)
-    v0, v1, v2 = _tile(sch, vec, 3, 64, "bgemm.lanes", fixed)
+    vec_outer, v2 = _lanes(sch, vec, "bgemm.vector", fixed)
+    if v2 is None:  # no power-of-two lane count divides the axis: perfect tiles
+        v0, v1, v2 = _tile(sch, vec, 3, 64, "bgemm.lanes", fixed)
+    else:
+        v0, v1 = _tile(sch, vec_outer, 2, 16, "bgemm.lanes", fixed)
     c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
     sch.reorder(en, r0, v0, r1, v1, c0, c1, r2, v2)
     # Accumulate the rows x lanes tile in a local buffer (registers after unrolling), write it once.
@@ -228,7 +259,7 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     if sch.get(block).name_hint == "data_pack_acc" and _has_block(sch, "data_pack"):
         sch.reverse_compute_inline(sch.get_sblock("data_pack"))
     e, n, x0, x1, ra, rb = sch.get_loops(pack)
-    x10, x11 = _tile(sch, x1, 2, 64, "data_pack.lanes", fixed)
+    x10, x11 = _lanes(sch, x1, "data_pack.lanes", fixed, candidates=(1,) + VECTOR_LANES)
     sch.reorder(x0, x10, e, n, ra, rb, x11)
     step = sch.fuse(x0, x10)
     sch.parallel(step)
@@ -309,9 +340,10 @@ def register_cpu_rules() -> None:
 def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_axis: str = "k") -> tirx.PrimFunc:
     """Apply the CPU design space with fixed decisions (hand-written schedules, experiments, tests).
 
-    ``decisions`` maps knob names (``output.tiles`` | ``output.lanes``, ``bgemm.rows``,
-    ``bgemm.lanes``, ``bgemm.reduce``, ``data_pack.lanes``) to perfect-tile factor lists; a missing
-    knob is sampled.
+    ``decisions`` maps knob names to values; a missing knob is sampled.  Lane counts (powers of two
+    dividing the axis): ``bgemm.vector``, ``output.tiles`` (NCHW: tiles per vector), ``output.lanes``
+    (NHWC), ``data_pack.lanes``.  Perfect-tile factor lists: ``bgemm.rows`` (3 factors),
+    ``bgemm.lanes`` (2 factors of the vector axis / lanes), ``bgemm.reduce`` (2 factors).
     """
     sch = s_tir.Schedule(func)
     kind = str(func.attrs["tvm_winograd.kind"])
