@@ -204,7 +204,11 @@ def _space(algorithm: str) -> ms.space_generator.SpaceGenerator:
     if algorithm == "winograd":
         # Our rules schedule every block (and inline the constant matrices): no generic rule on top.
         return ms.space_generator.PostOrderApply(sch_rules=[ms.schedule_rule.ApplyCustomRule()])
-    return ms.space_generator.PostOrderApply()  # MetaSchedule's default llvm rules
+    # MetaSchedule's default llvm rules and postprocs, without RewriteLayout: it pre-transforms the
+    # weight (topi marks it layout-free), which a PrimFunc taking plain weights cannot use, and its
+    # IndexMap in the trace is not serializable by our database.
+    postprocs = [p for p in ms.Postproc.create("llvm") if "RewriteLayout" not in type(p).__name__]
+    return ms.space_generator.PostOrderApply(postprocs=postprocs)
 
 
 @derived_object
