@@ -284,9 +284,11 @@ def _run_checked(vm, inputs: dict, device) -> list:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_main
+    from .bench import run_bench
 
-    return bench_main(args)
+    if not args.debug:
+        logging.getLogger("tvm_winograd").setLevel(logging.INFO)
+    return run_bench(args)
 
 
 def cmd_accuracy(args) -> int:
@@ -390,15 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "bench", cmd_bench, "per-layer benchmark: ours vs TVM direct vs PyTorch vs onnxruntime",
-             "tvm-winograd bench --layers resnet18 --trials 32 --png bench.png")
-    p.add_argument("--layers", default="all",
-                   help="vgg16, resnet18, all, or comma-separated layer names (default all)")
-    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--trials", type=int, default=64, help="tuning trials per candidate (default 64)")
-    p.add_argument("--repeat", type=int, default=10, help="timed repeats per competitor (default 10)")
-    p.add_argument("--out-md", metavar="FILE", help="write the markdown table here")
-    p.add_argument("--png", metavar="FILE", help="write a bar chart here")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+             "tvm-winograd bench --layers 'resnet_*' --trials 32 --png bench.png")
+    from .bench import add_bench_arguments
+
+    add_bench_arguments(p)
 
     p = _cmd(sub, "accuracy", cmd_accuracy, "error table of Winograd F(m, r) vs float64 direct convolution",
              "tvm-winograd accuracy --r 3")
