@@ -94,6 +94,22 @@ def test_round_trip_and_metaschedule_reads_it(tmp_path, target):
                                    theirs.query_ir_module(mod, target, "main"))
 
 
+def test_layout_rewrite_traces_round_trip(tmp_path, target):
+    """A TransformLayout trace carries an IndexMap (MetaSchedule's RewriteLayout postprocessor makes
+    them); Python's as_json cannot encode it, our writer stores it as TVM's C++ writer does."""
+    mod = _module()
+    db = open_database(tmp_path)
+    sch = tvm.s_tir.Schedule(mod)
+    sch.transform_layout(sch.get_sblock("conv2d_nchw"), ("read", 1), lambda o, i, h, w: (h, w, i, o))
+    workload = db.commit_workload(mod)
+    db.commit_tuning_record(TuningRecord(sch.trace, workload, [1e-5], target,
+                                         ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
+    db.close()
+    for loaded in (open_database(tmp_path, readonly=True), ms.database.JSONDatabase(work_dir=str(tmp_path))):
+        (record,) = loaded.get_all_tuning_records()
+        tvm.ir.assert_structural_equal(record.as_measure_candidate().sch.mod, sch.mod)
+
+
 def test_append_to_a_log_written_by_metaschedule(tmp_path, target):
     """A directory written by TVM's JSONDatabase is opened, extended, and still readable by TVM."""
     mod = _module()

@@ -41,6 +41,7 @@ import tvm
 import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule import _ffi_api
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
 from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 from tvm.target import Target
@@ -79,6 +80,26 @@ class DatabaseLoadWarning(UserWarning):
 def _warn(message: str) -> None:
     logger.warning(message)
     warnings.warn(message, DatabaseLoadWarning, stacklevel=3)
+
+
+def _plain(obj: Any) -> Any:
+    """A TVM JSON object (as ``AsJSON`` returns it) as plain Python, encoded the way MetaSchedule's C++
+    ``JSONDumps`` does: ``IntImm``/``FloatImm`` as numbers, an ``IndexMap`` (``TransformLayout`` traces,
+    from the ``RewriteLayout`` postprocessor) as its JSON-graph string.  Python's ``TuningRecord.as_json``
+    raises on the ``IndexMap``, hence this."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tvm.tirx.IndexMap):
+        return tvm.ir.save_json(obj)
+    if isinstance(obj, tvm.tirx.IntImm):
+        return bool(obj.value) if str(obj.ty) == "bool" else int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    if isinstance(obj, (list, tuple, tvm_ffi.Array)):
+        return [_plain(item) for item in obj]
+    if isinstance(obj, (dict, tvm_ffi.Map)):
+        return {str(key): _plain(value) for key, value in obj.items()}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a tuning log")
 
 
 def _dumps(obj: Any) -> str:
@@ -289,7 +310,7 @@ class CrashSafeDatabase(PyDatabase):
     def commit_workload(self, mod: tvm.IRModule) -> Workload:
         workload = self._memory.commit_workload(mod)
         if self._index_of(workload) is None:
-            self._append(self._fd_workload, _dumps(workload.as_json()))
+            self._append(self._fd_workload, _dumps(_plain(_ffi_api.WorkloadAsJSON(workload))))
             self._workloads.append(workload)
         return workload
 
@@ -299,7 +320,7 @@ class CrashSafeDatabase(PyDatabase):
             workload = self.commit_workload(record.workload.mod)
             index = self._index_of(workload)
             record = TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
-        self._append(self._fd_record, _dumps([index, record.as_json()]))
+        self._append(self._fd_record, _dumps([index, _plain(_ffi_api.TuningRecordAsJSON(record))]))
         self._memory.commit_tuning_record(record)
 
     def get_top_k(self, workload: Workload, top_k: int) -> list[TuningRecord]:
