@@ -51,7 +51,7 @@ from ..reference import conv2d_direct, winograd_weight_transform
 from ..targets import resolve_target, target_dirname
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice, save_choices
-from .database import open_database
+from .database import open_database, skip_measured
 from .measure import make_builder, make_runner
 
 __all__ = [
@@ -490,7 +490,7 @@ def tune_layer(
                     display.start(name, done)
                 ctx = ms.TuneContext(
                     mod=mod, target=tgt, space_generator=_space(algorithm),
-                    search_strategy=make_strategy(trials, per_iter), task_name=name,
+                    search_strategy=skip_measured(make_strategy(trials, per_iter)), task_name=name,
                     rand_state=seed + 7919 * index, num_threads="physical",
                     logger=ms.logging.get_loggers_from_work_dir(str(work_dir), [name])[0],
                 ).clone()
