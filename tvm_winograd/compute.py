@@ -292,19 +292,20 @@ def weight_transform_func(spec: Conv2dSpec, config: WinogradConfig) -> tirx.Prim
     return _tag(func, "weight_transform", spec.layout, config.m)
 
 
+def _epilogue_placeholders(spec: Conv2dSpec, epilogue: Epilogue) -> tuple[te.Tensor | None, te.Tensor | None]:
+    """The ``bias`` (K,) and ``residual`` (output shape) inputs the epilogue needs, else None."""
+    bias = te.placeholder((spec.out_channels,), spec.dtype, name="bias") if epilogue.bias else None
+    residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual") if epilogue.residual else None
+    return bias, residual
+
+
 def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue = Epilogue()) -> tirx.PrimFunc:
     """PrimFunc ``(data, kernel_pack[, bias][, residual]) -> output`` for the pre-transformed weights."""
     check_winograd(spec, config.m)
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     pack = te.placeholder(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec), name="kernel_pack")
-    args = [data, pack]
-    bias = residual = None
-    if epilogue.bias:
-        bias = te.placeholder((spec.out_channels,), spec.dtype, name="bias")
-        args.append(bias)
-    if epilogue.residual:
-        residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
-        args.append(residual)
+    bias, residual = _epilogue_placeholders(spec, epilogue)
+    args = [t for t in (data, pack, bias, residual) if t is not None]
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
     return _tag(te.create_prim_func(args + [out]), "winograd", spec.layout, config.m)
 
@@ -371,13 +372,7 @@ def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: st
     """PrimFunc ``(data, weight[, bias][, residual]) -> output`` of the direct convolution."""
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
-    args = [data, weight]
-    bias = residual = None
-    if epilogue.bias:
-        bias = te.placeholder((spec.out_channels,), spec.dtype, name="bias")
-        args.append(bias)
-    if epilogue.residual:
-        residual = te.placeholder(spec.output_shape, spec.out_dtype, name="residual")
-        args.append(residual)
+    bias, residual = _epilogue_placeholders(spec, epilogue)
+    args = [t for t in (data, weight, bias, residual) if t is not None]
     out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu)
     return _tag(te.create_prim_func(args + [out]), "direct", spec.layout)
