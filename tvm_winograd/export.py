@@ -215,7 +215,7 @@ def prepare_model(
     algo: str = "auto",
     *,
     rewrite: bool = True,
-    ineligible: str = "relax",
+    ineligible: str = "tir",
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
     tgt = resolve_target(target)
@@ -241,7 +241,7 @@ def compile_model(
     algo: str = "auto",
     *,
     rewrite: bool = True,
-    ineligible: str = "relax",
+    ineligible: str = "tir",
 ) -> tuple[tvm.runtime.Executable, list[LayerReport]]:
     """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
 
@@ -259,8 +259,9 @@ def compile_model(
     rewrite
         ``False`` compiles the same pipeline without the Winograd pass (the baseline).
     ineligible
-        ``"relax"`` (default): convolutions Winograd cannot run stay ``relax.nn.conv2d``;
-        ``"tir"``: they become our scheduled direct PrimFunc (see :func:`rewrite_winograd`).
+        ``"tir"`` (default): static-shape convolutions Winograd cannot run (1x1, stride 2, grouped,
+        dilated) become our scheduled direct PrimFunc; ``"relax"`` leaves them ``relax.nn.conv2d``,
+        which TVM legalizes to *unscheduled* TIR on llvm (measured: ResNet-18 417 ms vs 61 ms).
 
     Returns
     -------
