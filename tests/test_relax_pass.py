@@ -127,7 +127,7 @@ def test_epilogue_is_fused_and_weights_are_transformed_at_compile_time(tiny, no_
     first_conv = calls.index("relax.nn.conv2d")
     assert not any(c in ("relax.add", "relax.nn.relu") for c in calls[:first_conv])
 
-    prepared, _ = prepare_model(mod, "llvm", no_schedules, algo="winograd")
+    prepared, _ = prepare_model(mod, "llvm", no_schedules, algo="winograd", ineligible="relax")
     funcs = our_prim_funcs(prepared)
     kinds = sorted(str(f.attrs["tvm_winograd.kind"]) for f in funcs.values())
     assert kinds == ["winograd"] * 4, kinds  # no weight_transform left anywhere in the module
