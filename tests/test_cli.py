@@ -127,6 +127,12 @@ def test_compile_bad_inputs(tmp_path):
         locked.chmod(0o755)
 
 
+def test_cuda_check_bad_input_shape():
+    """cuda-check parses --input-shape with the same parser as the other commands (one line, exit 2)."""
+    assert_usage_error(cli("cuda-check", "tiny_mixed", "--input-shape", "input:1,x"), "input:1,x")
+    assert_usage_error(cli("cuda-check", "tiny_mixed", "--input-shape", "input:1,0,8,8"), "input:1,0,8,8")
+
+
 def test_debug_shows_traceback(tmp_path):
     proc = cli("layers", str(tmp_path / "missing.onnx"), "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr

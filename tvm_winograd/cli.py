@@ -313,7 +313,7 @@ def cmd_accuracy(args) -> int:
 def cmd_cuda_check(args) -> int:
     from .cuda.check import cuda_check_command
 
-    return cuda_check_command(args)
+    return cuda_check_command(args, _parse_input_shapes(args.input_shape))
 
 
 # --------------------------------------------------------------------------------------------------

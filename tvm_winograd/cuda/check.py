@@ -356,26 +356,17 @@ def format_checks(rows: Sequence[LayerCheck]) -> str:
     return "\n".join(lines)
 
 
-def cuda_check_command(args) -> int:
+def cuda_check_command(args, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
     """``tvm-winograd cuda-check MODEL --target T [--samples N] [--seed S] [--json]``: 0 iff every row passed.
 
-    ``args`` needs ``model``, ``target``, ``samples``, ``seed`` and optionally ``input_shape`` (the CLI's
-    ``NAME:D1,D2,...`` list) and ``json``.
+    ``args`` needs ``model``, ``target``, ``samples``, ``seed`` and optionally ``json``; ``input_shapes``
+    are the fixed input shapes the CLI parsed from ``--input-shape`` (``None``: the model's own).
     """
     import json
 
     from ..frontend import load_model
 
-    shapes = None
-    if getattr(args, "input_shape", None):
-        shapes = {}
-        for item in args.input_shape:
-            name, _, dims = str(item).partition(":")
-            try:
-                shapes[name] = tuple(int(d) for d in dims.split(","))
-            except ValueError:
-                raise ValueError(f"input shape {item!r} is not of the form NAME:D1,D2,...") from None
-    mod, _ = load_model(args.model, shapes)
+    mod, _ = load_model(args.model, input_shapes)
     rows = cuda_check(mod, args.target, samples=args.samples, seed=args.seed)
     if getattr(args, "json", False):
         print(json.dumps({"passed": passed(rows), "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
