@@ -25,7 +25,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_winograd.export import compile_model, export_library, load_and_run, our_prim_funcs, prepare_model, run
+from tvm_winograd.export import (compile_model, export_library, load_and_run, load_vm, our_prim_funcs, prepare_model,
+                                 run)
 from tvm_winograd.frontend import load_model
 from tvm_winograd.relax_pass import LayerReport
 from tvm_winograd.transforms import winograd_matrices
@@ -123,6 +124,11 @@ def test_load_and_run_errors(tiny_compiled, tmp_path):
     lib = export_library(ex, tmp_path / "tiny.so")
     with pytest.raises(ValueError, match="do not match the model's inputs"):
         load_and_run(lib, {"data": info.net.input_feed()["input"]})
+    with pytest.raises(ValueError, match="'tpu'"):
+        load_vm(lib, "tpu")
+    if not tvm.cuda(0).exist:  # no GPU (the CUDA driver stand-in never pretends one)
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            load_vm(lib, "cuda")
     with pytest.raises(ValueError, match=r"\.so"):
         export_library(ex, tmp_path / "tiny.onnx")
 

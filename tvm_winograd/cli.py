@@ -203,12 +203,12 @@ def cmd_compile(args) -> int:
 def cmd_run(args) -> int:
     import numpy as np
 
-    from .export import run
+    from .export import load_vm, run
 
     inputs = _parse_inputs(args.input)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat} must be at least 1")
-    vm, device = _load_vm(args.library, args.device)
+    vm, device = load_vm(args.library, args.device)
     outputs = _run_checked(vm, inputs, device)
     times = []
     for _ in range(args.repeat):
@@ -240,35 +240,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _load_vm(path: str, device: str):
-    """The library's Relax VM, loaded with the TVM runtime alone (no frontend, no compiler pass)."""
-    import tvm
-    from tvm import relax
-
-    lib = Path(path)
-    if not lib.is_file():
-        raise UsageError(f"library {path!r} does not exist")
-    try:
-        rt_mod = tvm.runtime.load_module(str(lib))
-    except Exception as err:  # TVM raises its own error types for a bad file
-        raise UsageError(f"cannot load library {path!r}: {_last_line(err)}") from None
-    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-    if device == "cuda" and not dev.exist:
-        raise UsageError("--device cuda: no CUDA GPU is visible on this machine")
-    try:
-        return relax.VirtualMachine(rt_mod, dev), dev
-    except Exception as err:
-        raise UsageError(f"library {path!r} is not a Relax VM executable: {_last_line(err)}") from None
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
 def _run_checked(vm, inputs: dict, device) -> list:
     """Run once; a wrong input name, shape or dtype becomes one clear UsageError."""
-    from .export import run
+    from .export import _last_line, run
 
     arity = vm._get_function_arity("main")
     names = [vm._get_function_param_name("main", i) for i in range(arity)]

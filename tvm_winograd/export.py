@@ -35,6 +35,7 @@ __all__ = [
     "compile_model",
     "export_library",
     "load_and_run",
+    "load_vm",
     "run",
     "our_prim_funcs",
     "is_scheduled",
@@ -316,16 +317,53 @@ def run(vm: relax.VirtualMachine, inputs: Mapping[str, np.ndarray] | Sequence[np
     return _to_numpy(vm[func](*args))
 
 
-def load_and_run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
-                 device: str = "cpu") -> list[np.ndarray]:
-    """Load an exported library with the TVM runtime alone and run ``main`` on ``inputs``."""
+def _last_line(err: BaseException) -> str:
+    """The last non-blank line of an error's text (TVM puts its message after the C++ context)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def load_vm(path: str | os.PathLike, device: str = "cpu") -> tuple[relax.VirtualMachine, tvm.runtime.Device]:
+    """Load an exported library with the TVM runtime alone (no frontend, no compiler pass).
+
+    Parameters
+    ----------
+    path
+        A library written by :func:`export_library`.
+    device
+        ``"cpu"`` or ``"cuda"`` (the first GPU, which must exist).
+
+    Returns
+    -------
+    (relax.VirtualMachine, tvm.runtime.Device)
+        The library's Relax VM on ``device``, and that device (for :func:`run`).
+
+    Raises
+    ------
+    ValueError
+        One line naming ``path`` or ``device``: the file is missing, not loadable, not a Relax VM
+        executable, or no CUDA GPU is visible.
+    """
     path = Path(path)
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not 'cpu' or 'cuda'")
     if not path.is_file():
         raise ValueError(f"library {str(path)!r} does not exist")
     try:
         rt_mod = tvm.runtime.load_module(str(path))
-    except Exception as err:
-        raise ValueError(f"cannot load library {str(path)!r}: {str(err).splitlines()[-1] if str(err) else err}") from None
+    except Exception as err:  # TVM raises its own error types for a bad file
+        raise ValueError(f"cannot load library {str(path)!r}: {_last_line(err)}") from None
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-    vm = relax.VirtualMachine(rt_mod, dev)
+    if device == "cuda" and not dev.exist:
+        raise ValueError("device 'cuda': no CUDA GPU is visible on this machine")
+    try:
+        return relax.VirtualMachine(rt_mod, dev), dev
+    except Exception as err:
+        raise ValueError(f"library {str(path)!r} is not a Relax VM executable: {_last_line(err)}") from None
+
+
+def load_and_run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+                 device: str = "cpu") -> list[np.ndarray]:
+    """Load an exported library with the TVM runtime alone (:func:`load_vm`) and run ``main`` on ``inputs``."""
+    vm, dev = load_vm(path, device)
     return run(vm, inputs, dev)
