@@ -17,7 +17,7 @@ from tvm_winograd.export import compile_model, is_scheduled, our_prim_funcs, pre
 from tvm_winograd.frontend import load_model
 from tvm_winograd.models import Net, to_onnx
 from tvm_winograd.reference import conv2d_direct
-from tvm_winograd.relax_pass import format_report, rewrite_winograd
+from tvm_winograd.relax_pass import conv_workloads, format_report, rewrite_winograd
 from tvm_winograd.targets import host_target, target_dirname
 from tvm_winograd.tune.choices import AlgorithmChoice, save_choices
 from tvm_winograd.workload import choose_algorithm, make_spec
@@ -116,6 +116,29 @@ def test_measured_choices_win_over_the_heuristic(tiny, tmp_path):
     # algo overrides beat measurements
     _, forced = rewrite_winograd(mod, "llvm", tmp_path, algo="winograd")
     assert {r.index for r in forced if r.algorithm == "winograd"} == ELIGIBLE
+
+
+def test_conv_workloads_are_the_rewritten_layers(tiny, no_schedules):
+    """conv_workloads lists what rewrite_winograd lowers (same specs, epilogues, reports); the tuner's
+    model_workloads groups the Winograd-eligible ones by (spec, epilogue)."""
+    from tvm_winograd.tune.model import model_workloads
+
+    mod, _ = tiny
+    for algo, ineligible in (("winograd", "relax"), ("auto", "tir")):
+        _, report = rewrite_winograd(mod, "llvm", no_schedules, algo=algo, ineligible=ineligible)
+        works = conv_workloads(mod, "llvm", no_schedules, algo=algo, ineligible=ineligible)
+        lowered = [r for r in report if r.lowering != "relax"]
+        assert [w.report.index for w in works] == [r.index for r in lowered]
+        for w, r in zip(works, lowered):
+            assert w.spec.key() == r.key and w.epilogue.tag() == r.epilogue
+            assert (w.report.algorithm, w.report.m, w.report.source) == (r.algorithm, r.m, r.source)
+    assert {w.report.index for w in conv_workloads(mod, "llvm", no_schedules, algo="winograd")} == ELIGIBLE
+    grouped = model_workloads(mod)
+    assert sorted(name for _, _, names in grouped for name in names) == sorted(
+        w.report.name for w in conv_workloads(mod, "llvm", no_schedules, algo="winograd"))
+    assert len({(spec, epi) for spec, epi, _ in grouped}) == len(grouped)
+    with pytest.raises(ValueError, match="'fastest'"):
+        conv_workloads(mod, algo="fastest")
 
 
 def test_epilogue_is_fused_and_weights_are_transformed_at_compile_time(tiny, no_schedules):

@@ -49,6 +49,8 @@ from .workload import (
 
 __all__ = [
     "LayerReport",
+    "ConvWorkload",
+    "conv_workloads",
     "rewrite_winograd",
     "winograd_pass",
     "format_report",
@@ -408,6 +410,62 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
     return plan, skip
 
 
+@dataclass(frozen=True)
+class ConvWorkload:
+    """One conv2d chain the pass lowers to a ``call_tir`` (Winograd or our direct PrimFunc).
+
+    ``spec`` and ``epilogue`` are what the called PrimFunc is made from (so what tuning records are
+    looked up by); ``report`` is the layer's :class:`LayerReport` (name, algorithm, m, reason...).
+    """
+
+    spec: Conv2dSpec
+    epilogue: Epilogue
+    report: LayerReport
+
+
+def _check_and_fold(mod: tvm.IRModule, target: object, schedules_dir: str | os.PathLike | None, algo: str,
+                    ineligible: str) -> tuple[tvm.IRModule, dict[str, AlgorithmChoice]]:
+    """Validate the pass's arguments; the measured choices (for ``algo="auto"``) and the folded module."""
+    if algo not in ALGOS:
+        raise ValueError(f"algo {algo!r} is not one of {', '.join(ALGOS)}")
+    if ineligible not in INELIGIBLE_LOWERINGS:
+        raise ValueError(f"ineligible {ineligible!r} is not one of {', '.join(INELIGIBLE_LOWERINGS)}")
+    if not isinstance(mod, tvm.IRModule):
+        raise ValueError(f"expected a Relax IRModule, got {type(mod).__name__}")
+    tgt = resolve_target(target)
+    sdir = resolve_schedules_dir(schedules_dir, tgt)
+    choices = load_choices(sdir) if sdir is not None else {}
+    if choices:
+        logger.info("using %d measured algorithm choices from %s", len(choices), sdir)
+    return relax.transform.FoldConstant()(mod), choices
+
+
+def conv_workloads(
+    mod: tvm.IRModule,
+    target: object = "llvm",
+    schedules_dir: str | os.PathLike | None = None,
+    algo: str = "auto",
+    *,
+    ineligible: str = "relax",
+) -> list[ConvWorkload]:
+    """The conv2d chains :func:`rewrite_winograd` would lower to a ``call_tir``, without rewriting.
+
+    The same eligibility checks, epilogue fusion and decisions as :func:`rewrite_winograd` (same
+    arguments), in program order over every Relax function of ``mod``.  Layers left
+    ``relax.nn.conv2d`` are not listed (``rewrite_winograd``'s report has them).  With
+    ``algo="winograd"`` and ``ineligible="relax"`` these are exactly the Winograd-eligible layers.
+    """
+    mod, choices = _check_and_fold(mod, target, schedules_dir, algo, ineligible)
+    reports: list[LayerReport] = []
+    planned: list[tuple[int, Conv2dSpec, Epilogue]] = []
+    for _gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        plan, _skip = _plan(func, algo, choices, reports, ineligible)
+        planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
+    return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
+
+
 def rewrite_winograd(
     mod: tvm.IRModule,
     target: object = "llvm",
@@ -443,18 +501,7 @@ def rewrite_winograd(
         The rewritten module still holds the weight-transform ``call_tir`` on constants; run
         ``relax.transform.FoldConstant`` (``compile_model`` does) to evaluate them at compile time.
     """
-    if algo not in ALGOS:
-        raise ValueError(f"algo {algo!r} is not one of {', '.join(ALGOS)}")
-    if ineligible not in INELIGIBLE_LOWERINGS:
-        raise ValueError(f"ineligible {ineligible!r} is not one of {', '.join(INELIGIBLE_LOWERINGS)}")
-    if not isinstance(mod, tvm.IRModule):
-        raise ValueError(f"expected a Relax IRModule, got {type(mod).__name__}")
-    tgt = resolve_target(target)
-    sdir = resolve_schedules_dir(schedules_dir, tgt)
-    choices = load_choices(sdir) if sdir is not None else {}
-    if choices:
-        logger.info("using %d measured algorithm choices from %s", len(choices), sdir)
-    mod = relax.transform.FoldConstant()(mod)
+    mod, choices = _check_and_fold(mod, target, schedules_dir, algo, ineligible)
     reports: list[LayerReport] = []
     funcs: dict = {}
     for gv, func in list(mod.functions.items()):

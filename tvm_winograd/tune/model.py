@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import tvm
-from tvm import relax
 
 from ..compute import Epilogue
 from ..targets import resolve_target, target_dirname
@@ -32,22 +31,14 @@ def default_dirs(target, log_dir: str | os.PathLike | None, schedules_dir: str |
     return (logs if logs.name == name else logs / name), (sched if sched.name == name else sched / name)
 
 
-def model_workloads(mod: tvm.IRModule) -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
+def model_workloads(mod: tvm.IRModule, target: object = "llvm") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
     """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``."""
-    from ..relax_pass import _plan
+    from ..relax_pass import conv_workloads
 
-    mod = relax.transform.FoldConstant()(mod)
     found: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
-    for _gv, func in mod.functions.items():
-        if not isinstance(func, relax.Function):
-            continue
-        reports: list = []
-        plan, _skip = _plan(func, "winograd", {}, reports)
-        for layer in plan.values():
-            spec, epi = layer["spec"], layer["epilogue"]
-            name = reports[layer["report_index"]].name
-            entry = found.setdefault((spec, epi), (spec, epi, []))
-            entry[2].append(name)
+    for work in conv_workloads(mod, target, algo="winograd"):
+        entry = found.setdefault((work.spec, work.epilogue), (work.spec, work.epilogue, []))
+        entry[2].append(work.report.name)
     return list(found.values())
 
 
@@ -76,7 +67,7 @@ def tune_model(
         raise ValueError("--rpc-tracker and --rpc-key go together")
     runner = make_runner(tgt, rpc_tracker, rpc_key)
     logs, sched = default_dirs(tgt, log_dir, schedules_dir)
-    workloads = model_workloads(mod)
+    workloads = model_workloads(mod, tgt)
     if not workloads:
         logger.warning("the model has no Winograd-eligible convolution: nothing to tune")
     results = []
