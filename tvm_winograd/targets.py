@@ -44,6 +44,42 @@ def _from_cli_string(text: str) -> dict:
     return out
 
 
+def _unknown(target: object) -> ValueError:
+    return ValueError(f"unknown target {target!r}: use 'llvm', 'cuda', sm_80/sm_86/sm_89/sm_90, a TVM tag or a dict")
+
+
+def _target_config(target: object) -> str | dict:
+    """What ``Target(...)`` is called with for ``target`` (a tag/kind name or a config dict).
+
+    Raises ``ValueError`` (the one-line message of :func:`resolve_target`) for input of the wrong form.
+    """
+    if isinstance(target, str) and target.strip().startswith("{"):
+        try:
+            target = json.loads(target)  # "{..." is a dict or not JSON
+        except ValueError:
+            raise _unknown(target) from None
+    if isinstance(target, dict):
+        config = dict(target)
+        if config.get("kind") == "llvm":  # this host's CPU and core count unless given
+            host = host_target()
+            config.setdefault("mcpu", str(host.attrs["mcpu"]))
+            config.setdefault("num-cores", int(host.attrs["num-cores"]))
+        return config
+    if not isinstance(target, str) or not target.strip():
+        raise _unknown(target)
+    text = target.strip()
+    if text == "cuda":
+        return CUDA_ARCH_TAGS["sm_80"]
+    if text in CUDA_ARCH_TAGS:
+        return CUDA_ARCH_TAGS[text]
+    if " " in text:
+        config = _from_cli_string(text)
+        if set(config) == {"kind", "arch"} and config["kind"] == "cuda" and config["arch"] in CUDA_ARCH_TAGS:
+            return CUDA_ARCH_TAGS[config["arch"]]
+        return _target_config(config)
+    return text
+
+
 def resolve_target(target: object = "llvm") -> Target:
     """Resolve ``target`` (a Target, dict, JSON string, tag, ``"llvm"``, ``"cuda"``, ``"sm_90"``,
     ``"cuda -arch=sm_80"`` or ``"llvm -mcpu=..."``) to a :class:`tvm.target.Target`.
@@ -53,37 +89,13 @@ def resolve_target(target: object = "llvm") -> Target:
     """
     if isinstance(target, Target):
         return target
+    config = _target_config(target)
+    if config == "llvm":
+        return host_target()
     try:
-        if isinstance(target, dict):
-            spec = dict(target)
-            if spec.get("kind") == "llvm":
-                host = host_target()
-                spec.setdefault("mcpu", str(host.attrs["mcpu"]))
-                spec.setdefault("num-cores", int(host.attrs["num-cores"]))
-            return Target(spec)
-        if not isinstance(target, str) or not target.strip():
-            raise ValueError("empty")
-        text = target.strip()
-        if text.startswith("{"):
-            return resolve_target(json.loads(text))
-        if text == "llvm":
-            return host_target()
-        if text == "cuda":
-            return Target(CUDA_ARCH_TAGS["sm_80"])
-        if text in CUDA_ARCH_TAGS:
-            return Target(CUDA_ARCH_TAGS[text])
-        if " " in text:
-            spec = _from_cli_string(text)
-            if spec["kind"] == "cuda" and "arch" in spec and set(spec) == {"kind", "arch"} and spec["arch"] in CUDA_ARCH_TAGS:
-                return Target(CUDA_ARCH_TAGS[spec["arch"]])
-            return resolve_target(spec)
-        return Target(text)
-    except ValueError as err:
-        if str(err).startswith("target"):
-            raise
-        raise ValueError(f"unknown target {target!r}: use 'llvm', 'cuda', sm_80/sm_86/sm_89/sm_90, a TVM tag or a dict") from None
-    except Exception as err:  # TVM raises its own error types for unknown kinds/tags
-        raise ValueError(f"unknown target {target!r}: {str(err).splitlines()[-1] if str(err) else err}") from None
+        return Target(config)
+    except Exception:  # TVM raises ValueError (or its own error types) for unknown kinds, tags and options
+        raise _unknown(target) from None
 
 
 def is_cuda(target: Target) -> bool:
