@@ -141,6 +141,33 @@ def test_conv_workloads_are_the_rewritten_layers(tiny, no_schedules):
         conv_workloads(mod, algo="fastest")
 
 
+def test_tune_model_tunes_each_workload_once(tiny, tmp_path, monkeypatch):
+    """tune_model with an injected fake per-layer tuner: one call per distinct (spec, epilogue), and the
+    reported speedup is direct / chosen candidate."""
+    import tvm_winograd.tune.tuner as tuner
+    from tvm_winograd.tune.model import model_workloads, tune_model
+    from tvm_winograd.tune.tuner import CandidateResult, LayerTuneResult
+
+    calls = []
+
+    def fake_tune_layer(spec, target, *, epilogue, **_kwargs):
+        calls.append((spec, epilogue))
+        cands = {"direct": CandidateResult("direct", "direct", None, median_ms=2.0),
+                 "winograd_m4": CandidateResult("winograd_m4", "winograd", 4, median_ms=0.5),
+                 "winograd_m2": CandidateResult("winograd_m2", "winograd", 2, median_ms=None)}
+        choice = AlgorithmChoice("winograd", 4, {"direct": 2.0, "winograd_m4": 0.5})
+        return LayerTuneResult(spec, epilogue, str(target), cands, choice, "", "", 1, 0.0)
+
+    monkeypatch.setattr(tuner, "tune_layer", fake_tune_layer)
+    mod, _ = tiny
+    results = tune_model(mod, "llvm", trials=1, log_dir=tmp_path, schedules_dir=tmp_path, progress=False)
+    assert calls == [(spec, epi) for spec, epi, _ in model_workloads(mod)]
+    assert len(results) == len(calls) == 4
+    for r in results:
+        assert (r["algorithm"], r["m"], r["speedup_vs_direct"]) == ("winograd", 4, 4.0)
+        assert r["times_ms"] == {"direct": 2.0, "winograd_m4": 0.5}
+
+
 def test_epilogue_is_fused_and_weights_are_transformed_at_compile_time(tiny, no_schedules):
     mod, _ = tiny
     rewritten, report = rewrite_winograd(mod, "llvm", no_schedules, algo="winograd")

@@ -37,6 +37,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: The benchmark's columns, in table and chart order.
+COMPETITORS = ("ours", "tvm_direct", "torch", "onnxruntime")
+
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``tvm-winograd bench`` and ``scripts/bench_layers.py``)."""
@@ -214,7 +217,7 @@ def bench_layer(name: str, args, target) -> dict:
 
 
 def _markdown(rows: list[dict], meta: dict) -> str:
-    comps = ["ours", "tvm_direct", "torch", "onnxruntime"]
+    comps = COMPETITORS
     lines = [f"Machine: {meta['machine']}; threads {meta['threads']}; batch {meta['batch']}; {meta['layout']}; "
              f"trials per algorithm {meta['trials']}; tuning wall {meta['tune_wall_s']:.0f} s; "
              f"medians of {meta['repeats']} interleaved blocks.", "",
@@ -237,7 +240,7 @@ def _chart(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    comps = ["ours", "tvm_direct", "torch", "onnxruntime"]
+    comps = COMPETITORS
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
     width = 0.8 / len(comps)
     for i, c in enumerate(comps):

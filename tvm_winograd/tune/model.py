@@ -78,10 +78,7 @@ def tune_model(
         times = {name: c.median_ms for name, c in res.candidates.items() if c.median_ms is not None}
         direct = times.get("direct")
         choice = res.choice
-        best_name = None
-        if choice is not None:
-            best_name = "direct" if choice.algorithm == "direct" else f"winograd_m{choice.m}"
-        best = times.get(best_name) if best_name else None
+        best = res.best_ms
         results.append({
             "key": spec.key(), "epilogue": epilogue.tag(), "layers": names,
             "algorithm": choice.algorithm if choice else None, "m": choice.m if choice else None,
