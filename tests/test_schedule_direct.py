@@ -1,0 +1,109 @@
+"""The fixed direct-convolution schedule (``tvm_winograd.schedule.direct``) against the float64 reference.
+
+Tolerance: an output is a sum of ``n = C/groups * R * S`` float32 products plus the epilogue terms;
+recursive summation errs by at most ``(n + 2) * u * sum |x_i w_i|`` (u = 2^-24) plus ``|bias| + |residual|``
+terms, whatever the summation order the schedule picks. The bound is per element, computed from
+the reference convolution of ``|x|`` and ``|w|``; a wrong index or a lost tile errs by O(1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tvm
+
+from tvm_winograd.compute import Epilogue, direct_func
+from tvm_winograd.reference import conv2d_direct
+from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, direct_tile, schedule_direct_llvm
+from tvm_winograd.targets import resolve_target
+from tvm_winograd.workload import make_spec
+
+U32 = 2.0**-24
+
+# (input NCHW, K, r, padding, stride, groups, layout, epilogue, register-tiled?)
+CASES = [
+    pytest.param((1, 8, 10, 10), 32, 3, 1, 1, 1, "NCHW", Epilogue(bias=True, relu=True), True, id="3x3s1-nchw-bias-relu"),
+    pytest.param((1, 5, 11, 13), 48, 3, 1, 2, 1, "NCHW", Epilogue(), True, id="3x3s2-nchw-odd-blocks"),
+    pytest.param((2, 16, 8, 8), 32, 1, 0, 2, 1, "NCHW", Epilogue(bias=True), True, id="1x1s2-nchw-batch2"),
+    pytest.param((1, 3, 30, 30), 16, 7, 3, 2, 1, "NCHW", Epilogue(bias=True, relu=True), True, id="7x7s2-nchw-stem"),
+    pytest.param((1, 8, 9, 9), 32, 3, 1, 1, 1, "NCHW", Epilogue(bias=True, residual=True, relu=True), True,
+                 id="3x3s1-nchw-residual"),
+    pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NCHW", Epilogue(bias=True), False, id="grouped-nchw"),
+    pytest.param((1, 8, 10, 10), 6, 3, 1, 1, 1, "NCHW", Epilogue(), False, id="6-channels-nchw"),
+    pytest.param((1, 8, 10, 10), 32, 3, 1, 1, 1, "NHWC", Epilogue(bias=True, relu=True), True, id="3x3s1-nhwc"),
+    pytest.param((1, 8, 11, 11), 16, 3, 1, 2, 1, "NHWC", Epilogue(residual=True), True, id="3x3s2-nhwc"),
+    pytest.param((1, 8, 9, 9), 16, 1, 0, 1, 1, "NHWC", Epilogue(), True, id="1x1s1-nhwc"),
+    pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NHWC", Epilogue(), False, id="grouped-nhwc"),
+]
+
+
+def _reference(x, w, b, res, padding, stride, groups, layout, relu):
+    """(float64 output, per-element error bound)"""
+    conv = conv2d_direct(x.astype(np.float64), w.astype(np.float64), padding=padding, stride=stride,
+                         groups=groups, layout=layout)
+    mag = conv2d_direct(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), padding=padding,
+                        stride=stride, groups=groups, layout=layout)
+    channel_axis = 1 if layout == "NCHW" else 3
+    shape = [1, 1, 1, 1]
+    shape[channel_axis] = -1
+    out, extra = conv, np.zeros_like(conv)
+    if b is not None:
+        out = out + b.astype(np.float64).reshape(shape)
+        extra = extra + np.abs(b).reshape(shape)
+    if res is not None:
+        out = out + res.astype(np.float64)
+        extra = extra + np.abs(res)
+    if relu:
+        out = np.maximum(out, 0)
+    w_hwio = w.shape if layout == "NHWC" else (w.shape[2], w.shape[3], w.shape[1], w.shape[0])
+    n = w_hwio[0] * w_hwio[1] * w_hwio[2]
+    return out, (n + 2) * U32 * (mag + extra) + 1e-30
+
+
+@pytest.mark.parametrize("input_nchw, k, r, padding, stride, groups, layout, epilogue, tiled", CASES)
+def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padding, stride, groups, layout,
+                                          epilogue, tiled):
+    n, c, h, w_ = input_nchw
+    if layout == "NCHW":
+        x_shape, w_shape = (n, c, h, w_), (k, c // groups, r, r)
+    else:
+        x_shape, w_shape = (n, h, w_, c), (r, r, c // groups, k)
+    spec = make_spec(x_shape, w_shape, padding=padding, stride=stride, groups=groups, layout=layout)
+    with caplog.at_level(logging.WARNING, logger="tvm_winograd.schedule.direct"):
+        func = schedule_direct_llvm(direct_func(spec, epilogue))
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
+    script = func.script()
+    # NCHW register tile: the weight is packed in a (hoistable) preproc block; the fallback has none
+    assert (LAYOUT_REWRITE_PREPROC in script) == (tiled and layout == "NCHW")
+    if tiled:  # 16 output channels per zmm register
+        assert "T.vectorized(16)" in script or "T.vectorized(4)" in script
+
+    x = signed(x_shape)
+    w = signed(w_shape)
+    out_shape = tuple(int(d) for d in spec.output_shape)
+    b = signed((k,)) if epilogue.bias else None
+    res = signed(out_shape) if epilogue.residual else None
+    ref, bound = _reference(x, w, b, res, padding, stride, groups, layout, epilogue.relu)
+
+    dev = tvm.cpu(0)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target("llvm"))
+    args = [tvm.runtime.tensor(a, dev) for a in (x, w, b, res) if a is not None]
+    out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"), dev)
+    lib["main"](*args, out)
+    err = np.abs(out.numpy().astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert np.all(err <= bound), f"error {err[worst]:.3e} > bound {bound[worst]:.3e} at {worst}"
+
+
+@pytest.mark.parametrize("k, width, expected", [
+    (64, 112, (16, 2, 7)),  # 2 vectors x 7 columns: 14 accumulators
+    (512, 7, (16, 2, 7)),
+    (48, 28, (16, 1, 14)),  # odd number of 16-channel blocks: one vector, up to 14 columns
+    (12, 10, (4, 1, 10)),
+    (32, 13, (16, 2, 1)),   # a prime width: no tail handling, one column
+    (6, 10, None),
+])
+def test_direct_tile(k, width, expected):
+    assert direct_tile(k, width) == expected
