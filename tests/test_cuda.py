@@ -210,7 +210,9 @@ def test_sampled_schedules_pass_every_check(runtime, request, input_shape, weigh
     spec = make_spec(input_shape, weight_shape, padding=1, layout=layout, dtype=dtype)
     rows = cuda_check(spec, arch, samples=samples, seed=0, m=m)
     table = format_checks(rows)
-    assert [r.space for r in rows] == ["default", "shared", "direct"], table
+    # fp16 packs on sm_75+ also get the tensor-core bgemm space (checked in detail by the tensorcore tests)
+    expected = ["default", "shared", "direct"] + (["tensorcore", "tensorcore_pipelined"] if dtype == "float16" else [])
+    assert [r.space for r in rows] == expected, table
     assert passed(rows), table
     for row in rows:
         assert len(row.candidates) == row.requested
@@ -222,6 +224,117 @@ def test_sampled_schedules_pass_every_check(runtime, request, input_shape, weigh
     for row in rows[1:]:
         assert len({c.decisions for c in row.candidates}) == len(row.candidates), table
     assert rows[1].max_shared_bytes > 0 and rows[2].max_shared_bytes == 0, table
+    for row in rows[3:]:
+        assert all(c.tensor_core for c in row.candidates), table
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensor-core bgemm (fp16 packs, fp32 accumulation)
+# --------------------------------------------------------------------------------------------------
+
+def test_tensorcore_space_only_for_fp16_on_tensor_core_archs():
+    """fp32 operands never get the tensorcore space (no TF32), neither do fp16 layers whose packs are
+    stored in fp32 (alpha > 6) nor targets older than sm_75; fp16 packs on sm_80 / sm_90 do."""
+    from tvm.target import Target
+
+    from tvm_winograd.cuda.check import design_spaces
+    from tvm_winograd.schedule.cuda import BGEMM_SPACES, TENSORCORE_SPACES, bgemm_spaces, tensorcore_ineligibility
+
+    sm80, sm90 = resolve_target("sm_80"), resolve_target("sm_90")
+    assert TENSORCORE_SPACES == ("tensorcore", "tensorcore_pipelined")
+    assert bgemm_spaces(("float16", "float16"), sm80) == BGEMM_SPACES + TENSORCORE_SPACES
+    assert bgemm_spaces("float16", sm90) == BGEMM_SPACES + TENSORCORE_SPACES
+    assert bgemm_spaces(("float32", "float32"), sm90) == BGEMM_SPACES
+    assert "TF32" in tensorcore_ineligibility("float32", sm90)
+    assert "older than sm_75" in tensorcore_ineligibility("float16", Target({"kind": "cuda", "arch": "sm_70"}))
+    assert tensorcore_ineligibility("float16", resolve_target("llvm")) is not None
+
+    fp32 = make_spec((1, 32, 14, 14), (32, 32, 3, 3), padding=1)
+    fp16 = make_spec((1, 32, 14, 14), (32, 32, 3, 3), padding=1, dtype="float16")
+    names = lambda spec, m, arch: [n for n, _ in design_spaces(winograd_func(spec, WinogradConfig(m=m)),  # noqa: E731
+                                                                  resolve_target(arch))]
+    assert names(fp32, 4, "sm_90") == ["shared", "direct"]
+    assert names(fp16, 4, "sm_90") == ["shared", "direct", "tensorcore", "tensorcore_pipelined"]
+    assert names(fp16, 6, "sm_80") == ["shared", "direct"]  # alpha = 8: packs stored in fp32
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize(
+    "input_shape,weight_shape,layout,m",
+    [
+        ((1, 32, 14, 14), (32, 32, 3, 3), "NCHW", 4),  # ResNet-like: P = 16, C = K = 32 (no padding)
+        ((1, 12, 12, 64), (3, 3, 64, 40), "NHWC", 4),  # VGG-like: P = 9 and K = 40 padded to 16 / 48
+    ],
+    ids=["resnet-like-nchw", "vgg-like-nhwc-padded"],
+)
+def test_tensorcore_sampled_schedules(runtime, input_shape, weight_shape, layout, m, arch):
+    """Sampled tensorcore schedules of fp16 layers: GPU-verified, nvcc cubins for the arch whose CUDA
+    source issues wmma::mma_sync, no spills, and the pre-tensorize program (see
+    :mod:`tvm_winograd.cuda.check`) within the fp16-storage / fp32-accumulation error bound on the CPU."""
+    from tvm_winograd.cuda.check import cuda_check, format_checks, passed
+
+    spec = make_spec(input_shape, weight_shape, padding=1, layout=layout, dtype="float16")
+    rows = cuda_check(spec, arch, samples=2, seed=0, m=m, include_default=False, spaces=["tensorcore"])
+    rows += cuda_check(spec, arch, samples=1, seed=0, m=m, include_default=False, spaces=["tensorcore_pipelined"])
+    table = format_checks(rows)
+    assert [r.space for r in rows] == ["tensorcore", "tensorcore_pipelined"] and passed(rows), table
+    assert len(rows[0].candidates) == 2 and len({c.decisions for c in rows[0].candidates}) == 2, table
+    for cand in rows[0].candidates + rows[1].candidates:
+        assert cand.tensor_core and cand.compiled and cand.gpu_verified, table
+        assert f"cubin sm_{arch[3:]}" in cand.cubin and cand.spills == 0 and cand.registers > 0, table
+        assert cand.shared_bytes > 0, table  # the fp16 operand tiles are staged in shared memory
+        assert cand.numerics_ok and cand.error_ratio is not None and 0 < cand.error_ratio <= 1.0, table
+
+
+def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(runtime, tmp_path):
+    """One tensorcore candidate: every wmma stage (fill, load a/b, mma_sync, store) is in the CUDA source;
+    its trace (with the Tensorize steps) round-trips through MetaSchedule's JSON database, as tuning records do;
+    the CPU program is the pre-``RewriteTensorize`` schedule with the wmma fragments (made global) and the
+    annotated intrinsic blocks; it passes, and a one-constant change inside the accumulator fill block
+    (the wmma_fill description: 0 -> 1) makes the check fail."""
+    import re
+
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_winograd.cuda.build import build_cuda
+    from tvm_winograd.cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
+    from tvm_winograd.cuda.verify import check_numerics
+    from tvm_winograd.schedule.cuda import postprocs_for
+
+    spec = make_spec((1, 16, 6, 6), (16, 16, 3, 3), padding=1, dtype="float16")  # P = 9: padded to 16
+    config = WinogradConfig(m=2)
+    target = resolve_target("sm_80")
+    func = winograd_func(spec, config)
+    mod = tvm.IRModule({"main": func})
+    space = dict(design_spaces(func, target))["tensorcore"]
+    sch = sample_space(space, mod, 1)
+    rejected, pre = apply_postprocs_keep_pre_tensorize(sch, target, postprocs_for(target, mod))
+    assert rejected is None and pre is not None
+
+    db = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), [1e-3], target, None))
+    replayed = ms.database.JSONDatabase(work_dir=str(tmp_path)).query_schedule(mod, target, workload_name="main")
+    assert "Tensorize" in {inst.kind.name for inst in sch.trace.insts}
+    tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
+
+    source = build_cuda(sch.mod["main"], target).source
+    for op in ("wmma::fill_fragment", "wmma::load_matrix_sync", "wmma::mma_sync", "wmma::store_matrix_sync"):
+        assert op in source, op
+
+    text = pre.mod.script(show_meta=True)
+    for intrin in ("wmma_fill_16x16x16_f32", "wmma_load_16x16x16_f16_a_shared", "wmma_load_16x16x16_f16_b_shared",
+                   "wmma_sync_16x16x16_f16f16f32", "wmma_store_16x16x16_f32_shared_dyn"):
+        assert f'"meta_schedule.auto_tensorize": "{intrin}"' in text, intrin
+    assert 'scope="wmma.accumulator"' in text and 'scope="wmma.matrix_a"' in text
+    assert "data_pack_reindex_pad_shared" in text  # pad_einsum: the 9 tiles padded to one 16-wide fragment
+    assert check_numerics(pre.mod["main"], spec, config).ok
+
+    fill = re.compile(r"(bgemm_reindex_pad_shared_dyn_wmma_accumulator\[[^\]]*\] = )T\.float32\(0\.0\)")
+    wrong_text, n = fill.subn(r"\1T.float32(1.0)", text)
+    assert n == 1, "the accumulator fill block was not found"
+    wrong = tvm.script.from_source(wrong_text)["main"]
+    result = check_numerics(wrong, spec, config)
+    assert not result.ok and result.worst_ratio > 10
 
 
 def test_numerics_check_catches_a_wrong_program(runtime):

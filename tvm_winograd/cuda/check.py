@@ -8,9 +8,27 @@ decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default sche
     reject are counted as ``rejected`` -- the search never measures them -- and replaced),
 (b) an nvcc build for the target's ``sm_XX`` that must hold a cubin for it,
 (c) ptxas's registers, spills and shared memory per kernel, and a static occupancy estimate,
-(d) numerics: the schedule run serially on the CPU against the float64 reference.
+(d) numerics: the schedule run serially on the CPU against the float64 reference,
+(e) for the ``tensorcore`` / ``tensorcore_pipelined`` spaces: the generated CUDA source really issues tensor-core instructions
+    (``wmma::mma_sync`` or ``mma.sync``).
 
-A row passes only if every candidate in it passed (a)-(b)-(d); ``passed(rows)`` is the overall verdict.
+A row passes only if every candidate in it passed (a)-(b)-(d)-(e); ``passed(rows)`` is the overall verdict.
+
+What (d) verifies for the tensor-core spaces.  Tensor-core intrinsics cannot run on a CPU.  The check
+therefore runs the candidate as it is *just before* MetaSchedule's last postprocessor,
+``RewriteTensorize``: every other postprocessor has been applied (cooperative fetch, unbound blocks,
+unrolling, reduction decomposition, GPU verification), and the blocks that ``RewriteTensorize`` then
+replaces (wmma fill / load_a / load_b / sync / store, each annotated ``meta_schedule.auto_tensorize``)
+are still plain TIR.  ``tensorize`` only succeeds on a block that is structurally equal to the
+intrinsic's *description* (its ``desc`` PrimFunc: a 16x16x16 fp16 x fp16 -> fp32 multiply-accumulate,
+a 16x16 copy between shared memory and a fragment, a 16x16 zero fill), so the program run on the CPU
+computes what the tensorized program computes *if* TVM's wmma implementations match their descriptions.
+Verified this way: tiling, re-indexing (NCHW's transposed kernel_pack), ``pad_einsum`` padding of K, C
+and P to multiples of 16, the shared / ``wmma.*`` fragment buffers (made global) and their index maps,
+fp16 operands with fp32 accumulation, and the fused transforms and epilogue around the GEMM.  Not
+verified: that TVM's wmma ``impl`` functions and nvcc's ``nvcuda::wmma`` implement those descriptions
+(fragment layouts, ``ldm`` strides, fragment indexing), races and barriers, and dynamic shared memory
+sizing -- those need a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +54,8 @@ from .verify import check_numerics, occupancy
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
-           "format_checks", "specs_from_model", "cuda_check_command"]
+           "format_checks", "specs_from_model", "cuda_check_command", "apply_postprocs_keep_pre_tensorize",
+           "TENSOR_CORE_MARKERS"]
 
 #: Draw at most this many samples per requested one before giving up on a space.
 MAX_DRAWS_PER_SAMPLE = 4
@@ -58,10 +77,13 @@ class CandidateCheck:
     numerics_ok: bool | None = None
     error_ratio: float | None = None  # max |err| / bound
     error: str = ""
+    #: tensorcore space only: the CUDA source issues wmma::mma_sync / mma.sync (None: not applicable)
+    tensor_core: bool | None = None
 
     @property
     def passed(self) -> bool:
-        return self.gpu_verified and self.compiled and self.numerics_ok is not False and not self.error
+        return (self.gpu_verified and self.compiled and self.numerics_ok is not False and self.tensor_core is not False
+                and not self.error)
 
 
 @dataclass
@@ -125,20 +147,45 @@ def passed(rows: Iterable[LayerCheck]) -> bool:
 # Design spaces and samples
 # --------------------------------------------------------------------------------------------------
 
+#: Order of the rows of one layer.
+_SPACE_ORDER = ("shared", "direct") + cuda_schedule.TENSORCORE_SPACES
+
+#: Instructions that only tensor cores execute, as nvcc sees them in TVM's CUDA source.
+TENSOR_CORE_MARKERS = ("wmma::mma_sync", "mma.sync")
+
+
 def _space_name(sch) -> str:
-    return "shared" if any(
-        inst.kind.name == "Annotate" and "meta_schedule.cooperative_fetch" in str(inst.attrs)
-        for inst in sch.trace.insts) else "direct"
+    annotations = [str(inst.attrs) for inst in sch.trace.insts if inst.kind.name == "Annotate"]
+    if any("meta_schedule.auto_tensorize" in a for a in annotations):
+        pipelined = any("software_pipeline_stage" in a for a in annotations)
+        return cuda_schedule.TENSORCORE_PIPELINED_SPACE if pipelined else cuda_schedule.TENSORCORE_SPACE
+    return "shared" if any("meta_schedule.cooperative_fetch" in a for a in annotations) else "direct"
 
 
 def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tvm.s_tir.Schedule]]:
-    """The design spaces :func:`tvm_winograd.schedule.cuda.space_generator` generates for ``func``, named by
-    their bgemm space (``shared`` / ``direct``)."""
+    """The design spaces :func:`tvm_winograd.schedule.cuda.space_generator` generates for ``func`` and
+    ``target``, named by their bgemm space (``shared`` / ``direct`` / ``tensorcore`` / ``tensorcore_pipelined``;
+    the last two for fp16 packs on sm_75+ only, see :func:`tvm_winograd.schedule.cuda.bgemm_spaces`)."""
     mod = tvm.IRModule({"main": func})
     ctx = cuda_schedule.light_tune_context(mod, target, cuda_schedule.space_generator())
-    spaces = ctx.space_generator.generate_design_space(mod)
-    named = sorted(((_space_name(s), s) for s in spaces), key=lambda t: t[0], reverse=True)
+    with target:  # the custom rules read the arch from the current target
+        spaces = ctx.space_generator.generate_design_space(mod)
+    named = sorted(((_space_name(s), s) for s in spaces), key=lambda t: _SPACE_ORDER.index(t[0]))
     return named
+
+
+def apply_postprocs_keep_pre_tensorize(sch: tvm.s_tir.Schedule, target: Target, postprocs
+                                       ) -> tuple[str | None, tvm.s_tir.Schedule | None]:
+    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.apply_postprocs`; also return a
+    copy of the schedule taken just before ``RewriteTensorize`` when that postprocessor has blocks to
+    tensorize (the CPU-runnable form of a tensorcore candidate; None otherwise)."""
+    snapshot = None
+    for p in postprocs:
+        if type(p).__name__ == "RewriteTensorize" and cuda_schedule.is_tensorcore_schedule(sch):
+            snapshot = sch.copy()
+        if not p.apply(sch):
+            return type(p).__name__, None
+    return None, snapshot
 
 
 def sample_space(space: tvm.s_tir.Schedule, mod: tvm.IRModule, seed: int) -> tvm.s_tir.Schedule:
@@ -163,7 +210,11 @@ def _decisions(sch: tvm.s_tir.Schedule) -> str:
 # --------------------------------------------------------------------------------------------------
 
 def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, config: WinogradConfig,
-                     epilogue: Epilogue, seed: int | None, numerics: bool, gpu_verified: bool) -> CandidateCheck:
+                     epilogue: Epilogue, seed: int | None, numerics: bool, gpu_verified: bool,
+                     numerics_sch: tvm.s_tir.Schedule | None = None, tensor_core: bool = False) -> CandidateCheck:
+    """Checks (b)-(e) of one candidate.  ``numerics_sch`` is what runs on the CPU instead of ``sch`` (the
+    pre-``RewriteTensorize`` form of a tensorcore candidate); ``tensor_core`` requires tensor-core
+    instructions in the CUDA source."""
     cand = CandidateCheck(seed=seed, decisions=_decisions(sch), gpu_verified=gpu_verified)
     func = sch.mod["main"]
     try:
@@ -182,9 +233,14 @@ def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, 
     sm = int(built.arch[3:].rstrip("a"))
     occ = [o for o in (occupancy(k, sm) for k in kernels) if o is not None]
     cand.occupancy = min(occ) if occ else None
+    if tensor_core:
+        cand.tensor_core = any(marker in built.source for marker in TENSOR_CORE_MARKERS)
+        if not cand.tensor_core:
+            cand.error = "tensorcore space: no wmma::mma_sync / mma.sync in the CUDA source"
     if numerics:
+        cpu_func = func if numerics_sch is None else numerics_sch.mod["main"]
         try:
-            result = check_numerics(func, spec, config, epilogue, seed=0 if seed is None else seed)
+            result = check_numerics(cpu_func, spec, config, epilogue, seed=0 if seed is None else seed)
             cand.numerics_ok, cand.error_ratio = result.ok, result.worst_ratio
         except Exception as err:
             cand.numerics_ok = False
@@ -260,7 +316,7 @@ def _layers(model_or_spec: object, target: Target, m: int | None,
 
 def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
                m: int | None = None, epilogue: Epilogue | None = None, numerics: bool = True,
-               include_default: bool = True) -> list[LayerCheck]:
+               include_default: bool = True, spaces: Sequence[str] | None = None) -> list[LayerCheck]:
     """Check the CUDA design spaces of every Winograd layer without a GPU.
 
     Parameters
@@ -282,6 +338,9 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
         Run the CPU numerics check (d).
     include_default
         Also check :func:`~tvm_winograd.schedule.cuda.schedule_cuda_default` (space ``"default"``).
+    spaces
+        Check only these generated design spaces (e.g. ``["tensorcore"]``); default: all of them.  A
+        requested space the generator did not produce for a layer gives a row with no candidates (failed).
 
     Returns
     -------
@@ -312,7 +371,15 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
             row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, None, numerics, verify_gpu(sch, tgt)))
             row.seconds = time.perf_counter() - start
             rows.append(row)
-        for si, (name, space) in enumerate(design_spaces(func, tgt)):
+        generated = design_spaces(func, tgt)
+        if spaces is not None:
+            missing = [name for name in spaces if name not in {n for n, _ in generated}]
+            for name in missing:
+                logger.warning("%s: no %s design space generated for %s", spec.key(), name, arch)
+                rows.append(LayerCheck(spec.key(), tile, name, arch, requested=samples))
+        for si, (name, space) in enumerate(generated):
+            if spaces is not None and name not in spaces:
+                continue
             start = time.perf_counter()
             row = LayerCheck(spec.key(), tile, name, arch, requested=samples)
             postprocs = cuda_schedule.postprocs_for(tgt, mod)
@@ -321,12 +388,16 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
                     break
                 draw_seed = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009 + draw
                 sch = sample_space(space, mod, draw_seed)
-                rejected_by = cuda_schedule.apply_postprocs(sch, tgt, postprocs)
+                rejected_by, pre_tensorize = apply_postprocs_keep_pre_tensorize(sch, tgt, postprocs)
                 if rejected_by is not None:
                     logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
                     row.rejected += 1
                     continue
-                row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, draw_seed, numerics, True))
+                tensor_core = name in cuda_schedule.TENSORCORE_SPACES
+                if tensor_core and pre_tensorize is None:
+                    raise RuntimeError(f"{spec.key()}: a tensorcore candidate had no block to tensorize")
+                row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, draw_seed, numerics, True,
+                                                       numerics_sch=pre_tensorize, tensor_core=tensor_core))
             row.seconds = time.perf_counter() - start
             logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
                         sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)

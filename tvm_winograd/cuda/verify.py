@@ -115,11 +115,11 @@ def occupancy(kernel: KernelResources, sm: int) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 _RE_THREAD = re.compile(r"T\.thread_binding\(([^()]*?),\s*thread=\"[^\"]+\"")
-_RE_SCOPE = re.compile(r",\s*scope=\"(?:shared|shared\.dyn|local|warp)\"")
+_RE_SCOPE = re.compile(r",\s*scope=\"(?:shared|shared\.dyn|local|warp|wmma\.(?:matrix_a|matrix_b|accumulator))\"")
 
 
 def serial_cpu_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with every thread-bound loop serial and every shared/local/warp buffer global.
+    """``func`` with every thread-bound loop serial and every shared/local/warp/wmma-fragment buffer global.
 
     TVM 0.27 has no Python statement mutator for TIR, so this goes through TVMScript: print, rewrite
     ``T.thread_binding(n, thread=...)`` -> ``T.serial(n)`` and drop the ``scope=`` of GPU buffers, parse.

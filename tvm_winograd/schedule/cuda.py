@@ -25,12 +25,35 @@ PostOrderApply visits consumers first, so the stages are scheduled in this order
 
 Every knob is a ``sample_perfect_tile`` / ``sample_categorical`` decision, so tuning mutates them and
 :func:`schedule_cuda_default` pins them to fixed values.  fp16 runs through the same SIMT spaces (fp16
-storage, fp32 accumulation); tensor-core (wmma/mma) bgemm is not implemented yet.  TF32 is never used.
+storage, fp32 accumulation) and, in addition, through two tensor-core spaces:
+
+``tensorcore``       (fp16 packs only, target ``sm_75`` or newer, see :func:`bgemm_spaces`) the alpha^2 GEMMs
+                     on tensor cores with TVM's own wmma intrinsics (``wmma_load_16x16x16_f16_{a,b}``,
+                     ``wmma_sync_16x16x16_f16f16f32``, ``wmma_fill``/``wmma_store`` f32): fp16 operands, fp32
+                     accumulator fragments.  The tiling is MetaSchedule's ``MultiLevelTilingTensorCore``
+                     applied to the bgemm block from our rule: the operands are re-indexed to a canonical
+                     [M, C] x [C, N] GEMM (NCHW's kernel_pack is read transposed into shared memory),
+                     padded to multiples of 16 where K, C or P are not (``pad_einsum``), the (alpha, alpha)
+                     batch axes fused into ``blockIdx.y`` with the outer M/N tiles, warp tiles on
+                     ``threadIdx.y``; sampled knobs: the M/N tiles at every level (block, warp, fragments
+                     per warp), the reduction step (two levels over C in 16-wide fragments) and the vector
+                     lanes of the cooperative shared-memory loads.  The accumulators go through (dynamic)
+                     shared memory to ``bgemm`` (fp32).  The postprocessor ``RewriteTensorize`` (in
+                     :func:`postprocs_for`) replaces the annotated blocks by the intrinsics.
+``tensorcore_pipelined`` the same with the shared operand tiles double-buffered over the outer reduction
+                     loop (software pipelining): pipelining is a structural choice, so it is a second
+                     design space rather than a sampled decision; the search samples and mutates both.
+
+fp32 layers never get the tensor-core spaces: on fp32 operands tensor cores would compute in TF32, which
+this package never uses.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
+import os
+import threading
 from typing import Callable, Sequence
 
 import tvm
@@ -46,7 +69,16 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "RULE_KEYS",
     "BGEMM_SPACES",
+    "TENSORCORE_SPACE",
+    "TENSORCORE_PIPELINED_SPACE",
+    "TENSORCORE_SPACES",
+    "TENSORCORE_MIN_SM",
     "THREAD_CHOICES",
+    "bgemm_spaces",
+    "tensorcore_ineligibility",
+    "ensure_tensor_intrinsics",
+    "tensorcore_intrin_group",
+    "is_tensorcore_schedule",
     "register_rules",
     "rule_names",
     "schedule_cuda_default",
@@ -58,8 +90,23 @@ __all__ = [
 
 #: Target keys the rules are registered for (MetaSchedule looks up ``<key>.<rule>`` per target key).
 RULE_KEYS = ("cuda", "gpu")
-#: bgemm design spaces: operands staged through shared memory, or read straight from global (L1/L2).
+#: SIMT bgemm design spaces: operands staged through shared memory, or read straight from global (L1/L2).
 BGEMM_SPACES = ("shared", "direct")
+#: The tensor-core bgemm design spaces (fp16 operands, fp32 accumulators; see :func:`bgemm_spaces`):
+#: single-buffered shared operand tiles, and the same double-buffered (software pipelining).
+TENSORCORE_SPACE = "tensorcore"
+TENSORCORE_PIPELINED_SPACE = "tensorcore_pipelined"
+TENSORCORE_SPACES = (TENSORCORE_SPACE, TENSORCORE_PIPELINED_SPACE)
+#: Tensor cores are offered from this SM on: TVM's own threshold for its ``cuda-tensorcore`` defaults,
+#: so the default postprocessors of a MetaSchedule search for such a target include ``RewriteTensorize``.
+TENSORCORE_MIN_SM = 75
+#: Tiling of the tensor-core space (MetaSchedule's ``MultiLevelTilingTensorCore`` on GPU: block tiles
+#: to ``blockIdx``, warp tiles to ``threadIdx.y``, two reduction levels, per-warp fragment tiles).
+TENSORCORE_STRUCTURE = "SSSRRSRS"
+TENSORCORE_TILE_BINDS = ("blockIdx.y", "blockIdx.x", "threadIdx.y")
+TENSORCORE_MAX_INNERMOST = 4
+#: Vector lanes of the cooperative global -> shared loads of the fp16 operands (8 x fp16 = 16 bytes).
+TENSORCORE_VECTOR_CHOICES = (1, 2, 4, 8)
 #: Threads per block for the element-wise stages (data_pack, output + inverse, kernel_pack).
 THREAD_CHOICES = (32, 64, 128, 256)
 #: Threads per block for data_pack: a perfect factor of C * P up to this.
@@ -191,15 +238,201 @@ def _thread_tag(sch: s_tir.Schedule, loop) -> str | None:
 
 
 def _schedule_bgemm(sch: s_tir.Schedule, gemm, pin: bool = False,
-                    spaces: Sequence[str] = BGEMM_SPACES) -> list[s_tir.Schedule]:
-    """Batched GEMM: one design space per entry of ``spaces`` (see :data:`BGEMM_SPACES`)."""
+                    spaces: Sequence[str] | None = None, target: Target | None = None) -> list[s_tir.Schedule]:
+    """Batched GEMM: one design space per entry of ``spaces`` (default: :func:`bgemm_spaces` for the
+    block's operand dtype and ``target``, else the current target)."""
+    if target is None:
+        target = Target.current(allow_none=True)
+    if spaces is None:
+        spaces = bgemm_spaces(_bgemm_operand_dtypes(sch, gemm), target)
     results = []
     for space in spaces:
         s = sch.copy() if len(spaces) > 1 else sch
         block = s.get_sblock(_name(sch, gemm)) if len(spaces) > 1 else gemm
+        if space in TENSORCORE_SPACES:
+            tensorized = _bgemm_tensorcore(s, block, target, pipelined=space == TENSORCORE_PIPELINED_SPACE)
+            if tensorized is None:
+                continue
+            results.append(tensorized)
+            continue
         _bgemm_space(s, block, space, pin)
         results.append(s)
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Tensor-core bgemm
+# --------------------------------------------------------------------------------------------------
+
+def _bgemm_operand_dtypes(sch: s_tir.Schedule, gemm) -> tuple[str, ...]:
+    return tuple(str(region.source.dtype) for region in sch.get(gemm).reads)
+
+
+def _target_sm(target: Target | None) -> int | None:
+    if target is None or target.kind.name != "cuda":
+        return None
+    arch = str(target.attrs.get("arch", ""))
+    digits = arch[3:].rstrip("a") if arch.startswith("sm_") else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def tensorcore_ineligibility(operand_dtypes: Sequence[str] | str, target: Target | None = None) -> str | None:
+    """Why the ``tensorcore`` bgemm space is not offered (``None``: it is).
+
+    ``operand_dtypes`` are the dtypes of the bgemm operands (data_pack, kernel_pack) or one pack dtype.
+    Only fp16 packs qualify: fp32 operands on tensor cores would be TF32, which is never used.  The target
+    must be CUDA ``sm_75`` or newer (:data:`TENSORCORE_MIN_SM`); ``target=None`` (no current target, e.g.
+    a custom rule called without one) is taken as one of this package's CUDA targets (sm_80..sm_90).
+    """
+    dtypes = (operand_dtypes,) if isinstance(operand_dtypes, str) else tuple(operand_dtypes)
+    if not dtypes or any(d != "float16" for d in dtypes):
+        return (f"bgemm operands are {'/'.join(dtypes) or 'unknown'}: tensor cores are used for float16 packs "
+                "only (fp32 operands would run in TF32, never used)")
+    if target is not None:
+        if target.kind.name != "cuda":
+            return f"target {target.kind.name!r} is not CUDA"
+        sm = _target_sm(target)
+        if sm is None or sm < TENSORCORE_MIN_SM:
+            return f"target arch {target.attrs.get('arch', '?')!s} is older than sm_{TENSORCORE_MIN_SM}"
+    return None
+
+
+def bgemm_spaces(operand_dtypes: Sequence[str] | str, target: Target | None = None) -> tuple[str, ...]:
+    """The bgemm design spaces offered for these operand dtypes and target: :data:`BGEMM_SPACES`, plus
+    :data:`TENSORCORE_SPACES` when :func:`tensorcore_ineligibility` finds no reason against them."""
+    reason = tensorcore_ineligibility(operand_dtypes, target)
+    if reason is not None:
+        logger.debug("no tensorcore bgemm space: %s", reason)
+        return BGEMM_SPACES
+    return BGEMM_SPACES + TENSORCORE_SPACES
+
+
+_INTRIN_LOCK = threading.Lock()
+_INTRIN_GROUP: dict[str, str] | None = None
+
+
+def tensorcore_intrin_group() -> dict[str, str]:
+    """Names of the wmma intrinsics the tensorcore space uses (registered on first call):
+    16x16x16 fp16 operands from shared memory, fp32 accumulator fragments stored to shared memory."""
+    return dict(ensure_tensor_intrinsics())
+
+
+def ensure_tensor_intrinsics() -> dict[str, str]:
+    """Register TVM's wmma fp16 -> fp32 tensor intrinsics (idempotent); returns the intrinsic group.
+
+    ``import tvm.s_tir.tensor_intrin.cuda`` registers every CUDA intrinsic of TVM and costs 40-50 s of CPU
+    here (it parses hundreds of TVMScript functions).  This builds only the five needed, with TVM's own
+    generator functions from that module's source (its top-level ``TensorIntrin.register`` statements
+    are skipped), under TVM's own names.  If the full module was imported, nothing is re-registered.
+    Applying a tuned tensorcore record in another process needs these registered too: call this first.
+    """
+    global _INTRIN_GROUP
+    from tvm.s_tir import TensorIntrin
+
+    with _INTRIN_LOCK:
+        if _INTRIN_GROUP is not None:
+            return _INTRIN_GROUP
+        module = _tensor_intrin_generators()
+        group = module["get_wmma_intrin_group"]("shared", "shared.dyn", "float16", "float32", False)
+        generators = {
+            "init": lambda: module["get_wmma_fill_intrin"](16, 16, 16, "float32"),
+            "load_a": lambda: module["get_wmma_load_intrin"](16, 16, 16, "float16", "shared", False, False),
+            "load_b": lambda: module["get_wmma_load_intrin"](16, 16, 16, "float16", "shared", True, False),
+            "compute": lambda: module["get_wmma_sync_intrin"](16, 16, 16, "float16", "float32", False),
+            "store": lambda: module["get_wmma_store_intrin"](16, 16, 16, "float32", "shared.dyn"),
+        }
+        for key, make in generators.items():
+            if TensorIntrin.get(group[key], allow_missing=True) is None:
+                TensorIntrin.register(group[key], *make())
+        _INTRIN_GROUP = group
+        return group
+
+
+def _tensor_intrin_generators() -> dict:
+    """The functions of ``tvm/s_tir/tensor_intrin/cuda.py`` without running its registrations."""
+    import sys
+
+    loaded = sys.modules.get("tvm.s_tir.tensor_intrin.cuda")
+    if loaded is not None:
+        return vars(loaded)
+    path = os.path.join(os.path.dirname(tvm.__file__), "s_tir", "tensor_intrin", "cuda.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    tree.body = [node for node in tree.body
+                 if isinstance(node, (ast.Import, ast.ImportFrom))
+                 or (isinstance(node, ast.FunctionDef) and not node.decorator_list)
+                 or (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant))]
+    # compiled under the real file name: TVMScript reads each generator's source through inspect
+    namespace: dict = {"__name__": "tvm.s_tir.tensor_intrin.cuda", "__file__": path}
+    exec(compile(tree, path, "exec"), namespace)  # noqa: S102 - TVM's own installed module source
+    return namespace
+
+
+def _tensorcore_rule(target: Target, mod: tvm.IRModule) -> ms.schedule_rule.ScheduleRule:
+    # Scopes: the fp16 operand tiles in static shared memory, the fp32 accumulator tile (write reuse, which
+    # MultiLevelTilingTensorCore requires for wmma) in dynamic shared memory.  With both static, TVM 0.27's
+    # StorageRewrite reuses an fp16 operand buffer for the fp32 tile and the build fails in LowerAccessPtr
+    # ("tvm_access_ptr element type must match"); all-dynamic fails the same way when the dynamic
+    # allocations are merged.
+    group = ensure_tensor_intrinsics()
+    rule = ms.schedule_rule.MultiLevelTilingTensorCore(
+        intrin_groups=[group],
+        structure=TENSORCORE_STRUCTURE,
+        tile_binds=list(TENSORCORE_TILE_BINDS),
+        max_innermost_factor=TENSORCORE_MAX_INNERMOST,
+        vector_load_lens=list(TENSORCORE_VECTOR_CHOICES),
+        reuse_read=ms.schedule_rule.ReuseType(req="must", levels=[4], scope="shared"),
+        reuse_write=ms.schedule_rule.ReuseType(req="must", levels=[2], scope="shared.dyn"),
+        use_software_pipeline=False,
+    )
+    rule._initialize_with_tune_context(light_tune_context(mod, target))
+    return rule
+
+
+def is_tensorcore_schedule(sch: s_tir.Schedule) -> bool:
+    """Whether ``sch``'s trace holds the tensorcore bgemm space (blocks annotated for ``RewriteTensorize``)."""
+    return any(inst.kind.name == "Annotate" and "meta_schedule.auto_tensorize" in str(inst.attrs)
+               for inst in sch.trace.insts)
+
+
+def _bgemm_tensorcore(sch: s_tir.Schedule, gemm, target: Target | None,
+                      pipelined: bool = False) -> s_tir.Schedule | None:
+    """The tensorcore space on ``sch`` (returns the new schedule), or None with a logged reason.
+
+    ``pipelined``: double-buffer the shared operand tiles over the outer reduction loop (TVM's
+    InjectSoftwarePipeline: step r0 + 1 loads while step r0 runs its fragment loads and mma_sync), as
+    the SIMT ``shared`` space does.  (``MultiLevelTilingTensorCore``'s own wmma pipelining, with its
+    register stage, produced schedules TVM 0.27 fails to lower: "fragment_info" check.)"""
+    if target is None:
+        from ..targets import resolve_target
+
+        target = resolve_target("cuda")
+    reason = tensorcore_ineligibility(_bgemm_operand_dtypes(sch, gemm), target)
+    if reason is None:
+        results = _tensorcore_rule(target, sch.mod).apply(sch, gemm)
+        tensorized = [r for r in results if is_tensorcore_schedule(r)]
+        if len(tensorized) == 1:
+            if pipelined:
+                _pipeline_tensorcore(tensorized[0])
+            return tensorized[0]
+        reason = f"MultiLevelTilingTensorCore produced {len(tensorized)} tensorized sketches (expected 1)"
+    logger.info("bgemm %s: no tensorcore space (%s)", _layout_or(sch), reason)
+    return None
+
+
+def _pipeline_tensorcore(sch: s_tir.Schedule) -> None:
+    # bgemm_o: [blockIdx.y, blockIdx.x, threadIdx.y, r0, r1, ...]; r0's body: the two shared tile loads and
+    # the r1 loop (fragment loads + mma_sync).
+    loops = sch.get_loops(sch.get_sblock("bgemm_o"))
+    tags = [_thread_tag(sch, loop) for loop in loops[:3]]
+    if tags != list(TENSORCORE_TILE_BINDS):
+        raise RuntimeError(f"unexpected tensorcore loop nest {tags}: MultiLevelTilingTensorCore changed")
+    sch.annotate(loops[3], "software_pipeline_stage", [0, 0, 1])
+    sch.annotate(loops[3], "software_pipeline_order", [0, 1, 2])
+
+
+def _layout_or(sch: s_tir.Schedule) -> str:
+    return str(_func_attr(sch, "tvm_winograd.layout", "?"))
 
 
 def _bgemm_space(sch: s_tir.Schedule, gemm, space: str, pin: bool) -> None:
@@ -339,9 +572,11 @@ register_rules()
 
 def postprocs_for(target: Target, mod: tvm.IRModule) -> list[ms.postproc.Postproc]:
     """MetaSchedule's CUDA postprocessors, initialized for ``target`` (they realize the annotations
-    ``meta_schedule.cooperative_fetch`` / ``unroll_explicit``, bind leftovers, decompose reductions
-    and verify the GPU limits)."""
-    postprocs = ms.postproc.Postproc.create("cuda")
+    ``meta_schedule.cooperative_fetch`` / ``unroll_explicit``, bind leftovers, decompose reductions,
+    verify the GPU limits and, last, ``RewriteTensorize`` the blocks the tensorcore space annotated with
+    ``meta_schedule.auto_tensorize``: the ``cuda-tensorcore`` list, a no-op for the SIMT spaces)."""
+    ensure_tensor_intrinsics()
+    postprocs = ms.postproc.Postproc.create("cuda-tensorcore")
     ctx = light_tune_context(mod, target)
     for p in postprocs:
         p._initialize_with_tune_context(ctx)
@@ -445,8 +680,11 @@ def space_generator() -> ms.space_generator.SpaceGenerator:
 
     Only :class:`ApplyCustomRule` (our rules above): every block of our PrimFuncs is covered by them
     (constants inlined, padding and tile gather inlined), and MetaSchedule's generic CUDA rules add
-    nothing but minutes of space generation on these multi-stage functions.  The CUDA postprocessors and
-    mutators are MetaSchedule's defaults.
+    nothing but minutes of space generation on these multi-stage functions.  The postprocessors are
+    MetaSchedule's ``cuda-tensorcore`` list (its CUDA list plus ``RewriteTensorize``), the mutators its CUDA
+    defaults.  The custom rules see no target (MetaSchedule calls them with ``(sch, block)`` only): generate
+    the spaces under ``with target:`` so the bgemm rule offers tensor cores only where the arch has them.
     """
+    ensure_tensor_intrinsics()
     return ms.space_generator.PostOrderApply(sch_rules=[ms.schedule_rule.ApplyCustomRule()],
-                                             postprocs="cuda", mutator_probs="cuda")
+                                             postprocs="cuda-tensorcore", mutator_probs="cuda")
