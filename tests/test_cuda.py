@@ -337,6 +337,34 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     assert not result.ok and result.worst_ratio > 10
 
 
+def test_tensorcore_tiles_are_mutable_knobs():
+    """The search's tile-size mutator changes the tensorcore space's decisions (block / warp / fragment
+    tiles, reduction split), and the mutated schedules replay and pass the CUDA postprocessors."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_winograd.cuda.check import _decisions, design_spaces, sample_space
+    from tvm_winograd.schedule.cuda import apply_postprocs, light_tune_context, postprocs_for
+
+    spec = make_spec((1, 64, 14, 14), (64, 64, 3, 3), padding=1, dtype="float16")
+    target = resolve_target("sm_80")
+    func = winograd_func(spec, WinogradConfig(m=4))
+    mod = tvm.IRModule({"main": func})
+    sch = sample_space(dict(design_spaces(func, target))["tensorcore"], mod, 1)
+    mutator = ms.mutator.MutateTileSize()
+    mutator._initialize_with_tune_context(light_tune_context(mod, target))
+    postprocs = postprocs_for(target, mod)
+    accepted = set()
+    for i in range(6):
+        trace = mutator.apply(sch.trace)
+        assert trace is not None
+        mutated = tvm.s_tir.Schedule(mod, seed=i + 1)
+        trace.apply_to_schedule(mutated, remove_postproc=True)
+        if apply_postprocs(mutated, target, postprocs) is None:
+            accepted.add(_decisions(mutated))
+    accepted.discard(_decisions(sch))
+    assert accepted, "no mutated tensorcore schedule passed the postprocessors"
+
+
 def test_numerics_check_catches_a_wrong_program(runtime):
     """The CPU numerics check fails when the program does not compute the reference (ReLU applied
     by the schedule but not by the reference): the check can fail."""

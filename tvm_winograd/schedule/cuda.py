@@ -36,8 +36,9 @@ storage, fp32 accumulation) and, in addition, through two tensor-core spaces:
                      padded to multiples of 16 where K, C or P are not (``pad_einsum``), the (alpha, alpha)
                      batch axes fused into ``blockIdx.y`` with the outer M/N tiles, warp tiles on
                      ``threadIdx.y``; sampled knobs: the M/N tiles at every level (block, warp, fragments
-                     per warp), the reduction step (two levels over C in 16-wide fragments) and the vector
-                     lanes of the cooperative shared-memory loads.  The accumulators go through (dynamic)
+                     per warp), the reduction split over C in 16-wide fragments (three levels: channels per
+                     shared-memory step, per fragment-load step, innermost) and the vector lanes of the
+                     cooperative shared-memory loads.  The accumulators go through (dynamic)
                      shared memory to ``bgemm`` (fp32).  The postprocessor ``RewriteTensorize`` (in
                      :func:`postprocs_for`) replaces the annotated blocks by the intrinsics.
 ``tensorcore_pipelined`` the same with the shared operand tiles double-buffered over the outer reduction
