@@ -14,7 +14,8 @@ import pytest
 import tvm
 from tvm import s_tir
 
-from tvm_winograd.compute import Epilogue, WinogradConfig, kernel_pack_shape, weight_transform_func, winograd_func
+from tvm_winograd.compute import (Epilogue, WinogradConfig, block_kernel_pack, kernel_block_for, kernel_pack_shape,
+                                  weight_transform_func, winograd_func)
 from tvm_winograd.reference import winograd_weight_transform
 from tvm_winograd.schedule import cpu
 from tvm_winograd.targets import resolve_target
@@ -62,7 +63,8 @@ def test_sampled_schedules_are_correct(layout, m):
     """Two seeds per case; bias + ReLU epilogue (residual in the NHWC m=4 case)."""
     spec = _spec(layout)
     epilogue = Epilogue(bias=True, residual=(layout == "NHWC" and m == 4), relu=True)
-    func = winograd_func(spec, WinogradConfig(m=m), epilogue)
+    # the kernel_pack layout compilation uses on llvm (panels of 16 or 8 output channels)
+    func = winograd_func(spec, WinogradConfig(m=m, kernel_block=kernel_block_for(spec, "llvm")), epilogue)
     seen = []
     for seed in (1, 2):
         scheduled, decisions = _apply_rules(func, seed)
@@ -83,25 +85,26 @@ def test_seeds_explore_different_points():
 def test_fixed_decisions_hand_written_schedule():
     """apply_fixed: a hand-written point of the space (what scripts use to probe speed) is correct."""
     spec = _spec("NHWC", c=16, h=8, k=32)
-    decisions = {"bgemm.rows": [2, 2, 4], "bgemm.vector": 16, "bgemm.lanes": [1, 2], "bgemm.reduce": [2, 8],
+    decisions = {"bgemm.rows": [2, 2, 4], "bgemm.vector": 16, "bgemm.lanes": [1, 1, 2], "bgemm.reduce": [2, 8],
                  "output.lanes": 16, "data_pack.lanes": 16}
-    func = cpu.apply_fixed(winograd_func(spec, WinogradConfig(m=2)), decisions, "k")
+    func = cpu.apply_fixed(winograd_func(spec, WinogradConfig(m=2, kernel_block=16)), decisions, "k")
     verify_func(func, spec, Epilogue(), "winograd", 2, TARGET)
     text = func.script()
     assert "T.vectorized(16)" in text and "T.parallel" in text
 
 
-def test_kernel_pack_rule_matches_reference(rng):
+@pytest.mark.parametrize("kernel_block", [None, 4])
+def test_kernel_pack_rule_matches_reference(rng, kernel_block):
     spec = _spec("NCHW", c=8, h=8, k=8)
-    func = weight_transform_func(spec, WinogradConfig(m=4))
+    func = weight_transform_func(spec, WinogradConfig(m=4, kernel_block=kernel_block))
     sch = s_tir.Schedule(func, seed=1)
     block = sch.get_sblock("kernel_pack_acc") if "kernel_pack_acc" in func.script() else sch.get_sblock("kernel_pack")
     (sch,) = tvm.get_global_func("s_tir.meta_schedule.cpu.winograd_kernel_pack")(sch, block)
     ex = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=TARGET)
     w = rng.standard_normal(spec.weight_shape).astype("float32")
     dev = tvm.cpu(0)
-    out = tvm.runtime.empty(kernel_pack_shape(spec, 4), "float32", dev)
+    out = tvm.runtime.empty(kernel_pack_shape(spec, 4, kernel_block), "float32", dev)
     ex["main"](tvm.runtime.tensor(w, dev), out)
-    ref = winograd_weight_transform(w.astype(np.float64), 4, "NCHW")
+    ref = block_kernel_pack(winograd_weight_transform(w.astype(np.float64), 4, "NCHW"), kernel_block)
     # U = G g G_T: 9 products of |G| entries <= 1 per output; a few roundings of fp32.
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=16 * 2**-24 * np.abs(ref).max())

@@ -161,6 +161,7 @@ def _time_interleaved(competitors: dict, repeats: int, block_s: float = 0.02) ->
 
 def bench_layer(name: str, args, target) -> dict:
     from tvm_winograd.compute import Epilogue
+    from tvm_winograd.compute import block_kernel_pack, kernel_block_of
     from tvm_winograd.reference import winograd_weight_transform
     from tvm_winograd.tune.tasks import layer_spec
     from tvm_winograd.tune.tuner import apply_best, candidate_func, tune_layer
@@ -182,7 +183,8 @@ def bench_layer(name: str, args, target) -> dict:
         cand = "direct" if choice.algorithm == "direct" else f"winograd_m{choice.m}"
         func = apply_best(candidate_func(spec, cand, Epilogue()), target, sched_dir)
         if choice.algorithm == "winograd":
-            pack = winograd_weight_transform(w.astype(np.float64), choice.m, spec.layout).astype("float32")
+            pack = winograd_weight_transform(w.astype(np.float64), choice.m, spec.layout)
+            pack = block_kernel_pack(pack, kernel_block_of(func)).astype("float32")
             inputs = [x, pack]
         else:
             inputs = [x, w]

@@ -6,7 +6,8 @@ Stages (names are stable: schedules, tuning records and tests find blocks by the
     input_tile    d: the alpha x alpha input tile of every (tile p, channel c)
     data_pack     V = B_T d B                        (alpha, alpha, C, P) | (alpha, alpha, P, C)
     kernel_pack   U = G g G_T  (own function: folded ahead of time on constant weights)
-                                                     (alpha, alpha, C, K)
+                                                     (alpha, alpha, C, K), or in panels of ``kb``
+                                                     output channels (alpha, alpha, K/kb, C, kb)
     bgemm         M[e, n] = U[e, n]^T V[e, n]        alpha^2 independent GEMMs over C
     inverse       Y = A_T M A                        (K, P, m, m)        | (m, m, P, K)
     conv2d_winograd  Y scattered to the output, with the fused epilogue (bias, residual, ReLU)
@@ -17,6 +18,13 @@ Dtypes: inputs in ``spec.dtype``; transforms are computed in ``acc_dtype``; ``da
 ``kernel_pack`` are *stored* in ``pack_dtype`` (the input dtype by default: fp16 storage for fp16,
 which halves the GEMM's memory traffic and is what tensor cores consume); ``bgemm`` and ``inverse``
 accumulate in ``acc_dtype``; the output is cast to ``spec.out_dtype``.
+
+Kernel layout: ``WinogradConfig.kernel_block = kb`` stores U in panels of ``kb`` output channels,
+``U[e, n, k // kb, c, k % kb]``, so that the GEMM micro-kernel reads one contiguous stream per panel
+instead of ``C`` cache lines ``K`` floats apart.  The weights are constants transformed at compile
+time, so the layout costs nothing at run time; on the CPU the GEMM of small-spatial layers is bound
+by reading U (alpha^2 / r^2 = 4x the weights for F(4, 3)) and the panels halved its time (measured
+on a 256-channel 14x14 layer, one core: 1.3-2.3 ms -> 0.8 ms).
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ __all__ = [
     "WinogradConfig",
     "tile_counts",
     "kernel_pack_shape",
+    "kernel_block_for",
+    "block_kernel_pack",
+    "kernel_block_of",
     "weight_transform",
     "conv2d_winograd",
     "weight_transform_func",
@@ -85,6 +96,7 @@ class WinogradConfig:
     acc_dtype: str = "float32"
     pack_dtype: str | None = None  # None: the input dtype
     points: tuple | None = None
+    kernel_block: int | None = None  # None: U is (alpha, alpha, C, K); kb: (alpha, alpha, K/kb, C, kb)
 
     def resolved_pack_dtype(self, spec: Conv2dSpec) -> str:
         """The storage dtype of data_pack/kernel_pack: the input dtype, except that fp16 storage is
@@ -105,9 +117,37 @@ def tile_counts(spec: Conv2dSpec, m: int) -> tuple[int, int, int]:
     return nh, nw, spec.batch * nh * nw
 
 
-def kernel_pack_shape(spec: Conv2dSpec, m: int) -> tuple[int, int, int, int]:
+def kernel_pack_shape(spec: Conv2dSpec, m: int, kernel_block: int | None = None) -> tuple[int, ...]:
+    """``(alpha, alpha, C, K)``, or ``(alpha, alpha, K / kb, C, kb)`` in panels of ``kb`` channels."""
     alpha = m + spec.r - 1
-    return (alpha, alpha, spec.in_channels, spec.out_channels)
+    if kernel_block is None:
+        return (alpha, alpha, spec.in_channels, spec.out_channels)
+    if kernel_block <= 0 or spec.out_channels % kernel_block:
+        raise ValueError(f"kernel_block {kernel_block} does not divide the {spec.out_channels} output channels")
+    return (alpha, alpha, spec.out_channels // kernel_block, spec.in_channels, kernel_block)
+
+
+#: Panel widths the CPU layout uses: one AVX-512 vector of fp32 (16), else the largest that divides K.
+CPU_KERNEL_BLOCKS = (16, 8, 4)
+
+
+def kernel_block_for(spec: Conv2dSpec, target_kind: str) -> int | None:
+    """The kernel_pack panel width for a target kind: 16 (or 8, 4) output channels on ``llvm``;
+    ``None`` (the plain layout) for GPUs, whose schedules stage U through shared memory anyway."""
+    if target_kind != "llvm":
+        return None
+    return next((kb for kb in CPU_KERNEL_BLOCKS if spec.out_channels % kb == 0), None)
+
+
+def block_kernel_pack(u: np.ndarray, kernel_block: int | None) -> np.ndarray:
+    """Rearrange a plain ``(alpha, alpha, C, K)`` U (e.g. ``reference.winograd_weight_transform``)
+    into the panel layout ``(alpha, alpha, K / kb, C, kb)``; unchanged for ``None``."""
+    if kernel_block is None:
+        return u
+    a0, a1, c, k = u.shape
+    if k % kernel_block:
+        raise ValueError(f"kernel_block {kernel_block} does not divide the {k} output channels")
+    return np.ascontiguousarray(u.reshape(a0, a1, c, k // kernel_block, kernel_block).transpose(0, 1, 3, 2, 4))
 
 
 def _matrices(m: int, r: int, points: Sequence | None, dtype: str) -> tuple[te.Tensor, te.Tensor, te.Tensor]:
@@ -120,8 +160,16 @@ def _matrices(m: int, r: int, points: Sequence | None, dtype: str) -> tuple[te.T
     )
 
 
+def kernel_block_of(func: tirx.PrimFunc) -> int | None:
+    """The kernel_pack panel width of a :func:`winograd_func` PrimFunc (its second parameter's
+    layout): ``kb`` for ``(alpha, alpha, K/kb, C, kb)``, ``None`` for ``(alpha, alpha, C, K)``."""
+    shape = func.params[1].shape
+    return int(shape[-1]) if len(shape) == 5 else None
+
+
 def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig) -> te.Tensor:
-    """``kernel_pack[e, n, c, k] = sum_{i,j} G[e, i] g[k, c, i, j] G[n, j]`` (alpha, alpha, C, K).
+    """``kernel_pack[e, n, c, k] = sum_{i,j} G[e, i] g[k, c, i, j] G[n, j]`` (alpha, alpha, C, K), or
+    ``kernel_pack[e, n, k // kb, c, k % kb]`` with ``config.kernel_block = kb``.
 
     ``weight`` is OIHW for NCHW and HWIO for NHWC.  Computed in ``acc_dtype``, stored in the pack dtype.
     """
@@ -135,11 +183,14 @@ def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig
     else:
         w_at = lambda c, k, i, j: weight[i, j, c, k]  # noqa: E731
     out_dtype = config.resolved_pack_dtype(spec)
+
+    def u_value(eps, nu, c, k):
+        return te.sum(w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw])
+
+    kb = config.kernel_block
     pack = te.compute(
-        kernel_pack_shape(spec, config.m),
-        lambda eps, nu, c, k: te.sum(
-            w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw]
-        ),
+        kernel_pack_shape(spec, config.m, kb),
+        u_value if kb is None else (lambda eps, nu, ko, c, ki: u_value(eps, nu, c, ko * kb + ki)),
         name="kernel_pack" if out_dtype == acc else "kernel_pack_acc",
         attrs={"schedule_rule": SCHEDULE_RULES["kernel_pack"]},
     )
@@ -233,18 +284,21 @@ def conv2d_winograd(
 
     # bgemm: alpha^2 independent GEMMs over the input channels, accumulated in acc_dtype.
     r_c = te.reduce_axis((0, c_in), name="r_c")
+    kb = config.kernel_block
+    u_at = (lambda e, n, c, k: kernel_pack[e, n, c, k]) if kb is None else (  # noqa: E731
+        lambda e, n, c, k: kernel_pack[e, n, k // kb, c, k % kb])
     bgemm_attrs = {"schedule_rule": SCHEDULE_RULES["bgemm"]}
     if nchw:
         bgemm = te.compute(
             (alpha, alpha, k_out, n_tiles),
-            lambda e, n, k, p: te.sum(kernel_pack[e, n, r_c, k].astype(acc) * data_pack[e, n, r_c, p].astype(acc),
+            lambda e, n, k, p: te.sum(u_at(e, n, r_c, k).astype(acc) * data_pack[e, n, r_c, p].astype(acc),
                                       axis=[r_c]),
             name="bgemm", attrs=bgemm_attrs,
         )
     else:
         bgemm = te.compute(
             (alpha, alpha, n_tiles, k_out),
-            lambda e, n, p, k: te.sum(data_pack[e, n, p, r_c].astype(acc) * kernel_pack[e, n, r_c, k].astype(acc),
+            lambda e, n, p, k: te.sum(data_pack[e, n, p, r_c].astype(acc) * u_at(e, n, r_c, k).astype(acc),
                                       axis=[r_c]),
             name="bgemm", attrs=bgemm_attrs,
         )
@@ -303,7 +357,8 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
     """PrimFunc ``(data, kernel_pack[, bias][, residual]) -> output`` for the pre-transformed weights."""
     check_winograd(spec, config.m)
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
-    pack = te.placeholder(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec), name="kernel_pack")
+    pack = te.placeholder(kernel_pack_shape(spec, config.m, config.kernel_block), config.resolved_pack_dtype(spec),
+                          name="kernel_pack")
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, pack, bias, residual) if t is not None]
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)

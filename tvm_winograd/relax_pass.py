@@ -34,7 +34,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from .compute import Epilogue, WinogradConfig, direct_func, kernel_pack_shape, weight_transform_func, winograd_func
+from .compute import (Epilogue, WinogradConfig, direct_func, kernel_block_for, kernel_pack_shape,
+                      weight_transform_func, winograd_func)
 from .targets import resolve_target, target_dirname
 from .tune.choices import AlgorithmChoice, load_choices
 from .transforms import ALPHA_MAX
@@ -258,8 +259,9 @@ def _strip_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:
 class _WinogradMutator(relax.PyExprMutator):
     """Rewrites the conv2d chains planned by :func:`_plan` (one Relax function at a time)."""
 
-    def __init__(self, mod: tvm.IRModule, plan: dict, skip: set, funcs: dict) -> None:
+    def __init__(self, mod: tvm.IRModule, plan: dict, skip: set, funcs: dict, target_kind: str = "llvm") -> None:
         super().__init__(mod)
+        self.target_kind = target_kind  # selects the kernel_pack layout (compute.kernel_block_for)
         self.plan = plan  # chain-end Var -> layer plan
         self.skip = skip  # Vars whose bindings disappear into a fused call
         self.funcs = funcs  # PrimFunc name -> GlobalVar (shared over the module)
@@ -282,10 +284,11 @@ class _WinogradMutator(relax.PyExprMutator):
         data = self.visit_expr(layer["data"])
         args: list[relax.Expr] = [data]
         if layer["algorithm"] == "winograd":
-            config = WinogradConfig(m=layer["m"])
+            config = WinogradConfig(m=layer["m"], kernel_block=kernel_block_for(spec, self.target_kind))
             wt = self._gv(_func_name("weight_transform", spec, config.m, None),
                           lambda: weight_transform_func(spec, config))
-            pack_type = relax.TensorType(kernel_pack_shape(spec, config.m), config.resolved_pack_dtype(spec))
+            pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block),
+                                         config.resolved_pack_dtype(spec))
             kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
             args.append(kernel_pack)
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
@@ -510,7 +513,7 @@ def rewrite_winograd(
         plan, skip = _plan(func, algo, choices, reports, ineligible)
         if not plan:
             continue
-        mutator = _WinogradMutator(mod, plan, skip, funcs)
+        mutator = _WinogradMutator(mod, plan, skip, funcs, resolve_target(target).kind.name)
         new_func = mutator.visit_expr(func)
         mod = mutator.builder_.get()
         mod[gv] = new_func

@@ -200,45 +200,58 @@ def schedule_inverse(sch: s_tir.Schedule, block, fixed: Decisions | None = None)
 # --------------------------------------------------------------------------------------------------
 
 def bgemm_vector_axes(layout: str) -> tuple[str, ...]:
-    """The axis the GEMM micro-kernel vectorizes: the contiguous axis of ``M`` (P for NCHW, K for NHWC).
+    """The axes the GEMM micro-kernel may vectorize: K (contiguous in U's panels, and in ``M`` for
+    NHWC; NCHW keeps the register tile transposed, see :func:`schedule_bgemm`) and, for NCHW, P (the
+    contiguous axis of ``V`` and ``M``)."""
+    return ("k", "p") if layout == "NCHW" else ("k",)
 
-    Vectorizing K for NCHW needs the accumulator tile transposed (``transform_layout``), whose
-    ``IndexMap`` our crash-safe database cannot serialize yet; ``schedule_bgemm`` still accepts it
-    for experiments.
-    """
-    return ("p",) if layout == "NCHW" else ("k",)
+
+#: Largest register tile of the micro-kernel: rows x vectors accumulators (AVX-512 has 32 zmm registers;
+#: the operands need a few).
+MAX_REGISTER_TILE = 28
 
 
 def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
                    fixed: Decisions | None = None) -> s_tir.Schedule:
-    """Register-blocked batched GEMM vectorized along ``vector_axis`` ("k" or "p")."""
+    """Register-blocked batched GEMM vectorized along ``vector_axis`` ("k" or "p").
+
+    Loops, outer to inner: ``e*n, rows0, vec0`` (parallel), ``rows1, vec1`` (cache blocks: the U
+    panels of one ``vec1`` step are reused by ``rows1`` register tiles, the V rows by ``vec1``), the
+    whole reduction over C, then the register tile ``rows2 x vectors x lanes`` accumulated in a local
+    buffer that LLVM keeps in registers (broadcast a V element, load U vectors, FMA), written once.
+    Knobs: ``bgemm.rows`` (3 perfect factors), ``bgemm.vector`` (lanes: a power of two),
+    ``bgemm.lanes`` (3 perfect factors of the vector axis / lanes: vec0, vec1, vectors per tile),
+    ``bgemm.reduce`` (2 factors of C, both inside the tile's loops).
+    """
     layout = _layout(sch)
     e, n, y0, y1, rc = sch.get_loops(block)
     k, p = (y0, y1) if layout == "NCHW" else (y1, y0)
     vec, row = (k, p) if vector_axis == "k" else (p, k)
     en = sch.fuse(e, n)
     r0, r1, r2 = _tile(sch, row, 3, 16, "bgemm.rows", fixed)
-    vec_outer, v2 = _lanes(sch, vec, "bgemm.vector", fixed)
-    if v2 is None:  # no power-of-two lane count divides the axis: perfect tiles
-        v0, v1, v2 = _tile(sch, vec, 3, 64, "bgemm.lanes", fixed)
+    vec_outer, v3 = _lanes(sch, vec, "bgemm.vector", fixed)
+    if v3 is None:  # no power-of-two lane count divides the axis: perfect tiles, the innermost the lanes
+        v0, v1, v2, v3 = _tile(sch, vec, 4, 64, "bgemm.lanes", fixed)
     else:
-        v0, v1 = _tile(sch, vec_outer, 2, 16, "bgemm.lanes", fixed)
+        v0, v1, v2 = _tile(sch, vec_outer, 3, 4, "bgemm.lanes", fixed)
     c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
-    sch.reorder(en, r0, v0, r1, v1, c0, c1, r2, v2)
-    # Accumulate the rows x lanes tile in a local buffer (registers after unrolling), write it once.
+    sch.reorder(en, r0, v0, r1, v1, c0, c1, r2, v2, v3)
+    # Accumulate the rows x vectors x lanes tile in a local buffer (registers after unrolling).
     acc = block
     out = sch.cache_write(acc, 0, "local")
     sch.reverse_compute_at(out, v1, preserve_unit_loops=True)
+    transposed = (layout == "NCHW") == (vector_axis == "k")
+    if transposed:  # keep the tile lanes-contiguous in registers: local M[e, n, k, p] stored as [.., p, k]
+        sch.transform_layout(acc, ("write", 0), lambda a, b, y, x: (a, b, x, y))
     sch.parallel(sch.fuse(en, r0, v0))
     sch.unroll(r2)
-    sch.vectorize(v2)
+    sch.unroll(v2)
+    sch.vectorize(v3)
     _decompose_vectorized(sch, acc, c0)
+    # The write-back loops follow M's order: vectorize the contiguous one when it is the lanes.
     out_loops = sch.get_loops(out)
-    inner = out_loops[-2:]
-    # The write-back loops follow the buffer order: vectorize the contiguous one when it is the lanes.
-    contiguous_is_vec = (layout == "NCHW") == (vector_axis == "p")
-    if contiguous_is_vec:
-        sch.vectorize(inner[-1])
+    if not transposed:
+        sch.vectorize(out_loops[-1])
     return sch
 
 
@@ -285,9 +298,9 @@ def schedule_kernel_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = N
         sch.compute_inline(sch.get_sblock("G"))
     if sch.get(block).name_hint == "kernel_pack_acc" and _has_block(sch, "kernel_pack"):
         sch.reverse_compute_inline(sch.get_sblock("kernel_pack"))
-    e, n, c, k, ra, rb = sch.get_loops(block)
-    sch.reorder(c, k, e, n, ra, rb)
-    sch.parallel(sch.fuse(c, k))
+    e, n, *channels, ra, rb = sch.get_loops(block)  # channels: (c, k) or, in panels, (k_outer, c, k_inner)
+    sch.reorder(*channels, e, n, ra, rb)
+    sch.parallel(sch.fuse(*channels))
     _unroll_within(sch, (e, n, ra, rb))
     return sch
 

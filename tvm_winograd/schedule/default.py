@@ -71,9 +71,14 @@ def _largest_divisor(extent: int, options: tuple[int, ...]) -> int:
 
 
 def default_decisions(func: tirx.PrimFunc) -> dict:
-    """Fixed knobs of the CPU design space (schedule/cpu.py) for ``func``, chosen from its shapes:
-    the GEMM vectorized along K with 16 lanes where K allows, a register tile of up to 8 tile rows x 2
-    vectors (16 zmm accumulators), the reduction blocked by up to 64 channels."""
+    """Fixed knobs of the CPU design space (schedule/cpu.py) for ``func``, chosen from its shapes.
+
+    The GEMM is vectorized along K with 16 lanes where K allows; the register tile is up to 8 rows
+    (tiles) x 2 vectors (16 zmm accumulators); the loop order keeps one group of U panels (C x 32
+    channels) in cache while every row tile streams past it (``bgemm.rows = [1, P / rows, rows]``,
+    ``bgemm.lanes = [K / 32, 1, 2]``), so U — the largest operand of small-spatial layers — is read
+    from memory once per GEMM.
+    """
     sch = s_tir.Schedule(func)
     gemm = sch.get(sch.get_sblock("bgemm"))
     ext = [int(iv.dom.extent) for iv in gemm.iter_vars]  # NCHW (e, n, k, p, c); NHWC (e, n, p, k, c)
@@ -81,12 +86,13 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
     k, p, c = (ext[2], ext[3], ext[4]) if nchw else (ext[3], ext[2], ext[4])
     vector = _largest_divisor(k, (16, 8, 4, 1))  # the space's lane options are powers of two >= 4
     kv = k // vector
+    vectors = 2 if kv % 2 == 0 else 1
     rows = _largest_divisor(p, (8, 7, 6, 5, 4, 3, 2, 1))
     chunk = _largest_divisor(c, tuple(range(min(c, 64), 0, -1)))
     decisions = {
-        "bgemm.rows": [p // rows, 1, rows],
-        # two vectors per register tile when K allows; no power-of-two lane count: three plain factors
-        "bgemm.lanes": ([kv // (2 if kv % 2 == 0 else 1), 2 if kv % 2 == 0 else 1] if vector > 1 else [k, 1, 1]),
+        "bgemm.rows": [1, p // rows, rows],
+        # no power-of-two lane count divides K: four plain factors, the innermost the "lanes"
+        "bgemm.lanes": [kv // vectors, 1, vectors] if vector > 1 else [k, 1, 1, 1],
         "bgemm.reduce": [c // chunk, chunk],
         "data_pack.lanes": _largest_divisor(p if nchw else c, (16, 8, 4, 1)),
     }
@@ -122,9 +128,9 @@ def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.
 
     if func.attrs["tvm_winograd.kind"] == "weight_transform":
         acc = blocks.get("kernel_pack_acc", blocks["kernel_pack"])
-        e, n, c, k, ra, rb = sch.get_loops(acc)
-        sch.reorder(c, k, e, n, ra, rb)
-        fused = sch.fuse(c, k)
+        e, n, *channels, ra, rb = sch.get_loops(acc)  # (c, k) or, in panels, (k_outer, c, k_inner)
+        sch.reorder(*channels, e, n, ra, rb)
+        fused = sch.fuse(*channels)
         sch.parallel(fused)
         _unroll_within(sch, (e, n, ra, rb))
         if "kernel_pack_acc" in blocks:  # the cast to the pack dtype, per (c, k)

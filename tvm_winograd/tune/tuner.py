@@ -46,7 +46,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
-from ..compute import Epilogue, WinogradConfig, direct_func, winograd_func
+from ..compute import (Epilogue, WinogradConfig, block_kernel_pack, direct_func, kernel_block_for, kernel_block_of,
+                       winograd_func)
 from ..reference import conv2d_direct, winograd_weight_transform
 from ..targets import resolve_target, target_dirname
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
@@ -102,12 +103,14 @@ def _parse_candidate(name: str) -> tuple[str, int | None]:
     raise ValueError(f"candidate {name!r} is not 'direct' or 'winograd_m<m>'")
 
 
-def candidate_func(spec: Conv2dSpec, name: str, epilogue: Epilogue = Epilogue()) -> tirx.PrimFunc:
-    """The PrimFunc a candidate tunes: :func:`direct_func` or :func:`winograd_func` (pre-transformed weights)."""
+def candidate_func(spec: Conv2dSpec, name: str, epilogue: Epilogue = Epilogue(),
+                   target_kind: str = "llvm") -> tirx.PrimFunc:
+    """The PrimFunc a candidate tunes: :func:`direct_func` or :func:`winograd_func` (pre-transformed
+    weights, in the kernel_pack layout of ``target_kind``: the one compilation uses)."""
     algorithm, m = _parse_candidate(name)
     if algorithm == "direct":
         return direct_func(spec, epilogue)
-    return winograd_func(spec, WinogradConfig(m=m), epilogue)
+    return winograd_func(spec, WinogradConfig(m=m, kernel_block=kernel_block_for(spec, target_kind)), epilogue)
 
 
 def choose_by_times(times_ms: dict[str, float | None]) -> AlgorithmChoice:
@@ -313,7 +316,8 @@ def verify_func(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algor
     dev = tvm.cpu(0)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
     if algorithm == "winograd":
-        pack = winograd_weight_transform(data["w"].astype(np.float64), m, spec.layout).astype(spec.dtype)
+        pack = winograd_weight_transform(data["w"].astype(np.float64), m, spec.layout)
+        pack = block_kernel_pack(pack, kernel_block_of(func)).astype(spec.dtype)
         args = [data["x"], pack]
     else:
         args = [data["x"], data["w"]]
@@ -476,7 +480,7 @@ def tune_layer(
         state = _load_state(work_dir)
         for index, name in enumerate(names):
             algorithm, m = _parse_candidate(name)
-            func = candidate_func(spec, name, epilogue)
+            func = candidate_func(spec, name, epilogue, tgt.kind.name)
             mod = _as_module(func)
             res = CandidateResult(name, algorithm, m)
             t0 = time.perf_counter()
