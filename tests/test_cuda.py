@@ -238,7 +238,8 @@ def test_tensorcore_space_only_for_fp16_on_tensor_core_archs():
     from tvm.target import Target
 
     from tvm_winograd.cuda.check import design_spaces
-    from tvm_winograd.schedule.cuda import BGEMM_SPACES, TENSORCORE_SPACES, bgemm_spaces, tensorcore_ineligibility
+    from tvm_winograd.schedule.cuda import (BGEMM_SPACES, INTRIN_PREFIX, TENSORCORE_SPACES, bgemm_spaces,
+                                            ensure_tensor_intrinsics, tensorcore_ineligibility)
 
     sm80, sm90 = resolve_target("sm_80"), resolve_target("sm_90")
     assert TENSORCORE_SPACES == ("tensorcore", "tensorcore_pipelined")
@@ -248,6 +249,11 @@ def test_tensorcore_space_only_for_fp16_on_tensor_core_archs():
     assert "TF32" in tensorcore_ineligibility("float32", sm90)
     assert "older than sm_75" in tensorcore_ineligibility("float16", Target({"kind": "cuda", "arch": "sm_70"}))
     assert tensorcore_ineligibility("float16", resolve_target("llvm")) is not None
+    # our copies of TVM's wmma intrinsics never take TVM's own names (a later full import of
+    # tvm.s_tir.tensor_intrin.cuda, as MetaSchedule's TuneContext does, would refuse to re-register them)
+    group = ensure_tensor_intrinsics()
+    assert sorted(group) == ["compute", "init", "load_a", "load_b", "store"]
+    assert all(name.startswith(INTRIN_PREFIX + "wmma_") for name in group.values()), group
 
     fp32 = make_spec((1, 32, 14, 14), (32, 32, 3, 3), padding=1)
     fp16 = make_spec((1, 32, 14, 14), (32, 32, 3, 3), padding=1, dtype="float16")
@@ -324,7 +330,7 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     text = pre.mod.script(show_meta=True)
     for intrin in ("wmma_fill_16x16x16_f32", "wmma_load_16x16x16_f16_a_shared", "wmma_load_16x16x16_f16_b_shared",
                    "wmma_sync_16x16x16_f16f16f32", "wmma_store_16x16x16_f32_shared_dyn"):
-        assert f'"meta_schedule.auto_tensorize": "{intrin}"' in text, intrin
+        assert f'"meta_schedule.auto_tensorize": "tvm_winograd_{intrin}"' in text, intrin
     assert 'scope="wmma.accumulator"' in text and 'scope="wmma.matrix_a"' in text
     assert "data_pack_reindex_pad_shared" in text  # pad_einsum: the 9 tiles padded to one 16-wide fragment
     assert check_numerics(pre.mod["main"], spec, config).ok

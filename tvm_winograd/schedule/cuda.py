@@ -29,8 +29,8 @@ storage, fp32 accumulation) and, in addition, through two tensor-core spaces:
 
 ``tensorcore``       (fp16 packs only, target ``sm_75`` or newer, see :func:`bgemm_spaces`) the alpha^2 GEMMs
                      on tensor cores with TVM's own wmma intrinsics (``wmma_load_16x16x16_f16_{a,b}``,
-                     ``wmma_sync_16x16x16_f16f16f32``, ``wmma_fill``/``wmma_store`` f32): fp16 operands, fp32
-                     accumulator fragments.  The tiling is MetaSchedule's ``MultiLevelTilingTensorCore``
+                     ``wmma_sync_16x16x16_f16f16f32``, ``wmma_fill``/``wmma_store`` f32, registered by
+                     :func:`ensure_tensor_intrinsics`): fp16 operands, fp32 accumulator fragments.  The tiling is MetaSchedule's ``MultiLevelTilingTensorCore``
                      applied to the bgemm block from our rule: the operands are re-indexed to a canonical
                      [M, C] x [C, N] GEMM (NCHW's kernel_pack is read transposed into shared memory),
                      padded to multiples of 16 where K, C or P are not (``pad_einsum``), the (alpha, alpha)
@@ -79,6 +79,7 @@ __all__ = [
     "tensorcore_ineligibility",
     "ensure_tensor_intrinsics",
     "tensorcore_intrin_group",
+    "INTRIN_PREFIX",
     "is_tensorcore_schedule",
     "register_rules",
     "rule_names",
@@ -318,14 +319,25 @@ def tensorcore_intrin_group() -> dict[str, str]:
     return dict(ensure_tensor_intrinsics())
 
 
-def ensure_tensor_intrinsics() -> dict[str, str]:
-    """Register TVM's wmma fp16 -> fp32 tensor intrinsics (idempotent); returns the intrinsic group.
+#: Prefix of our registered copies of TVM's wmma intrinsics (see :func:`ensure_tensor_intrinsics`).
+INTRIN_PREFIX = "tvm_winograd_"
 
-    ``import tvm.s_tir.tensor_intrin.cuda`` registers every CUDA intrinsic of TVM and costs 40-50 s of CPU
-    here (it parses hundreds of TVMScript functions).  This builds only the five needed, with TVM's own
-    generator functions from that module's source (its top-level ``TensorIntrin.register`` statements
-    are skipped), under TVM's own names.  If the full module was imported, nothing is re-registered.
-    Applying a tuned tensorcore record in another process needs these registered too: call this first.
+
+def ensure_tensor_intrinsics() -> dict[str, str]:
+    """Register the wmma fp16 x fp16 -> fp32 tensor intrinsics the tensorcore spaces use (idempotent);
+    returns the intrinsic group (keys init, load_a, load_b, compute, store).
+
+    The intrinsics are TVM's own (``tvm/s_tir/tensor_intrin/cuda.py``: ``get_wmma_fill_intrin``,
+    ``get_wmma_load_intrin``, ``get_wmma_sync_intrin``, ``get_wmma_store_intrin``), registered under
+    TVM's names prefixed with :data:`INTRIN_PREFIX`.  Why not ``import tvm.s_tir.tensor_intrin.cuda``:
+    it registers every CUDA intrinsic of TVM and costs 40-50 s of CPU here (hundreds of TVMScript
+    functions parsed); this builds the five needed from that module's generator functions (its top-level
+    ``TensorIntrin.register`` statements are skipped) in ~1 s.  Why the prefix: TVM's registry refuses a
+    second registration of a name, so copies under TVM's names would make a later full import of that
+    module (MetaSchedule's ``TuneContext`` does it) fail.
+
+    Replaying a tuned tensorcore record (its trace holds ``Tensorize`` steps naming these intrinsics) in
+    another process needs them registered too: call this first.
     """
     global _INTRIN_GROUP
     from tvm.s_tir import TensorIntrin
@@ -334,7 +346,7 @@ def ensure_tensor_intrinsics() -> dict[str, str]:
         if _INTRIN_GROUP is not None:
             return _INTRIN_GROUP
         module = _tensor_intrin_generators()
-        group = module["get_wmma_intrin_group"]("shared", "shared.dyn", "float16", "float32", False)
+        canonical = module["get_wmma_intrin_group"]("shared", "shared.dyn", "float16", "float32", False)
         generators = {
             "init": lambda: module["get_wmma_fill_intrin"](16, 16, 16, "float32"),
             "load_a": lambda: module["get_wmma_load_intrin"](16, 16, 16, "float16", "shared", False, False),
@@ -342,6 +354,7 @@ def ensure_tensor_intrinsics() -> dict[str, str]:
             "compute": lambda: module["get_wmma_sync_intrin"](16, 16, 16, "float16", "float32", False),
             "store": lambda: module["get_wmma_store_intrin"](16, 16, 16, "float32", "shared.dyn"),
         }
+        group = {key: INTRIN_PREFIX + str(canonical[key]) for key in generators}
         for key, make in generators.items():
             if TensorIntrin.get(group[key], allow_missing=True) is None:
                 TensorIntrin.register(group[key], *make())
