@@ -9,8 +9,8 @@ decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default sche
 (b) an nvcc build for the target's ``sm_XX`` that must hold a cubin for it,
 (c) ptxas's registers, spills and shared memory per kernel, and a static occupancy estimate,
 (d) numerics: the schedule run serially on the CPU against the float64 reference,
-(e) for the ``tensorcore`` / ``tensorcore_pipelined`` spaces: the generated CUDA source really issues tensor-core instructions
-    (``wmma::mma_sync`` or ``mma.sync``).
+(e) for the ``tensorcore`` / ``tensorcore_pipelined`` spaces: the generated CUDA source really issues
+    tensor-core instructions (``wmma::mma_sync`` or ``mma.sync``).
 
 A row passes only if every candidate in it passed (a)-(b)-(d)-(e); ``passed(rows)`` is the overall verdict.
 

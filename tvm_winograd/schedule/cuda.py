@@ -30,8 +30,9 @@ storage, fp32 accumulation) and, in addition, through two tensor-core spaces:
 ``tensorcore``       (fp16 packs only, target ``sm_75`` or newer, see :func:`bgemm_spaces`) the alpha^2 GEMMs
                      on tensor cores with TVM's own wmma intrinsics (``wmma_load_16x16x16_f16_{a,b}``,
                      ``wmma_sync_16x16x16_f16f16f32``, ``wmma_fill``/``wmma_store`` f32, registered by
-                     :func:`ensure_tensor_intrinsics`): fp16 operands, fp32 accumulator fragments.  The tiling is MetaSchedule's ``MultiLevelTilingTensorCore``
-                     applied to the bgemm block from our rule: the operands are re-indexed to a canonical
+                     :func:`ensure_tensor_intrinsics`): fp16 operands, fp32 accumulator fragments.  The
+                     tiling is MetaSchedule's ``MultiLevelTilingTensorCore`` applied to the bgemm block
+                     from our rule: the operands are re-indexed to a canonical
                      [M, C] x [C, N] GEMM (NCHW's kernel_pack is read transposed into shared memory),
                      padded to multiples of 16 where K, C or P are not (``pad_einsum``), the (alpha, alpha)
                      batch axes fused into ``blockIdx.y`` with the outer M/N tiles, warp tiles on
