@@ -323,7 +323,12 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     assert "Tensorize" in {inst.kind.name for inst in sch.trace.insts}
     tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
 
-    source = build_cuda(sch.mod["main"], target).source
+    built = build_cuda(sch.mod["main"], target)
+    source = built.source
+    # the fp32 accumulator tiles go through dynamic shared memory: 16 x 16 x 4 bytes per stored fragment,
+    # sized at launch (ptxas reports static shared memory only)
+    dynamic = [k.dynamic_shared_bytes for k in built.kernels if k.dynamic_shared_bytes]
+    assert len(dynamic) == 1 and dynamic[0] % 1024 == 0, built.kernels
     for op in ("wmma::fill_fragment", "wmma::load_matrix_sync", "wmma::mma_sync", "wmma::store_matrix_sync"):
         assert op in source, op
 

@@ -12,6 +12,7 @@ not loaded (see :mod:`tvm_winograd.cuda.driver_stub`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -43,6 +44,7 @@ __all__ = [
     "build_cuda",
     "export_cuda",
     "cuda_builder",
+    "dynamic_shared_bytes",
 ]
 
 _FATBIN_MAGIC = 0xBA55ED50
@@ -70,13 +72,20 @@ class KernelResources:
     registers: int
     spill_stores: int
     spill_loads: int
-    shared_bytes: int
+    shared_bytes: int  # static shared memory (ptxas)
     stack_bytes: int
     threads: int | None = None  # __launch_bounds__ from the generated source, when TVM emits it
+    #: dynamic shared memory per block, passed at launch (ptxas cannot see it; from TVM's host code)
+    dynamic_shared_bytes: int = 0
 
     @property
     def spills(self) -> int:
         return self.spill_stores + self.spill_loads
+
+    @property
+    def total_shared_bytes(self) -> int:
+        """Static + dynamic shared memory per block."""
+        return self.shared_bytes + self.dynamic_shared_bytes
 
 
 @dataclass
@@ -335,7 +344,38 @@ def build_cuda(mod: tvm.IRModule | tvm.tirx.PrimFunc, target: Target) -> CudaBui
     require_cubin(images, arch, "nvcc output")
     if not all(m.is_runnable() for m in _cuda_imports(built)):
         raise SourceOnlyModuleError(f"build for {arch} returned a source-only CUDA module")
-    return CudaBuild(built, arch, binary, images, parse_ptxas(log, source), source, log)
+    kernels = parse_ptxas(log, source)
+    if "extern __shared__" in source:  # a kernel with dynamic shared memory (sized at launch)
+        dynamic = dynamic_shared_bytes(mod, target)
+        kernels = [dataclasses.replace(k, dynamic_shared_bytes=dynamic.get(k.name, 0)) for k in kernels]
+    return CudaBuild(built, arch, binary, images, kernels, source, log)
+
+
+_RE_DYN_LAUNCH = re.compile(r'T\.call_ffi_kernel\("(\w+)",[^\n]*?T\.int64\((\d+)\), launch_params=\[[^\]]*'
+                            r'"tirx\.use_dyn_shared_memory"\]')
+
+
+def dynamic_shared_bytes(mod: tvm.IRModule, target: Target) -> dict[str, int]:
+    """Dynamic shared memory bytes per kernel name, as TVM's host code passes them at launch.
+
+    Lowers ``mod`` with TVM's default TIR pipeline for ``target`` (as ``tvm.tirx.build`` does) and reads
+    the constant size argument of every kernel launch marked ``tirx.use_dyn_shared_memory``.  Raises if
+    a kernel launches with dynamic shared memory of a size that is not a constant.
+    """
+    from tvm.tirx.build import split_host_device_mods
+
+    host = target.host if target.host is not None else Target("llvm")
+    with target:
+        lowered = tvm.tirx.transform.BindTarget(target.with_host(host))(mod)
+        pipeline, _, _ = tvm.tirx.get_default_tir_pipeline(target)
+        host_mod, _ = split_host_device_mods(pipeline(lowered))
+    text = host_mod.script()
+    sizes = {name: int(size) for name, size in _RE_DYN_LAUNCH.findall(text)}
+    launches = text.count('"tirx.use_dyn_shared_memory"]')
+    if launches != len(sizes):
+        raise RuntimeError(f"{launches} kernel launches use dynamic shared memory, {len(sizes)} with a constant "
+                           "size: TVM's host code changed")
+    return sizes
 
 
 def export_cuda(module: object, path: str | os.PathLike, arch: str) -> list[CudaImage]:

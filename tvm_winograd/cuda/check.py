@@ -72,7 +72,7 @@ class CandidateCheck:
     cubin: str = ""
     registers: int = 0  # max over the kernels
     spills: int = 0  # bytes, summed over kernels (stores + loads)
-    shared_bytes: int = 0  # max over the kernels
+    shared_bytes: int = 0  # max over the kernels, static (ptxas) + dynamic (launch size)
     occupancy: float | None = None  # min over the kernels
     numerics_ok: bool | None = None
     error_ratio: float | None = None  # max |err| / bound
@@ -229,7 +229,7 @@ def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, 
     kernels = built.kernels
     cand.registers = max((k.registers for k in kernels), default=0)
     cand.spills = sum(k.spills for k in kernels)
-    cand.shared_bytes = max((k.shared_bytes for k in kernels), default=0)
+    cand.shared_bytes = max((k.total_shared_bytes for k in kernels), default=0)  # static + dynamic
     sm = int(built.arch[3:].rstrip("a"))
     occ = [o for o in (occupancy(k, sm) for k in kernels) if o is not None]
     cand.occupancy = min(occ) if occ else None

@@ -104,8 +104,8 @@ def occupancy(kernel: KernelResources, sm: int) -> float | None:
     regs_per_warp = math.ceil(max(kernel.registers, 1) * limits.warp_size / limits.register_granularity) \
         * limits.register_granularity
     by_registers = limits.registers // (regs_per_warp * warps)
-    smem = kernel.shared_bytes + limits.reserved_shared_per_block
-    by_shared = limits.shared_bytes // smem if kernel.shared_bytes else limits.max_blocks
+    smem = kernel.total_shared_bytes + limits.reserved_shared_per_block
+    by_shared = limits.shared_bytes // smem if kernel.total_shared_bytes else limits.max_blocks
     blocks = min(limits.max_blocks, by_threads, by_registers, by_shared)
     return min(1.0, blocks * warps / max_warps)
 
