@@ -258,10 +258,10 @@ def test_tuned_record_replaces_the_default_schedule(tmp_path):
     db.commit_tuning_record(record)
     if hasattr(db, "close"):
         db.close()
-    prepared, _ = prepare_model(mod, target, tmp_path, algo="winograd")
+    prepared, _ = prepare_model(mod, target, tmp_path, algo="winograd", layout="keep")  # the report's NCHW
     tuned = our_prim_funcs(prepared)[layer.func]
     tvm.ir.assert_structural_equal(tuned.body, sch.mod["main"].body)
-    ex, report = compile_model(mod, target, tmp_path, algo="winograd")
+    ex, report = compile_model(mod, target, tmp_path, algo="winograd", layout="keep")
     feed = info.net.input_feed()
     ref = _ort(info, feed)
     got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]

@@ -128,10 +128,12 @@ def _load(args) -> tuple:
 # --------------------------------------------------------------------------------------------------
 
 def cmd_layers(args) -> int:
-    from .relax_pass import rewrite_winograd
+    from .relax_pass import convert_conv_layout, rewrite_winograd
 
     mod, _info = _load(args)
-    _, reports = rewrite_winograd(mod, _target(args.target), _schedules_dir(args.schedules), args.algo)
+    target = _target(args.target)
+    mod = convert_conv_layout(mod, target, args.layout)
+    _, reports = rewrite_winograd(mod, target, _schedules_dir(args.schedules), args.algo)
     if args.json:
         _emit_json([r.as_dict() for r in reports])
         return 0
@@ -153,7 +155,8 @@ def cmd_tune(args) -> int:
     if args.trials < 1:
         raise UsageError(f"--trials {args.trials} must be at least 1")
     results = tune_model(mod, target, trials=args.trials, log_dir=args.log_dir, schedules_dir=args.schedules,
-                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, progress=not args.json)
+                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, progress=not args.json,
+                         layout=args.layout)
     if args.json:
         _emit_json(results)
         return 0
@@ -175,7 +178,8 @@ def cmd_compile(args) -> int:
     mod, info = _load(args)
     start = time.perf_counter()
     with _progress(f"compiling {args.model} for {target.kind.name}"):
-        ex, reports = compile_model(mod, target, sdir, args.algo)  # on CUDA: loads the driver (stand-in), nvcc
+        # on CUDA: loads the driver (stand-in), nvcc
+        ex, reports = compile_model(mod, target, sdir, args.algo, layout=args.layout)
         path = export_library(ex, args.output)
     if is_cuda(target):
         from .cuda.build import require_cubin
@@ -300,6 +304,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="fix an input's shape, e.g. input:1,3,224,224 (repeatable)")
 
 
+def _add_layout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=("auto", "NCHW", "NHWC", "keep"), default="auto",
+                   help="conv layout to compile in: auto = NHWC on CPUs, the model's on GPUs (default)")
+
+
 def _add_target(p: argparse.ArgumentParser, default: str = "llvm") -> None:
     p.add_argument("--target", default=default,
                    help="llvm (this CPU), cuda, sm_80/sm_86/sm_89/sm_90, a TVM tag or a JSON dict "
@@ -330,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--schedules", metavar="DIR", help="schedules directory (default: the committed one)")
     p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto")
+    _add_layout(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "tune", cmd_tune, "tune every distinct conv layer (direct vs Winograd m=2,4,6) by measurement",
@@ -341,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default schedules/)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the servers of a TVM RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="device key of the RPC servers")
+    _add_layout(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "compile", cmd_compile, "compile a model into one deployable shared library",
@@ -351,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedules", metavar="DIR", help="tuned schedules directory (default: the committed one)")
     p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto",
                    help="auto: measured choice, else heuristic (default)")
+    _add_layout(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "run", cmd_run, "run a compiled library with the TVM runtime on .npy inputs",

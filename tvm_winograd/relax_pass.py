@@ -63,6 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALGOS = ("auto", "winograd", "direct")
+#: ``layout`` choices of :func:`convert_conv_layout`.
+CONV_LAYOUTS = ("auto", "NCHW", "NHWC", "keep")
 INELIGIBLE_LOWERINGS = ("relax", "tir")
 KIND_ATTR = "tvm_winograd.kind"
 
@@ -441,6 +443,30 @@ def _check_and_fold(mod: tvm.IRModule, target: object, schedules_dir: str | os.P
     if choices:
         logger.info("using %d measured algorithm choices from %s", len(choices), sdir)
     return relax.transform.FoldConstant()(mod), choices
+
+
+def conv_layout_for(target: object, layout: str = "auto") -> str | None:
+    """The conv2d layout a model is compiled in: ``"NHWC"`` on CPUs for ``"auto"`` (the CPU
+    schedules vectorize channels, contiguous in NHWC: ResNet-18 measured 55 ms NCHW vs 33 ms NHWC
+    on this 2-core machine), the model's own on GPUs; ``None`` = leave the model's layout."""
+    if layout not in CONV_LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(CONV_LAYOUTS)}")
+    if layout == "auto":
+        return "NHWC" if resolve_target(target).kind.name == "llvm" else None
+    return None if layout == "keep" else layout
+
+
+def convert_conv_layout(mod: tvm.IRModule, target: object = "llvm", layout: str = "auto") -> tvm.IRModule:
+    """Convert every ``relax.nn.conv2d`` of ``mod`` to the layout :func:`conv_layout_for` picks
+    (TVM's ``ConvertLayout``: NHWC data with HWIO weights, or NCHW/OIHW), then fold the constant
+    weight transposes.  The layout-agnostic ops between convolutions follow; transposes remain only
+    at the model's inputs and outputs."""
+    want = conv_layout_for(target, layout)
+    if want is None:
+        return mod
+    kernel = "HWIO" if want == "NHWC" else "OIHW"
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [want, kernel]})(mod)
+    return relax.transform.FoldConstant()(mod)
 
 
 def conv_workloads(

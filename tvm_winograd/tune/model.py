@@ -31,12 +31,14 @@ def default_dirs(target, log_dir: str | os.PathLike | None, schedules_dir: str |
     return (logs if logs.name == name else logs / name), (sched if sched.name == name else sched / name)
 
 
-def model_workloads(mod: tvm.IRModule, target: object = "llvm") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
-    """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``."""
-    from ..relax_pass import conv_workloads
+def model_workloads(mod: tvm.IRModule, target: object = "llvm",
+                    layout: str = "auto") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
+    """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``,
+    in the conv layout compilation uses (``layout``: see ``relax_pass.convert_conv_layout``)."""
+    from ..relax_pass import conv_workloads, convert_conv_layout
 
     found: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
-    for work in conv_workloads(mod, target, algo="winograd"):
+    for work in conv_workloads(convert_conv_layout(mod, target, layout), target, algo="winograd"):
         entry = found.setdefault((work.spec, work.epilogue), (work.spec, work.epilogue, []))
         entry[2].append(work.report.name)
     return list(found.values())
@@ -52,6 +54,7 @@ def tune_model(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     progress: bool = True,
+    layout: str = "auto",
 ) -> list[dict]:
     """Tune direct and Winograd candidates for every distinct eligible layer; keep the fastest.
 
@@ -67,7 +70,7 @@ def tune_model(
         raise ValueError("--rpc-tracker and --rpc-key go together")
     runner = make_runner(tgt, rpc_tracker, rpc_key)
     logs, sched = default_dirs(tgt, log_dir, schedules_dir)
-    workloads = model_workloads(mod, tgt)
+    workloads = model_workloads(mod, tgt, layout)
     if not workloads:
         logger.warning("the model has no Winograd-eligible convolution: nothing to tune")
     results = []
