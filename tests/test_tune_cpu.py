@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -143,3 +144,20 @@ def test_tune_choose_store_apply_resume(tmp_path):
     more = tune_layer(spec, TARGET, epilogue=epilogue, trials=4, candidates=["direct"],
                       work_dir=work_dir, schedules_dir=schedules_dir, runner=runner3, progress=False, seed=1)
     assert runner3.calls == 1 and more.candidates["direct"].records == 4
+
+
+def test_search_is_seeded_with_the_default_schedule(tmp_path):
+    """The first measured Winograd record is the design space at default_decisions: with a budget of
+    one trial, that is what gets stored and applied (so tuning never ends below the default)."""
+    from tvm_winograd.schedule.cpu import apply_fixed
+    from tvm_winograd.schedule.default import default_decisions
+
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    runner = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)
+    result = tune_layer(spec, TARGET, trials=1, candidates=["winograd_m2"], work_dir=tmp_path / "logs",
+                        schedules_dir=tmp_path / "schedules", runner=runner, progress=False, seed=1)
+    assert runner.calls == 1
+    assert result.candidates["winograd_m2"].new_trials == 1 and result.candidates["winograd_m2"].verified
+    func = candidate_func(spec, "winograd_m2")
+    tuned = apply_best(func, TARGET, tmp_path / "schedules")
+    tvm.ir.assert_structural_equal(tuned.body, apply_fixed(func, default_decisions(func)).body)

@@ -56,6 +56,7 @@ __all__ = [
     "schedule_kernel_pack",
     "bgemm_vector_axes",
     "apply_fixed",
+    "fixed_schedule",
 ]
 
 logger = logging.getLogger(__name__)
@@ -356,18 +357,27 @@ def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_
     ``decisions`` maps knob names to values; a missing knob is sampled.  Lane counts (powers of two
     dividing the axis): ``bgemm.vector``, ``output.tiles`` (NCHW: tiles per vector), ``output.lanes``
     (NHWC), ``data_pack.lanes``.  Perfect-tile factor lists: ``bgemm.rows`` (3 factors),
-    ``bgemm.lanes`` (2 factors of the vector axis / lanes), ``bgemm.reduce`` (2 factors).
+    ``bgemm.lanes`` (3 factors of the vector axis / lanes: parallel, cache block, vectors per
+    register tile), ``bgemm.reduce`` (2 factors).
     """
-    sch = s_tir.Schedule(func)
+    return fixed_schedule(func, decisions, vector_axis).mod["main"]
+
+
+def fixed_schedule(func_or_mod: tirx.PrimFunc | tvm.IRModule, decisions: Decisions | None = None,
+                   vector_axis: str = "k") -> s_tir.Schedule:
+    """:func:`apply_fixed` as a Schedule: its trace is a point of the design space (the sampling
+    instructions carry the fixed decisions), so it can seed a search as a tuning record."""
+    sch = s_tir.Schedule(func_or_mod)
+    func = sch.mod["main"]
     kind = str(func.attrs["tvm_winograd.kind"])
     if kind == "weight_transform":
         name = "kernel_pack_acc" if _has_block(sch, "kernel_pack_acc") else "kernel_pack"
-        return schedule_kernel_pack(sch, sch.get_sblock(name), decisions).mod["main"]
+        return schedule_kernel_pack(sch, sch.get_sblock(name), decisions)
     schedule_output(sch, sch.get_sblock("conv2d_winograd"), decisions)
     schedule_bgemm(sch, sch.get_sblock("bgemm"), vector_axis, decisions)
     pack = "data_pack_acc" if _has_block(sch, "data_pack_acc") else "data_pack"
     schedule_data_pack(sch, sch.get_sblock(pack), decisions)
-    return sch.mod["main"]
+    return sch
 
 
 register_cpu_rules()

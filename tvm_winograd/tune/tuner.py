@@ -487,8 +487,16 @@ def tune_layer(
             done = _record_count(db, mod, tgt)
             key = _state_key(spec, epilogue, name)
             finished_budget = int(state.get(key, 0))
+            seeded = 0
+            if done == 0 and finished_budget < trials:
+                seeded = _seed_default(db, mod, func, tgt, builder, runner, algorithm)
+                done += seeded
             remaining = trials - done
-            if remaining > 0 and finished_budget < trials:
+            if remaining <= 0 and seeded:
+                state[key] = trials
+                _save_state(work_dir, state)
+                res.new_trials = seeded
+            elif remaining > 0 and finished_budget < trials:
                 callback = _Progress(display.updater(name) if display else None)
                 if display:
                     display.start(name, done)
@@ -506,7 +514,7 @@ def tune_layer(
                     measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
                     task_scheduler="round-robin",
                 )
-                res.new_trials = callback.trials
+                res.new_trials = callback.trials + seeded
                 res.history_ms = list(callback.history_ms)
                 res.trials_to_90 = _trials_to_90(callback.history_ms)
                 state[key] = trials
@@ -538,6 +546,40 @@ def tune_layer(
     if progress:
         logger.info("\n%s", format_results([out]))
     return out
+
+
+def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, builder, runner,
+                  algorithm: str) -> int:
+    """Measure the Winograd design space at its shape-derived default decisions
+    (:func:`~tvm_winograd.schedule.default.default_decisions`) and commit it as the first record
+    (one trial of the budget): the evolutionary search starts from it (its initial population takes
+    the best measured records), so a small budget never ends below the untuned default.  Returns the
+    number of records added (0 or 1)."""
+    if algorithm != "winograd" or target.kind.name != "llvm":
+        return 0
+    from ..schedule.cpu import fixed_schedule
+    from ..schedule.default import default_decisions
+
+    try:
+        sch = fixed_schedule(mod, default_decisions(func))
+    except Exception as err:  # noqa: BLE001 - a shape the fixed point does not fit: plain search
+        logger.info("no default point to seed the search with (%s)", err)
+        return 0
+    args_info = ms.arg_info.ArgInfo.from_prim_func(func)
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    if built.error_msg:
+        logger.warning("the default schedule failed to build, search not seeded: %s", built.error_msg)
+        return 0
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.name, args_info)])
+    result = future.result()
+    if result.error_msg or not result.run_secs:
+        logger.warning("the default schedule failed to run, search not seeded: %s", result.error_msg)
+        return 0
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), result.run_secs,
+                                                     target, args_info))
+    logger.info("seeded the search with the default schedule: %.3f ms",
+                statistics.median(float(s) for s in result.run_secs) * 1e3)
+    return 1
 
 
 def _pick_verified(db, mod: tvm.IRModule, spec: Conv2dSpec, epilogue: Epilogue, res: CandidateResult,
