@@ -16,7 +16,7 @@ import tvm
 
 from tvm_winograd.compute import Epilogue, direct_func
 from tvm_winograd.reference import conv2d_direct
-from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, direct_tile, schedule_direct_llvm
+from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, direct_tile, hoist_weight_packing, schedule_direct_llvm
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import make_spec
 
@@ -35,6 +35,7 @@ CASES = [
     pytest.param((1, 8, 10, 10), 32, 3, 1, 1, 1, "NHWC", Epilogue(bias=True, relu=True), True, id="3x3s1-nhwc"),
     pytest.param((1, 8, 11, 11), 16, 3, 1, 2, 1, "NHWC", Epilogue(residual=True), True, id="3x3s2-nhwc"),
     pytest.param((1, 8, 9, 9), 16, 1, 0, 1, 1, "NHWC", Epilogue(), True, id="1x1s1-nhwc"),
+    pytest.param((1, 8, 9, 9), 32, 3, 1, 1, 1, "NHWC-packed", Epilogue(bias=True), True, id="3x3s1-nhwc-packed"),
     pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NHWC", Epilogue(), False, id="grouped-nhwc"),
 ]
 
@@ -66,17 +67,19 @@ def _reference(x, w, b, res, padding, stride, groups, layout, relu):
 def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padding, stride, groups, layout,
                                           epilogue, tiled):
     n, c, h, w_ = input_nchw
+    pack_weight = True if layout == "NHWC-packed" else None
+    layout = layout.split("-")[0]
     if layout == "NCHW":
         x_shape, w_shape = (n, c, h, w_), (k, c // groups, r, r)
     else:
         x_shape, w_shape = (n, h, w_, c), (r, r, c // groups, k)
     spec = make_spec(x_shape, w_shape, padding=padding, stride=stride, groups=groups, layout=layout)
     with caplog.at_level(logging.WARNING, logger="tvm_winograd.schedule.direct"):
-        func = schedule_direct_llvm(direct_func(spec, epilogue))
+        func = schedule_direct_llvm(direct_func(spec, epilogue), pack_weight=pack_weight)
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
     script = func.script()
     # NCHW register tile: the weight is packed in a (hoistable) preproc block; the fallback has none
-    assert (LAYOUT_REWRITE_PREPROC in script) == (tiled and layout == "NCHW")
+    assert (LAYOUT_REWRITE_PREPROC in script) == (tiled and (layout == "NCHW" or bool(pack_weight)))
     if tiled:  # 16 output channels per zmm register
         assert "T.vectorized(16)" in script or "T.vectorized(4)" in script
 
@@ -107,3 +110,37 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
 ])
 def test_direct_tile(k, width, expected):
     assert direct_tile(k, width) == expected
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_weight_packing_is_hoisted_and_folded(signed, layout):
+    """In a Relax module with a constant weight, :func:`hoist_weight_packing` moves the packing out of
+    the convolution (no preproc block left in it), folds it into a packed constant, and the compiled
+    model still equals the float64 reference."""
+    from tvm import relax
+
+    x_shape, w_shape = ((1, 8, 9, 9), (32, 8, 3, 3)) if layout == "NCHW" else ((1, 9, 9, 8), (3, 3, 8, 32))
+    spec = make_spec(x_shape, w_shape, padding=1, stride=2, layout=layout)
+    out_shape = tuple(int(d) for d in spec.output_shape)
+    func = schedule_direct_llvm(direct_func(spec, Epilogue(bias=True)), pack_weight=True)
+    x, w, b = signed(x_shape), signed(w_shape), signed((32,))
+    bb = relax.BlockBuilder()
+    conv_gv = bb.add_func(func.with_attr("tirx.is_scheduled", True).without_attr("global_symbol"), "conv")
+    data = relax.Var("data", relax.TensorType(x_shape, "float32"))
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            y = bb.emit(relax.call_tir(conv_gv, [data, relax.const(w), relax.const(b)],
+                                       relax.TensorType(out_shape, "float32")))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    mod = hoist_weight_packing(bb.get())
+
+    convs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert convs and not any(LAYOUT_REWRITE_PREPROC in f.script() for f in convs)
+    assert mod["main"].script().count("call_tir(") == 1, mod["main"].script()  # the packing was folded
+    target = resolve_target("llvm")
+    ex = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    vm = relax.VirtualMachine(ex, tvm.cpu(0))
+    got = vm["main"](tvm.runtime.tensor(x, tvm.cpu(0))).numpy()
+    ref, bound = _reference(x, w, b, None, 1, 2, 1, layout, False)
+    assert np.all(np.abs(got - ref) <= bound)
