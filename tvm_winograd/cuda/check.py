@@ -176,14 +176,15 @@ def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tv
 
 def apply_postprocs_keep_pre_tensorize(sch: tvm.s_tir.Schedule, target: Target, postprocs
                                        ) -> tuple[str | None, tvm.s_tir.Schedule | None]:
-    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.apply_postprocs`; also return a
+    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.apply_postprocs` (a postprocessor
+    that raises rejects, as in MetaSchedule's search); also return a
     copy of the schedule taken just before ``RewriteTensorize`` when that postprocessor has blocks to
     tensorize (the CPU-runnable form of a tensorcore candidate; None otherwise)."""
     snapshot = None
     for p in postprocs:
         if type(p).__name__ == "RewriteTensorize" and cuda_schedule.is_tensorcore_schedule(sch):
             snapshot = sch.copy()
-        if not p.apply(sch):
+        if not cuda_schedule.apply_postproc(p, sch):
             return type(p).__name__, None
     return None, snapshot
 

@@ -87,6 +87,7 @@ __all__ = [
     "schedule_cuda_default",
     "postprocs_for",
     "apply_postprocs",
+    "apply_postproc",
     "space_generator",
     "light_tune_context",
 ]
@@ -619,11 +620,23 @@ def light_tune_context(mod: tvm.IRModule, target: Target,
 
 
 def apply_postprocs(sch: s_tir.Schedule, target: Target, postprocs=None) -> str | None:
-    """Apply the CUDA postprocessors in order; returns the name of the first that rejects, or None."""
+    """Apply the CUDA postprocessors in order; returns the name of the first that rejects, or None.
+
+    A postprocessor that raises (e.g. ``RewriteReductionBlock`` on a block whose bindings are not
+    quasi-affine) rejects, as in MetaSchedule's search, which discards such samples."""
     for p in postprocs if postprocs is not None else postprocs_for(target, sch.mod):
-        if not p.apply(sch):
+        if not apply_postproc(p, sch):
             return type(p).__name__
     return None
+
+
+def apply_postproc(postproc: ms.postproc.Postproc, sch: s_tir.Schedule) -> bool:
+    """One postprocessor; False if it rejects or raises (logged at debug level)."""
+    try:
+        return bool(postproc.apply(sch))
+    except Exception as err:  # noqa: BLE001 - MetaSchedule's search treats any failure as a rejection
+        logger.debug("%s raised: %s", type(postproc).__name__, str(err).splitlines()[-1] if str(err) else err)
+        return False
 
 
 def _default_target(target: object | None) -> Target:
