@@ -125,3 +125,14 @@ def test_stages_are_named_and_carry_schedule_rules():
     for rule in ("winograd_data_pack", "winograd_bgemm", "winograd_inverse", "winograd_output"):
         assert f'"schedule_rule": "{rule}"' in script
     assert '"schedule_rule": "winograd_kernel_pack"' in weight_transform_func(spec, WinogradConfig(m=2)).script()
+
+
+def test_separable_transforms_add_their_row_passes():
+    """``separable=True`` (what llvm compiles) computes B_T d B and A_T M A as two 1-D passes: the
+    row stages exist, each reduction runs over alpha terms (not alpha^2)."""
+    spec = make_spec((1, 4, 8, 8), (4, 4, 3, 3), padding=1)
+    plain = winograd_func(spec, WinogradConfig(m=2)).script()
+    script = winograd_func(spec, WinogradConfig(m=2, separable=True)).script()
+    for stage in ("data_pack_rows", "inverse_rows"):
+        assert f'T.sblock("{stage}")' in script and f'T.sblock("{stage}")' not in plain
+    assert "v_r_a, v_r_b = T.axis.remap" in plain and "v_r_a, v_r_b = T.axis.remap" not in script

@@ -14,7 +14,7 @@ import pytest
 import tvm
 from tvm import s_tir
 
-from tvm_winograd.compute import (Epilogue, WinogradConfig, block_kernel_pack, kernel_block_for, kernel_pack_shape,
+from tvm_winograd.compute import (Epilogue, WinogradConfig, block_kernel_pack, kernel_pack_shape, target_config,
                                   weight_transform_func, winograd_func)
 from tvm_winograd.reference import winograd_weight_transform
 from tvm_winograd.schedule import cpu
@@ -63,8 +63,8 @@ def test_sampled_schedules_are_correct(layout, m):
     """Two seeds per case; bias + ReLU epilogue (residual in the NHWC m=4 case)."""
     spec = _spec(layout)
     epilogue = Epilogue(bias=True, residual=(layout == "NHWC" and m == 4), relu=True)
-    # the kernel_pack layout compilation uses on llvm (panels of 16 or 8 output channels)
-    func = winograd_func(spec, WinogradConfig(m=m, kernel_block=kernel_block_for(spec, "llvm")), epilogue)
+    # what compilation uses on llvm: U in panels of 16 or 8 output channels, separable transforms
+    func = winograd_func(spec, target_config(spec, m, "llvm"), epilogue)
     seen = []
     for seed in (1, 2):
         scheduled, decisions = _apply_rules(func, seed)

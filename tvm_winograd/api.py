@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import tvm
 
-from .compute import Epilogue, WinogradConfig, kernel_block_for, weight_transform_func, winograd_func
+from .compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
 from .workload import Conv2dSpec, Padding, check_winograd, make_spec
@@ -108,6 +108,6 @@ def conv2d(
     check_winograd(spec, m)
     if acc_dtype not in ("float16", "float32"):
         raise ValueError(f"acc_dtype {acc_dtype!r} is not supported: use 'float32' or 'float16'")
-    kernel_block = kernel_block_for(spec, resolve_target(target).kind.name)
-    compiled = build_winograd(spec, WinogradConfig(m=m, acc_dtype=acc_dtype, kernel_block=kernel_block), target)
+    config = target_config(spec, m, resolve_target(target).kind.name, acc_dtype=acc_dtype)
+    compiled = build_winograd(spec, config, target)
     return compiled(x, compiled.transform_weight(w))

@@ -34,8 +34,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from .compute import (Epilogue, WinogradConfig, direct_func, kernel_block_for, kernel_pack_shape,
-                      weight_transform_func, winograd_func)
+from .compute import (Epilogue, direct_func, kernel_pack_shape, target_config, weight_transform_func,
+                      winograd_func)
 from .targets import resolve_target, target_dirname
 from .tune.choices import AlgorithmChoice, load_choices
 from .transforms import ALPHA_MAX
@@ -286,7 +286,7 @@ class _WinogradMutator(relax.PyExprMutator):
         data = self.visit_expr(layer["data"])
         args: list[relax.Expr] = [data]
         if layer["algorithm"] == "winograd":
-            config = WinogradConfig(m=layer["m"], kernel_block=kernel_block_for(spec, self.target_kind))
+            config = target_config(spec, layer["m"], self.target_kind)
             wt = self._gv(_func_name("weight_transform", spec, config.m, None),
                           lambda: weight_transform_func(spec, config))
             pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block),

@@ -163,19 +163,36 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) 
         sch.vectorize(k1)
     sch.parallel(outer)
     sch.set_scope(inverse, 0, "local")
-    # inverse's own loops: (k, p, vh, vw, r_a, r_b) for NCHW, (vh, vw, p, k, r_a, r_b) for NHWC.
-    loops = sch.get_loops(inverse)[-6:]
+    separable = _has_block(sch, "inverse_rows")
+    # inverse's own loops: (k, p, vh, vw, r_a, r_b) for NCHW, (vh, vw, p, k, r_a, r_b) for NHWC
+    # (only r_b when separable: Z = A_T M is the inverse_rows stage).
+    red = sch.get_loops(inverse)[-1:] if separable else sch.get_loops(inverse)[-2:]
+    loops = sch.get_loops(inverse)[-4 - len(red):-len(red)]
     if layout == "NCHW":
-        k_l, p_l, vh, vw, ra, rb = loops
+        k_l, p_l, vh, vw = loops
         vec, rest = p_l, k_l
     else:
-        vh, vw, p_l, k_l, ra, rb = loops
+        vh, vw, p_l, k_l = loops
         vec, rest = k_l, p_l
-    sch.reorder(rest, ra, rb, vh, vw, vec)
+    sch.reorder(rest, *red, vh, vw, vec)
     sch.vectorize(vec)
-    _unroll_within(sch, (ra, rb, vh, vw), UNROLL_BUDGET // 2 if alpha > 6 else UNROLL_BUDGET)
-    _decompose_vectorized(sch, inverse, ra)
+    _unroll_within(sch, (*red, vh, vw), UNROLL_BUDGET // 2 if alpha > 6 else UNROLL_BUDGET)
+    _decompose_vectorized(sch, inverse, red[0])
+    if separable:
+        _schedule_rows(sch, sch.get_sblock("inverse_rows"), step)
     return sch
+
+
+def _schedule_rows(sch: s_tir.Schedule, rows, step) -> None:
+    """A separable transform's first 1-D pass (``data_pack_rows`` / ``inverse_rows``) computed at
+    ``step`` into a local tile: vectorized along its contiguous (last spatial) axis, unrolled."""
+    sch.compute_at(rows, step, preserve_unit_loops=True)
+    sch.set_scope(rows, 0, "local")
+    i, j, y0, y1, ra = sch.get_loops(rows)[-5:]
+    sch.reorder(i, j, y0, ra, y1)
+    sch.vectorize(y1)
+    _unroll_within(sch, (i, j, y0, ra))
+    _decompose_vectorized(sch, rows, ra)
 
 
 def schedule_inverse(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
@@ -183,16 +200,16 @@ def schedule_inverse(sch: s_tir.Schedule, block, fixed: Decisions | None = None)
     if len(sch.get_loops(block)) > 6:  # already computed at the output's tiles
         return sch
     layout = _layout(sch)
-    loops = sch.get_loops(block)
+    a, b, c, d, *red = sch.get_loops(block)  # red: (r_a, r_b), or (r_b,) when separable
     if layout == "NCHW":
-        k, p, vh, vw, ra, rb = loops
-        sch.reorder(k, p, ra, rb, vh, vw)
+        k, p, vh, vw = a, b, c, d
+        sch.reorder(k, p, *red, vh, vw)
         sch.parallel(k)
     else:
-        vh, vw, p, k, ra, rb = loops
-        sch.reorder(p, k, ra, rb, vh, vw)
+        vh, vw, p, k = a, b, c, d
+        sch.reorder(p, k, *red, vh, vw)
         sch.parallel(p)
-    _unroll_within(sch, (ra, rb, vh, vw))
+    _unroll_within(sch, (*red, vh, vw))
     return sch
 
 
@@ -272,15 +289,17 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     pack = block
     if sch.get(block).name_hint == "data_pack_acc" and _has_block(sch, "data_pack"):
         sch.reverse_compute_inline(sch.get_sblock("data_pack"))
-    e, n, x0, x1, ra, rb = sch.get_loops(pack)
+    e, n, x0, x1, *red = sch.get_loops(pack)  # red: (r_a, r_b), or (r_b,) when separable
     x10, x11 = _lanes(sch, x1, "data_pack.lanes", fixed, candidates=(1,) + VECTOR_LANES)
-    sch.reorder(x0, x10, e, n, ra, rb, x11)
+    sch.reorder(x0, x10, e, n, *red, x11)
     step = sch.fuse(x0, x10)
     sch.parallel(step)
     # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once.
     out = sch.cache_write(pack, 0, "local")
     sch.reverse_compute_at(out, step, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
+    if _has_block(sch, "data_pack_rows"):  # separable: T = B_T d per step, in a local tile
+        _schedule_rows(sch, sch.get_sblock("data_pack_rows"), step)
     tile = sch.get_sblock("input_tile")
     sch.compute_at(tile, step, preserve_unit_loops=True)
     sch.set_scope(tile, 0, "local")
@@ -288,8 +307,8 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     sch.vectorize(tile_loops[-1])
     _unroll_within(sch, tile_loops[:2])
     sch.vectorize(x11)
-    _unroll_within(sch, (e, n, ra, rb))
-    _decompose_vectorized(sch, pack, ra)
+    _unroll_within(sch, (e, n, *red))
+    _decompose_vectorized(sch, pack, red[0])
     return sch
 
 

@@ -138,10 +138,15 @@ def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.
         return sch.mod["main"]
 
     pack = blocks.get("data_pack_acc", blocks["data_pack"])
-    e, n, x0, x1, ra, rb = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC
-    sch.reorder(x0, x1, e, n, ra, rb)
+    e, n, x0, x1, *red = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC; red: (r_a, r_b) | (r_b,)
+    sch.reorder(x0, x1, e, n, *red)
     sch.parallel(x0)
-    _unroll_within(sch, (e, n, ra, rb))
+    _unroll_within(sch, (e, n, *red))
+    for rows in ("data_pack_rows", "inverse_rows"):  # separable first passes: parallel over their 3rd axis
+        if rows in blocks:
+            loops = sch.get_loops(blocks[rows])
+            sch.reorder(loops[2], loops[3], loops[0], loops[1], loops[4])
+            sch.parallel(loops[2])
     if "data_pack_acc" in blocks:
         sch.reverse_compute_at(blocks["data_pack"], x1)
 
@@ -158,16 +163,16 @@ def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.
     sch.decompose_reduction(gemm, rc)
 
     inv = blocks["inverse"]
-    loops = sch.get_loops(inv)
+    a, b, c, d, *red = sch.get_loops(inv)
     if nchw:
-        k, p, vh, vw, ra, rb = loops
-        sch.reorder(k, p, ra, rb, vh, vw)
+        k, p, vh, vw = a, b, c, d
+        sch.reorder(k, p, *red, vh, vw)
         sch.parallel(k)
     else:
-        vh, vw, p, k, ra, rb = loops
-        sch.reorder(p, k, ra, rb, vh, vw)
+        vh, vw, p, k = a, b, c, d
+        sch.reorder(p, k, *red, vh, vw)
         sch.parallel(p)
-    _unroll_within(sch, (ra, rb, vh, vw))
+    _unroll_within(sch, (*red, vh, vw))
 
     out = blocks["conv2d_winograd"]
     l0, l1, l2, l3 = sch.get_loops(out)

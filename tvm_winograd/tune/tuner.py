@@ -46,8 +46,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
-from ..compute import (Epilogue, WinogradConfig, block_kernel_pack, direct_func, kernel_block_for, kernel_block_of,
-                       winograd_func)
+from ..compute import Epilogue, block_kernel_pack, direct_func, kernel_block_of, target_config, winograd_func
 from ..reference import conv2d_direct, winograd_weight_transform
 from ..targets import resolve_target, target_dirname
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
@@ -110,7 +109,7 @@ def candidate_func(spec: Conv2dSpec, name: str, epilogue: Epilogue = Epilogue(),
     algorithm, m = _parse_candidate(name)
     if algorithm == "direct":
         return direct_func(spec, epilogue)
-    return winograd_func(spec, WinogradConfig(m=m, kernel_block=kernel_block_for(spec, target_kind)), epilogue)
+    return winograd_func(spec, target_config(spec, m, target_kind), epilogue)
 
 
 def choose_by_times(times_ms: dict[str, float | None]) -> AlgorithmChoice:
