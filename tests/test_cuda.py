@@ -305,7 +305,7 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     from tvm_winograd.cuda.build import build_cuda
     from tvm_winograd.cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
     from tvm_winograd.cuda.verify import check_numerics
-    from tvm_winograd.schedule.cuda import postprocs_for
+    from tvm_winograd.schedule.cuda import ensure_tensor_intrinsics_for_database, postprocs_for
 
     spec = make_spec((1, 16, 6, 6), (16, 16, 3, 3), padding=1, dtype="float16")  # P = 9: padded to 16
     config = WinogradConfig(m=2)
@@ -322,6 +322,9 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     replayed = ms.database.JSONDatabase(work_dir=str(tmp_path)).query_schedule(mod, target, workload_name="main")
     assert "Tensorize" in {inst.kind.name for inst in sch.trace.insts}
     tvm.ir.assert_structural_equal(replayed.mod, sch.mod)
+    # a fresh process must register the intrinsics before it can even open such a database
+    assert ensure_tensor_intrinsics_for_database(tmp_path)
+    assert not ensure_tensor_intrinsics_for_database(tmp_path / "missing")
 
     built = build_cuda(sch.mod["main"], target)
     source = built.source

@@ -47,7 +47,11 @@ storage, fp32 accumulation) and, in addition, through two tensor-core spaces:
                      design space rather than a sampled decision; the search samples and mutates both.
 
 fp32 layers never get the tensor-core spaces: on fp32 operands tensor cores would compute in TF32, which
-this package never uses.
+this package never uses.  What can be verified without a GPU, and what cannot, is stated in
+:mod:`tvm_winograd.cuda.check` (tensor-core numerics run the schedule in its pre-``RewriteTensorize`` form).
+A tuned tensorcore record names our registered intrinsics: a process must call
+:func:`ensure_tensor_intrinsics` (or :func:`ensure_tensor_intrinsics_for_database`) before it opens a
+MetaSchedule database holding such records.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ __all__ = [
     "bgemm_spaces",
     "tensorcore_ineligibility",
     "ensure_tensor_intrinsics",
+    "ensure_tensor_intrinsics_for_database",
     "tensorcore_intrin_group",
     "INTRIN_PREFIX",
     "is_tensorcore_schedule",
@@ -362,6 +367,25 @@ def ensure_tensor_intrinsics() -> dict[str, str]:
                 TensorIntrin.register(group[key], *make())
         _INTRIN_GROUP = group
         return group
+
+
+def ensure_tensor_intrinsics_for_database(work_dir: str | os.PathLike) -> bool:
+    """Call :func:`ensure_tensor_intrinsics` if the MetaSchedule JSON database in ``work_dir`` holds
+    tensorcore records (it names intrinsics with :data:`INTRIN_PREFIX`); returns whether it did.
+
+    TVM parses every record's trace when a ``JSONDatabase`` is opened, and a trace naming an unregistered
+    tensor intrinsic fails the whole open ("TensorIntrin 'tvm_winograd_wmma_fill_16x16x16_f32' is not
+    registered"): call this before opening a database that may hold CUDA tensorcore records.
+    """
+    path = os.path.join(os.fspath(work_dir), "database_tuning_record.json")
+    if not os.path.isfile(path):
+        return False
+    marker = INTRIN_PREFIX.encode()
+    with open(path, "rb") as f:
+        if marker not in f.read():
+            return False
+    ensure_tensor_intrinsics()
+    return True
 
 
 def _tensor_intrin_generators() -> dict:
