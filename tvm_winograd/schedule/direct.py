@@ -8,7 +8,10 @@ function's signature:
   in registers while the whole reduction (input channels x the r x r window) runs inside it: each
   step loads ``k_vectors`` weight vectors, broadcasts ``w_tile`` input scalars and issues
   ``k_vectors * w_tile`` FMAs. The input is only read as scalars, so any stride costs the same;
-- NCHW: the OIHW weight is repacked to ``(K / lanes, C, R, S, lanes)`` by a block annotated
+- the reduction runs over the window rows and columns, then input channels innermost: both the
+  input (NCHW: copied channels-last with the padding, as NCHW's channel stride of H * W floats
+  costs a page per channel) and the weight are then read contiguously;
+- NCHW: the OIHW weight is repacked to ``(K / lanes, R, S, C, lanes)`` by a block annotated
   ``meta_schedule.layout_rewrite_preproc``. ``relax.transform.SplitLayoutRewritePreproc`` hoists it
   out of the function, after which ``FoldConstant`` packs constant weights at compile time (see
   :func:`hoist_weight_packing`); left inside, it runs on every call. The tile is written back to NCHW
