@@ -237,7 +237,7 @@ def test_tuned_record_replaces_the_default_schedule(tmp_path):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    from tvm_winograd.compute import Epilogue, WinogradConfig, kernel_block_for, winograd_func
+    from tvm_winograd.compute import Epilogue, target_config, winograd_func
     from tvm_winograd.relax_pass import rewrite_winograd
     from tvm_winograd.targets import host_target, target_dirname
     from tvm_winograd.tune.database import open_database
@@ -248,7 +248,7 @@ def test_tuned_record_replaces_the_default_schedule(tmp_path):
     _, report = rewrite_winograd(mod, target, tmp_path, algo="winograd")
     layer = report[6]  # conv7: 3x3, no epilogue
     spec = make_spec(layer.input_shape, layer.weight_shape, padding=1)
-    func = winograd_func(spec, WinogradConfig(m=layer.m, kernel_block=kernel_block_for(spec, "llvm")), Epilogue())
+    func = winograd_func(spec, target_config(spec, layer.m, "llvm"), Epilogue())  # what the pass emits
     workload = _normalize_mod(func)  # what the tuner stores for this PrimFunc
     sch = s_tir.Schedule(workload)
     sch.parallel(sch.get_loops(sch.get_sblock("conv2d_winograd"))[1])  # a deliberately odd "tuned" schedule

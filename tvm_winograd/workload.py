@@ -256,11 +256,18 @@ def check_winograd(spec: Conv2dSpec, m: int) -> None:
 #: fp16 has 11 bits, and F(6, 3)'s error is ~10x F(2, 3)'s; see scripts/accuracy.py).
 CANDIDATE_TILES = {"float32": (2, 4, 6), "float16": (2, 4)}
 
-# Relative cost of one transform flop vs one GEMM multiply-add: the transforms are memory-bound
-# streams with little reuse, the batched GEMM runs near FMA peak.
-_TRANSFORM_WEIGHT = 2.0
-# Winograd must save at least this much over direct to be worth its extra passes over memory.
-_MIN_GAIN = 1.3
+# The cost model counts multiply-adds and floats moved through memory, in GEMM multiply-add units.
+# Relative cost of one (separable, vectorized) transform multiply-add vs one GEMM multiply-add.
+_TRANSFORM_WEIGHT = 1.0
+# Cost of one float read or written from memory: the transformed weights U (alpha^2 / r^2 times the
+# weights) and the V and M buffers stream through memory once per call; on this 2-core machine
+# (~10 GB/s per core) that, not the multiplies, decides the tile of small-spatial layers.  Fitted by
+# scripts/heuristic_sweep.py on the untuned default schedules of ResNet-18 and VGG-16 3x3 layers
+# (NHWC, one core): it picks the measured best of direct / F(2,3) / F(4,3) / F(6,3) on 5 of 7 layers
+# and costs 1% on average, where counting multiplies alone cost 6% (F(6,3) on 512-channel layers).
+_MEMORY_WEIGHT = 8.0
+# Winograd must be estimated at least this much cheaper than direct (the model's error is ~10%).
+_MIN_GAIN = 1.2
 
 
 def winograd_cost(spec: Conv2dSpec, m: int) -> float:
@@ -269,14 +276,19 @@ def winograd_cost(spec: Conv2dSpec, m: int) -> float:
     tiles = spec.batch * math.ceil(spec.out_height / m) * math.ceil(spec.out_width / m)
     c, k = spec.in_channels, spec.out_channels
     gemm = tiles * alpha * alpha * c * k
-    # Nested transforms: data 2*alpha^3 per tile and channel, inverse 2*alpha^2*m (approx) per tile
+    # Separable transforms: data 2*alpha^3 per tile and channel, inverse alpha^2*m + alpha*m^2 per tile
     # and output channel; the weight transform is done ahead of time.
     transforms = tiles * (2 * alpha**3 * c + (alpha * alpha * m + alpha * m * m) * k)
-    return gemm + _TRANSFORM_WEIGHT * transforms
+    # U read once; V and M written and read once each.
+    memory = alpha * alpha * c * k + 2 * tiles * alpha * alpha * (c + k)
+    return gemm + _TRANSFORM_WEIGHT * transforms + _MEMORY_WEIGHT * memory
 
 
 def direct_cost(spec: Conv2dSpec) -> float:
-    return spec.flops / 2
+    """Estimated cost of the direct convolution: its multiply-adds and one read of the weights."""
+    kh, kw = spec.kernel
+    weights = spec.out_channels * (spec.in_channels // spec.groups) * kh * kw
+    return spec.flops / 2 + _MEMORY_WEIGHT * weights
 
 
 def choose_algorithm(spec: Conv2dSpec) -> tuple[str, int | None, str]:
@@ -289,5 +301,5 @@ def choose_algorithm(spec: Conv2dSpec) -> tuple[str, int | None, str]:
     best = min(costs, key=lambda m: (costs[m], m))
     gain = direct_cost(spec) / costs[best]
     if gain < _MIN_GAIN:
-        return "direct", None, f"heuristic: best Winograd F({best},{spec.r}) saves only {gain:.2f}x"
-    return "winograd", best, f"heuristic: F({best},{spec.r}) estimated {gain:.2f}x fewer operations"
+        return "direct", None, f"heuristic: best Winograd F({best},{spec.r}) is estimated only {gain:.2f}x cheaper"
+    return "winograd", best, f"heuristic: F({best},{spec.r}) estimated {gain:.2f}x cheaper than direct"
