@@ -30,6 +30,8 @@ CASES = [
     pytest.param((1, 3, 30, 30), 16, 7, 3, 2, 1, "NCHW", Epilogue(bias=True, relu=True), True, id="7x7s2-nchw-stem"),
     pytest.param((1, 8, 9, 9), 32, 3, 1, 1, 1, "NCHW", Epilogue(bias=True, residual=True, relu=True), True,
                  id="3x3s1-nchw-residual"),
+    pytest.param((1, 8, 13, 13), 32, 3, 1, 1, 1, "NCHW", Epilogue(bias=True, relu=True), True, id="prime-width-nchw"),
+    pytest.param((1, 8, 13, 13), 32, 3, 1, 1, 1, "NHWC", Epilogue(residual=True), True, id="prime-width-nhwc"),
     pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NCHW", Epilogue(bias=True), False, id="grouped-nchw"),
     pytest.param((1, 8, 10, 10), 6, 3, 1, 1, 1, "NCHW", Epilogue(), False, id="6-channels-nchw"),
     pytest.param((1, 8, 10, 10), 32, 3, 1, 1, 1, "NHWC", Epilogue(bias=True, relu=True), True, id="3x3s1-nhwc"),
@@ -105,7 +107,8 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
     (512, 7, (16, 2, 7)),
     (48, 28, (16, 1, 14)),  # odd number of 16-channel blocks: one vector, up to 14 columns
     (12, 10, (4, 1, 10)),
-    (32, 13, (16, 2, 1)),   # a prime width: no tail handling, one column
+    (32, 13, (16, 2, 7)),   # a prime width: a full tile and a predicated tail
+    (32, 10, (16, 2, 5)),
     (6, 10, None),
 ])
 def test_direct_tile(k, width, expected):

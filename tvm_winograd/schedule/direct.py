@@ -73,7 +73,10 @@ def direct_tile(out_channels: int, out_width: int, lanes: int = 16) -> tuple[int
     if out_channels % vector or vector < 4:
         return None
     k_vectors = 2 if (out_channels // vector) % 2 == 0 else 1
-    w_tile = _largest_divisor(out_width, range(ACC_REGISTERS // k_vectors, 0, -1))
+    cap = ACC_REGISTERS // k_vectors
+    w_tile = _largest_divisor(out_width, range(cap, 0, -1))
+    if 2 * w_tile < min(cap, out_width):  # e.g. a prime width: a full tile and a masked tail instead
+        w_tile = min(cap, out_width)
     return vector, k_vectors, w_tile
 
 
