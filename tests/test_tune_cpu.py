@@ -153,11 +153,11 @@ def test_search_is_seeded_with_the_default_schedule(tmp_path):
     from tvm_winograd.schedule.default import default_decisions
 
     spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
-    runner = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)
+    # the real local builder and runner: the seed is built and measured like any search trial
     result = tune_layer(spec, TARGET, trials=1, candidates=["winograd_m2"], work_dir=tmp_path / "logs",
-                        schedules_dir=tmp_path / "schedules", runner=runner, progress=False, seed=1)
-    assert runner.calls == 1
-    assert result.candidates["winograd_m2"].new_trials == 1 and result.candidates["winograd_m2"].verified
+                        schedules_dir=tmp_path / "schedules", progress=False, seed=1)
+    cand = result.candidates["winograd_m2"]
+    assert cand.new_trials == 1 and cand.records == 1 and cand.verified and 0 < cand.median_ms < 1e3
     func = candidate_func(spec, "winograd_m2")
     tuned = apply_best(func, TARGET, tmp_path / "schedules")
     tvm.ir.assert_structural_equal(tuned.body, apply_fixed(func, default_decisions(func)).body)

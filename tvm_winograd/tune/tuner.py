@@ -569,7 +569,8 @@ def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, bu
     if built.error_msg:
         logger.warning("the default schedule failed to build, search not seeded: %s", built.error_msg)
         return 0
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, target.kind.name, args_info)])
+    device_type = "cpu" if target.kind.name == "llvm" else target.kind.name  # a device name, not the target kind
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device_type, args_info)])
     result = future.result()
     if result.error_msg or not result.run_secs:
         logger.warning("the default schedule failed to run, search not seeded: %s", result.error_msg)
