@@ -8,7 +8,8 @@
    ``DeadCodeElimination`` (drops the then unused weight-transform PrimFuncs);
 3. the tuned schedules of ``schedules/<target_dirname>/`` (MetaSchedule JSONDatabase), if any;
 4. a default schedule for every still-unscheduled PrimFunc of ours: ``schedule_llvm_default`` for
-   Winograd on llvm, a simple parallel/vectorized schedule for our direct PrimFunc on llvm, and
+   Winograd on llvm, ``schedule_direct_llvm`` (register-tiled, weights packed) for our direct
+   PrimFunc on llvm, whose weight packing ``hoist_weight_packing`` then folds at compile time, and
    ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA (else TVM's dlight defaults);
 5. ``relax.get_default_pipeline(target)`` and ``tvm.compile`` (CUDA: under ``with target:`` with
    nvcc as the compiler, see DESIGN section 3).
@@ -29,7 +30,7 @@ from tvm import relax, tirx
 
 from .relax_pass import KIND_ATTR, LayerReport, convert_conv_layout, resolve_schedules_dir, rewrite_winograd
 from .schedule.default import schedule_llvm_default
-from .schedule.direct import schedule_direct_llvm
+from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .targets import is_cuda, resolve_target
 
 __all__ = [
@@ -92,7 +93,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
                 elif kind in ("winograd", "weight_transform"):
                     new = schedule_llvm_default(func)
                 elif kind == "direct":
-                    new = schedule_direct_llvm(func)
+                    new = schedule_direct_llvm(func, pack_weight=True)  # hoisted in prepare_model
             except Exception as err:  # a schedule failure must not break compilation: stay correct
                 logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
                 new = func
@@ -171,6 +172,8 @@ def prepare_model(
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
     mod = _apply_database(mod, tgt, resolve_schedules_dir(schedules_dir, tgt))
     mod = _default_schedules(mod, tgt)
+    if not is_cuda(tgt):  # the direct convs' weight packing, once at compile time (constant weights)
+        mod = hoist_weight_packing(mod)
     return mod, reports
 
 

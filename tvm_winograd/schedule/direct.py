@@ -255,8 +255,48 @@ def schedule_direct_simple(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFun
 
 
 def hoist_weight_packing(mod: tvm.IRModule) -> tvm.IRModule:
-    """Move the weight-packing blocks of scheduled direct PrimFuncs into their own PrimFuncs
+    """Move the weight-packing blocks of scheduled PrimFuncs into their own PrimFuncs
     (``relax.transform.SplitLayoutRewritePreproc``) and fold them on constant weights
-    (``FoldConstant``), so packing happens once at compile time instead of on every call."""
-    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
-    return relax.transform.FoldConstant()(mod)
+    (``FoldConstant``), so packing happens once at compile time instead of on every call.
+
+    The split functions keep their names (the split would add ``_prepacked``: layer reports name the
+    PrimFunc they call) and the folded packing functions are dropped. A non-constant weight keeps
+    its packing call at run time (correct, only slower).
+    """
+    split = relax.transform.SplitLayoutRewritePreproc()(mod)
+    if len(split.functions) == len(mod.functions):
+        return mod
+    split = relax.transform.FoldConstant()(split)
+    entries = [gv.name_hint for gv, f in split.functions.items() if isinstance(f, relax.Function)]
+    split = relax.transform.DeadCodeElimination(entries)(split)
+    return _restore_names(split, "_prepacked")
+
+
+def _restore_names(mod: tvm.IRModule, suffix: str) -> tvm.IRModule:
+    """Rename the PrimFuncs ``<name><suffix>`` back to ``<name>`` (when free) in ``mod``."""
+    taken = {gv.name_hint for gv in mod.get_global_vars()}
+    renames = {}
+    for gv, func in mod.functions.items():
+        name = gv.name_hint
+        if isinstance(func, tirx.PrimFunc) and name.endswith(suffix) and name[: -len(suffix)] not in taken:
+            renames[gv] = name[: -len(suffix)]
+    if not renames:
+        return mod
+    builder = relax.BlockBuilder()
+    mapping = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc):
+            mapping[gv] = builder.add_func(func, renames.get(gv, gv.name_hint))
+
+    @relax.expr_functor.mutator
+    class _Rename(relax.PyExprMutator):
+        def visit_global_var_(self, op: tvm.ir.GlobalVar) -> tvm.ir.GlobalVar:  # noqa: N802 - TVM's name
+            return mapping.get(op, op)
+
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            builder.add_func(_Rename().visit_expr(func), gv.name_hint)
+    out = builder.get()
+    if mod.attrs is not None:
+        out = out.with_attrs(mod.attrs)
+    return out
