@@ -161,3 +161,21 @@ def test_search_is_seeded_with_the_default_schedule(tmp_path):
     func = candidate_func(spec, "winograd_m2")
     tuned = apply_best(func, TARGET, tmp_path / "schedules")
     tvm.ir.assert_structural_equal(tuned.body, apply_fixed(func, default_decisions(func)).body)
+
+
+def test_a_changed_compute_is_searched_again(tmp_path, monkeypatch):
+    """The resume state is per workload: the same layer with another compute (here the plain kernel
+    layout instead of the llvm panels) is a new search, not a finished one."""
+    import tvm_winograd.tune.tuner as tuner
+
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    kwargs = dict(trials=2, candidates=["winograd_m2"], work_dir=tmp_path / "logs",
+                  schedules_dir=tmp_path / "schedules", progress=False, seed=1)
+    first = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)
+    tune_layer(spec, TARGET, runner=first, **kwargs)
+    assert first.calls == 2
+    original = tuner.candidate_func
+    monkeypatch.setattr(tuner, "candidate_func", lambda s, n, e, kind="llvm": original(s, n, e, "cuda"))
+    second = FakeRunner({4: 1.0e-3}, direct_secs=2.0e-3)
+    result = tune_layer(spec, TARGET, runner=second, **kwargs)
+    assert second.calls == 2 and result.candidates["winograd_m2"].records == 2

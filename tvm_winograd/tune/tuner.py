@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -398,8 +399,10 @@ def _save_state(work_dir: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _state_key(spec: Conv2dSpec, epilogue: Epilogue, name: str) -> str:
-    return f"{spec.key()}|{epilogue.tag()}|{name}"
+def _state_key(spec: Conv2dSpec, epilogue: Epilogue, name: str, mod: tvm.IRModule) -> str:
+    # The workload's structural hash: a changed compute (e.g. another kernel_pack layout) of the same
+    # layer is a new search, not a finished one.
+    return f"{spec.key()}|{epilogue.tag()}|{name}|{tvm_ffi.structural_hash(mod) & 0xFFFFFFFF:08x}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,7 +487,7 @@ def tune_layer(
             res = CandidateResult(name, algorithm, m)
             t0 = time.perf_counter()
             done = _record_count(db, mod, tgt)
-            key = _state_key(spec, epilogue, name)
+            key = _state_key(spec, epilogue, name, mod)
             finished_budget = int(state.get(key, 0))
             seeded = 0
             if done == 0 and finished_budget < trials:
