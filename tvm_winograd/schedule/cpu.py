@@ -18,11 +18,15 @@ The spaces, stage by stage:
     otherwise.
 ``winograd_bgemm`` (the hot stage)
     ``alpha^2`` GEMMs ``M[e, n] = U[e, n]^T V[e, n]`` with a register-blocked micro-kernel: a
-    ``rows x lanes`` tile of accumulators lives in a local buffer (cache_write) that LLVM keeps in
-    registers, the whole reduction over C runs inside it (broadcast one operand, vector-load the
-    other, FMA), then the tile is written out once.  Rows and lanes are split in three (parallel/cache
-    block, block, register) with sampled factors, the reduction in two.  The lanes are the contiguous
-    axis of ``M``: P for NCHW (``V[e, n, c, p]`` contiguous in p), K for NHWC (``U[e, n, c, k]``).
+    ``rows x vectors x lanes`` tile of accumulators lives in a local buffer (cache_write) that LLVM
+    keeps in registers, the whole reduction over C runs inside it (broadcast one operand, vector-load
+    the other, FMA), then the tile is written out once.  Rows are split in three (parallel, cache
+    block, register), the vector axis in four (parallel, cache block, vectors per tile, lanes), with
+    sampled factors; the reduction in two.  The lanes run along K (contiguous in U's 16-channel panels
+    and, for NHWC, in ``M``; NCHW keeps its tile transposed in registers) or, for NCHW only, along P
+    (contiguous in ``V[e, n, c, p]`` and ``M``): one design space per axis.
+``data_pack_rows`` / ``inverse_rows`` (separable transforms, llvm)
+    The first 1-D pass of each transform, computed per step into a local tile, vectorized, unrolled.
 ``winograd_data_pack``
     ``data_pad`` and ``B`` inlined; vectorized along the contiguous axis of ``data_pack`` (P for
     NCHW, C for NHWC) with a sampled vector length; per step, the ``alpha x alpha x lanes`` input tiles
