@@ -17,6 +17,8 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
+from ..export import SCHEDULED_ATTRS, is_scheduled
+
 __all__ = ["CHUNK", "schedule_matmul_llvm", "ScheduleMatmul"]
 
 logger = logging.getLogger(__name__)
@@ -74,15 +76,14 @@ def schedule_matmul_llvm(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTRS[0], True)  # the attribute DLight reads, so it skips it
 
 
 @tvm.transform.module_pass(opt_level=0, name="TvmWinogradScheduleMatmul")
 def ScheduleMatmul(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:  # noqa: N802 - a TVM pass
     """Apply :func:`schedule_matmul_llvm` to every unscheduled PrimFunc it fits."""
     for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and "tir.is_scheduled" in func.attrs
-                                                    and bool(func.attrs["tir.is_scheduled"])):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         try:
             new = schedule_matmul_llvm(func)
