@@ -494,31 +494,29 @@ def tune_layer(
                 seeded = _seed_default(db, mod, func, tgt, builder, runner, algorithm)
                 done += seeded
             remaining = trials - done
-            if remaining <= 0 and seeded:
-                state[key] = trials
-                _save_state(work_dir, state)
+            if seeded or (remaining > 0 and finished_budget < trials):
                 res.new_trials = seeded
-            elif remaining > 0 and finished_budget < trials:
-                callback = _Progress(display.updater(name) if display else None)
-                if display:
-                    display.start(name, done)
-                ctx = ms.TuneContext(
-                    mod=mod, target=tgt, space_generator=_space(algorithm),
-                    search_strategy=skip_measured(make_strategy(trials, per_iter)), task_name=name,
-                    rand_state=seed + 7919 * index, num_threads="physical",
-                    logger=ms.logging.get_loggers_from_work_dir(str(work_dir), [name])[0],
-                ).clone()
-                ms.tune.tune_tasks(
-                    tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir),
-                    max_trials_global=remaining, max_trials_per_task=remaining,
-                    num_trials_per_iter=min(per_iter, remaining), builder=builder, runner=runner,
-                    database=db, cost_model="xgb",
-                    measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
-                    task_scheduler="round-robin",
-                )
-                res.new_trials = callback.trials + seeded
-                res.history_ms = list(callback.history_ms)
-                res.trials_to_90 = _trials_to_90(callback.history_ms)
+                if remaining > 0:
+                    callback = _Progress(display.updater(name) if display else None)
+                    if display:
+                        display.start(name, done)
+                    ctx = ms.TuneContext(
+                        mod=mod, target=tgt, space_generator=_space(algorithm),
+                        search_strategy=skip_measured(make_strategy(trials, per_iter)), task_name=name,
+                        rand_state=seed + 7919 * index, num_threads="physical",
+                        logger=ms.logging.get_loggers_from_work_dir(str(work_dir), [name])[0],
+                    ).clone()
+                    ms.tune.tune_tasks(
+                        tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir),
+                        max_trials_global=remaining, max_trials_per_task=remaining,
+                        num_trials_per_iter=min(per_iter, remaining), builder=builder, runner=runner,
+                        database=db, cost_model="xgb",
+                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
+                        task_scheduler="round-robin",
+                    )
+                    res.new_trials += callback.trials
+                    res.history_ms = list(callback.history_ms)
+                    res.trials_to_90 = _trials_to_90(callback.history_ms)
                 state[key] = trials
                 _save_state(work_dir, state)
             else:
@@ -572,8 +570,8 @@ def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, bu
     if built.error_msg:
         logger.warning("the default schedule failed to build, search not seeded: %s", built.error_msg)
         return 0
-    device_type = "cpu" if target.kind.name == "llvm" else target.kind.name  # a device name, not the target kind
-    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device_type, args_info)])
+    # the runner wants a device name ("cpu"), not the target kind ("llvm"); only llvm gets here
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
     result = future.result()
     if result.error_msg or not result.run_secs:
         logger.warning("the default schedule failed to run, search not seeded: %s", result.error_msg)
