@@ -48,7 +48,7 @@ from typing import Callable
 import tvm
 from tvm import s_tir, tirx
 
-from .default import UNROLL_BUDGET, _unroll_within
+from .default import UNROLL_BUDGET, _unroll_within, schedule_inverse_simple
 
 __all__ = [
     "RULES",
@@ -170,8 +170,9 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) 
     separable = _has_block(sch, "inverse_rows")
     # inverse's own loops: (k, p, vh, vw, r_a, r_b) for NCHW, (vh, vw, p, k, r_a, r_b) for NHWC
     # (only r_b when separable: Z = A_T M is the inverse_rows stage).
-    red = sch.get_loops(inverse)[-1:] if separable else sch.get_loops(inverse)[-2:]
-    loops = sch.get_loops(inverse)[-4 - len(red):-len(red)]
+    n_red = 1 if separable else 2
+    all_loops = sch.get_loops(inverse)
+    loops, red = all_loops[-4 - n_red:-n_red], all_loops[-n_red:]
     if layout == "NCHW":
         k_l, p_l, vh, vw = loops
         vec, rest = p_l, k_l
@@ -203,17 +204,7 @@ def schedule_inverse(sch: s_tir.Schedule, block, fixed: Decisions | None = None)
     """Standalone inverse (only when no output rule placed it): parallel, unrolled, vectorized."""
     if len(sch.get_loops(block)) > 6:  # already computed at the output's tiles
         return sch
-    layout = _layout(sch)
-    a, b, c, d, *red = sch.get_loops(block)  # red: (r_a, r_b), or (r_b,) when separable
-    if layout == "NCHW":
-        k, p, vh, vw = a, b, c, d
-        sch.reorder(k, p, *red, vh, vw)
-        sch.parallel(k)
-    else:
-        vh, vw, p, k = a, b, c, d
-        sch.reorder(p, k, *red, vh, vw)
-        sch.parallel(p)
-    _unroll_within(sch, (*red, vh, vw))
+    schedule_inverse_simple(sch, block, _layout(sch))
     return sch
 
 
@@ -227,10 +218,6 @@ def bgemm_vector_axes(layout: str) -> tuple[str, ...]:
     contiguous axis of ``V`` and ``M``)."""
     return ("k", "p") if layout == "NCHW" else ("k",)
 
-
-#: Largest register tile of the micro-kernel: rows x vectors accumulators (AVX-512 has 32 zmm registers;
-#: the operands need a few).
-MAX_REGISTER_TILE = 28
 
 
 def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",

@@ -51,6 +51,21 @@ def _unroll_within(sch: s_tir.Schedule, loops, budget: int = UNROLL_BUDGET) -> N
         sch.unroll(loop)
 
 
+def schedule_inverse_simple(sch: s_tir.Schedule, block, layout: str) -> None:
+    """The inverse transform on its own: parallel over output channels (NCHW) or tiles (NHWC), the
+    reduction over the alpha x alpha tile outside the m x m outputs, unrolled."""
+    a, b, c, d, *red = sch.get_loops(block)  # red: (r_a, r_b), or (r_b,) when separable
+    if layout == "NCHW":
+        k, p, vh, vw = a, b, c, d
+        sch.reorder(k, p, *red, vh, vw)
+        sch.parallel(k)
+    else:
+        vh, vw, p, k = a, b, c, d
+        sch.reorder(p, k, *red, vh, vw)
+        sch.parallel(p)
+    _unroll_within(sch, (*red, vh, vw))
+
+
 def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes: int = 16) -> tirx.PrimFunc:
     """Parallel outer loops, unrolled transforms, vectorized GEMM and output.
 
@@ -162,17 +177,7 @@ def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.
         sch.vectorize(inner)
     sch.decompose_reduction(gemm, rc)
 
-    inv = blocks["inverse"]
-    a, b, c, d, *red = sch.get_loops(inv)
-    if nchw:
-        k, p, vh, vw = a, b, c, d
-        sch.reorder(k, p, *red, vh, vw)
-        sch.parallel(k)
-    else:
-        vh, vw, p, k = a, b, c, d
-        sch.reorder(p, k, *red, vh, vw)
-        sch.parallel(p)
-    _unroll_within(sch, (*red, vh, vw))
+    schedule_inverse_simple(sch, blocks["inverse"], layout)
 
     out = blocks["conv2d_winograd"]
     l0, l1, l2, l3 = sch.get_loops(out)
