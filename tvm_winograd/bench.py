@@ -136,8 +136,17 @@ def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
     return run, (lambda: run() if layout == "NCHW" else run().transpose(0, 2, 3, 1))
 
 
-def _time_interleaved(competitors: dict, repeats: int, block_s: float = 0.02) -> dict[str, float]:
-    """Median ms per call of each competitor, timed in interleaved blocks after a warm-up."""
+#: Idle time after every timed block.  Thread pools keep spinning after a call (PyTorch's OpenMP
+#: workers, TVM's pool): on 2 cores the spinning threads of one competitor steal the cores of the next
+#: one.  Measured on a 128-channel 112x112 layer: our default schedule alone 10.2 ms, 18.9 ms when its
+#: blocks follow PyTorch's, 8.4 ms when they follow onnxruntime's (which does not spin).
+BLOCK_GAP_S = 0.25
+
+
+def _time_interleaved(competitors: dict, repeats: int, block_s: float = 0.02,
+                      gap_s: float = BLOCK_GAP_S) -> dict[str, float]:
+    """Median ms per call of each competitor, timed in interleaved blocks after a warm-up, with an
+    idle gap after every block so that no competitor runs against another's spinning threads."""
     numbers = {}
     for name, fn in competitors.items():
         for _ in range(3):
@@ -150,10 +159,12 @@ def _time_interleaved(competitors: dict, repeats: int, block_s: float = 0.02) ->
     for _ in range(repeats):
         for name, fn in competitors.items():
             n = numbers[name]
+            fn()  # wakes the thread pool after the gap (untimed)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - t0) / n * 1e3)
+            time.sleep(gap_s)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
