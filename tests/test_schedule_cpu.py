@@ -31,8 +31,9 @@ def _spec(layout: str, c: int = 8, h: int = 10, k: int = 16):
     return make_spec(ishape, wshape, padding=1, layout=layout)
 
 
-def _apply_rules(func, seed: int) -> tuple[tvm.tirx.PrimFunc, list]:
-    """Apply every registered rule like MetaSchedule's post-order ApplyCustomRule; one design space."""
+def _apply_rules(func, seed: int, pick: dict | None = None) -> tuple[tvm.tirx.PrimFunc, list]:
+    """Apply every registered rule like MetaSchedule's post-order ApplyCustomRule; one design space
+    (the first each rule returns, or ``pick[rule]``)."""
     sch = s_tir.Schedule(func, seed=seed)
     root = sch.get_sblock("root")
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
@@ -47,7 +48,7 @@ def _apply_rules(func, seed: int) -> tuple[tvm.tirx.PrimFunc, list]:
         fn = tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}")
         spaces = fn(sch, block)
         assert len(spaces) >= 1
-        sch = spaces[0]
+        sch = spaces[(pick or {}).get(str(rule), 0)]
     decisions = [str(d) for d in sch.trace.decisions.values()]
     return sch.mod["main"], decisions
 
@@ -93,6 +94,41 @@ def test_fixed_decisions_hand_written_schedule():
     assert "T.vectorized(16)" in text and "T.parallel" in text
 
 
+def _in_output_step(func, block_name: str) -> bool:
+    """Whether ``block_name`` (its ``_update`` half, once the reduction is decomposed) runs inside the
+    output's outermost (parallel) loop, i.e. per step of tiles, not as a whole-layer stage."""
+    sch = s_tir.Schedule(func)
+    names = [name for name in (block_name + "_update", block_name) if cpu._has_block(sch, name)]
+    outer = sch.get(sch.get_loops(sch.get_sblock("conv2d_winograd"))[0])
+    assert outer.kind == tvm.tirx.ForKind.PARALLEL
+    return sch.get(sch.get_loops(sch.get_sblock(names[0]))[0]).same_as(outer)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_fused_space_is_correct(m):
+    """The fused space (data_pack, bgemm and inverse per step of tiles; NHWC): sampled points with a
+    bias + residual + ReLU epilogue match the float64 reference, and the GEMM and the input transform
+    really run inside the parallel step (not as whole-layer stages)."""
+    spec = _spec("NHWC", c=16, h=16, k=32)
+    epilogue = Epilogue(bias=True, residual=True, relu=True)
+    func = winograd_func(spec, target_config(spec, m, "llvm"), epilogue)
+    for seed in (3, 4):
+        scheduled, decisions = _apply_rules(func, seed, pick={"winograd_output": 1})
+        assert _in_output_step(scheduled, "bgemm")
+        assert _in_output_step(scheduled, "data_pack")
+        assert verify_func(scheduled, spec, epilogue, "winograd", m, TARGET, seed=seed) > 0.0
+    unfused, _ = _apply_rules(func, 3)
+    assert not _in_output_step(unfused, "bgemm")
+
+
+def test_output_rule_offers_the_fused_space_for_fp32_nhwc_only():
+    rule = tvm.get_global_func("s_tir.meta_schedule.cpu.winograd_output")
+    fp16 = make_spec((1, 8, 8, 16), (3, 3, 16, 32), padding=1, layout="NHWC", dtype="float16")
+    for spec, count in ((_spec("NHWC"), 2), (_spec("NCHW"), 1), (fp16, 1)):
+        sch = s_tir.Schedule(winograd_func(spec, target_config(spec, 2, "llvm")), seed=1)
+        assert len(rule(sch, sch.get_sblock("conv2d_winograd"))) == count, spec.key()
+
+
 @pytest.mark.parametrize("kernel_block", [None, 4])
 def test_kernel_pack_rule_matches_reference(rng, kernel_block):
     spec = _spec("NCHW", c=8, h=8, k=8)
@@ -108,3 +144,26 @@ def test_kernel_pack_rule_matches_reference(rng, kernel_block):
     ref = block_kernel_pack(winograd_weight_transform(w.astype(np.float64), 4, "NCHW"), kernel_block)
     # U = G g G_T: 9 products of |G| entries <= 1 per output; a few roundings of fp32.
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=16 * 2**-24 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape, m, fused", [
+    ((128, 112, 128), 4, True),    # U 2.4 MB, 784 tiles: the per-layer stages would go through memory
+    ((64, 56, 64), 4, True),
+    ((512, 28, 512), 4, False),    # U 38 MB: reading it per step loses
+    ((128, 28, 128), 4, False),    # 49 tiles
+    ((128, 112, 128), 6, False),   # 19 tiles per row: steps of one tile
+])
+def test_default_uses_the_fused_space_where_the_rule_says(shape, m, fused):
+    from tvm_winograd.schedule.default import default_decisions
+
+    c, h, k = shape
+    spec = _spec("NHWC", c=c, h=h, k=k)
+    decisions = default_decisions(winograd_func(spec, target_config(spec, m, "llvm")))
+    assert ("fused.tiles" in decisions) == fused
+    if fused:
+        steps, tiles = decisions["fused.tiles"]
+        rows, per_tile = decisions["bgemm.rows"]
+        assert steps * tiles == -(-h // m) and rows * per_tile == tiles
+        assert per_tile * decisions["bgemm.lanes"][1] <= 28  # accumulators stay in the 32 zmm registers
+    nchw = _spec("NCHW", c=c, h=h, k=k)
+    assert "fused.tiles" not in default_decisions(winograd_func(nchw, target_config(nchw, m, "llvm")))

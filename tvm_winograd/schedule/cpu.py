@@ -135,15 +135,47 @@ def _decompose_vectorized(sch: s_tir.Schedule, block, loop) -> None:
 # output + inverse
 # --------------------------------------------------------------------------------------------------
 
-def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
-    """Output tiles with ``inverse`` computed per step of tiles, vectorized, epilogue fused."""
+def fusable(sch: s_tir.Schedule) -> bool:
+    """Whether the fused space (:func:`schedule_output` with ``fused=True``) exists for a PrimFunc:
+    NHWC (the layout models compile in on CPUs) with the packs stored in the accumulation dtype (no
+    separate storage-cast stage, i.e. fp32); others keep the stage-by-stage space."""
+    return _layout(sch) == "NHWC" and not _has_block(sch, "data_pack_acc")
+
+
+def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
+                    fused: bool = False) -> s_tir.Schedule:
+    """Output tiles with ``inverse`` computed per step of tiles, vectorized, epilogue fused.
+
+    ``fused`` (NHWC): the tiles of each output row are split into parallel *steps* of ``fused.tiles``
+    (2 perfect factors of the tiles per row, the inner one the step), and the whole chain runs per step:
+    ``data_pack``, ``bgemm`` and the inverse are computed at the step, so ``V`` and ``M`` live in a
+    per-step buffer that stays in the core's cache instead of a layer-sized one that goes through
+    memory twice.  The price: every step reads all of ``U``, so it pays where U is small next to V
+    and M (large images, few channels) and loses where U dominates.
+    """
     m, layout = _m(sch), _layout(sch)
+    if fused and not fusable(sch):
+        raise ValueError(f"the fused CPU space is for fp32 NHWC, not this {layout} PrimFunc")
     if _has_block(sch, "A"):
         sch.compute_inline(sch.get_sblock("A"))
     inverse = sch.get_sblock("inverse")
     ra_ext = sch.get(inverse).iter_vars[4].dom.extent
     alpha = int(ra_ext)
-    if layout == "NCHW":
+    chain = None
+    if fused:
+        n, h, w, k = sch.get_loops(block)
+        ht, hi = sch.split(h, [None, m])
+        wt, wi = sch.split(w, [None, m])
+        wt0, wt1 = _tile(sch, wt, 2, 32, "fused.tiles", fixed)
+        k0, k1 = _lanes(sch, k, "output.lanes", fixed)
+        if k1 is None:
+            k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
+        sch.reorder(n, ht, wt0, wt1, k0, hi, wi, k1)
+        outer = chain = sch.fuse(n, ht, wt0)
+        step = k0
+        sch.compute_at(inverse, step, preserve_unit_loops=True)
+        sch.vectorize(k1)
+    elif layout == "NCHW":
         n, k, h, w = sch.get_loops(block)
         ht, hi = sch.split(h, [None, m])
         wt, wi = sch.split(w, [None, m])
@@ -185,7 +217,24 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None) 
     _decompose_vectorized(sch, inverse, red[0])
     if separable:
         _schedule_rows(sch, sch.get_sblock("inverse_rows"), step)
+    if chain is not None:  # the GEMM and the input transform of the step's tiles, at the step
+        sch.compute_at(sch.get_sblock("bgemm"), chain, preserve_unit_loops=True)
+        sch.compute_at(_pack_block(sch), chain, preserve_unit_loops=True)
     return sch
+
+
+def _pack_block(sch: s_tir.Schedule):
+    """The input-transform block, its storage cast (fp16 packs) inlined into it."""
+    if _has_block(sch, "data_pack_acc"):
+        if _has_block(sch, "data_pack"):
+            sch.reverse_compute_inline(sch.get_sblock("data_pack"))
+        return sch.get_sblock("data_pack_acc")
+    return sch.get_sblock("data_pack")
+
+
+def _nested(sch: s_tir.Schedule, block, own_loops: int) -> bool:
+    """Whether ``block`` was computed at an outer loop (the fused space's step) by another rule."""
+    return len(sch.get_loops(block)) > own_loops
 
 
 def _schedule_rows(sch: s_tir.Schedule, rows, step) -> None:
@@ -233,6 +282,8 @@ def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
     ``bgemm.reduce`` (2 factors of C, both inside the tile's loops).
     """
     layout = _layout(sch)
+    if _nested(sch, block, 5):
+        return _schedule_bgemm_step(sch, block, fixed)
     e, n, y0, y1, rc = sch.get_loops(block)
     k, p = (y0, y1) if layout == "NCHW" else (y1, y0)
     vec, row = (k, p) if vector_axis == "k" else (p, k)
@@ -264,6 +315,31 @@ def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
     return sch
 
 
+def _schedule_bgemm_step(sch: s_tir.Schedule, block, fixed: Decisions | None) -> s_tir.Schedule:
+    """The GEMM of one step of the fused space (NHWC, computed at the step, which is parallel):
+    per ``(e, n)``, per group of U panels (``vec1``), every register tile of the step's rows.
+    Knobs: ``bgemm.rows`` (2 perfect factors of the step's tiles: row tiles, rows per register tile),
+    ``bgemm.vector`` (lanes), ``bgemm.lanes`` (2 factors of K / lanes: panel groups, vectors per
+    register tile), ``bgemm.reduce`` (2 factors of C)."""
+    e, n, p, k, rc = sch.get_loops(block)[-5:]
+    r1, r2 = _tile(sch, p, 2, 16, "bgemm.rows", fixed)
+    vec_outer, v3 = _lanes(sch, k, "bgemm.vector", fixed)
+    if v3 is None:
+        v1, v2, v3 = _tile(sch, k, 3, 64, "bgemm.lanes", fixed)
+    else:
+        v1, v2 = _tile(sch, vec_outer, 2, 4, "bgemm.lanes", fixed)
+    c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
+    sch.reorder(e, n, v1, r1, c0, c1, r2, v2, v3)
+    out = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(out, r1, preserve_unit_loops=True)
+    sch.unroll(r2)
+    sch.unroll(v2)
+    sch.vectorize(v3)
+    _decompose_vectorized(sch, block, c0)
+    sch.vectorize(sch.get_loops(out)[-1])
+    return sch
+
+
 # --------------------------------------------------------------------------------------------------
 # data_pack
 # --------------------------------------------------------------------------------------------------
@@ -277,14 +353,15 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     for name in ("data_pad", "B"):
         if _has_block(sch, name):
             sch.compute_inline(sch.get_sblock(name))
-    pack = block
-    if sch.get(block).name_hint == "data_pack_acc" and _has_block(sch, "data_pack"):
-        sch.reverse_compute_inline(sch.get_sblock("data_pack"))
-    e, n, x0, x1, *red = sch.get_loops(pack)  # red: (r_a, r_b), or (r_b,) when separable
+    pack = _pack_block(sch)
+    own = len(sch.get(pack).iter_vars)  # (e, n, x0, x1) and (r_a, r_b), or (r_b,) when separable
+    nested = _nested(sch, pack, own)
+    e, n, x0, x1, *red = sch.get_loops(pack)[-own:]
     x10, x11 = _lanes(sch, x1, "data_pack.lanes", fixed, candidates=(1,) + VECTOR_LANES)
     sch.reorder(x0, x10, e, n, *red, x11)
     step = sch.fuse(x0, x10)
-    sch.parallel(step)
+    if not nested:  # in the fused space the enclosing step is the parallel loop
+        sch.parallel(step)
     # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once.
     out = sch.cache_write(pack, 0, "local")
     sch.reverse_compute_at(out, step, preserve_unit_loops=True)
@@ -321,7 +398,13 @@ def schedule_kernel_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = N
 # --------------------------------------------------------------------------------------------------
 
 def _rule_output(sch, block):
-    return [schedule_output(sch, block)]
+    spaces = [False, True] if fusable(sch) else [False]
+    out = []
+    for fused in spaces:
+        fork = sch.copy()
+        fork.seed(sch.fork_seed())
+        out.append(schedule_output(fork, block, fused=fused))
+    return out
 
 
 def _rule_inverse(sch, block):
@@ -368,7 +451,9 @@ def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_
     dividing the axis): ``bgemm.vector``, ``output.tiles`` (NCHW: tiles per vector), ``output.lanes``
     (NHWC), ``data_pack.lanes``.  Perfect-tile factor lists: ``bgemm.rows`` (3 factors),
     ``bgemm.lanes`` (3 factors of the vector axis / lanes: parallel, cache block, vectors per
-    register tile), ``bgemm.reduce`` (2 factors).
+    register tile), ``bgemm.reduce`` (2 factors).  A ``fused.tiles`` entry (2 factors of the tiles
+    per row: steps, tiles per step) selects the fused space, whose ``bgemm.rows`` and
+    ``bgemm.lanes`` have 2 factors (no parallel one: the step is the parallel loop).
     """
     return fixed_schedule(func, decisions, vector_axis).mod["main"]
 
@@ -383,10 +468,10 @@ def fixed_schedule(func_or_mod: tirx.PrimFunc | tvm.IRModule, decisions: Decisio
     if kind == "weight_transform":
         name = "kernel_pack_acc" if _has_block(sch, "kernel_pack_acc") else "kernel_pack"
         return schedule_kernel_pack(sch, sch.get_sblock(name), decisions)
-    schedule_output(sch, sch.get_sblock("conv2d_winograd"), decisions)
+    fused = decisions is not None and "fused.tiles" in decisions
+    schedule_output(sch, sch.get_sblock("conv2d_winograd"), decisions, fused=fused)
     schedule_bgemm(sch, sch.get_sblock("bgemm"), vector_axis, decisions)
-    pack = "data_pack_acc" if _has_block(sch, "data_pack_acc") else "data_pack"
-    schedule_data_pack(sch, sch.get_sblock(pack), decisions)
+    schedule_data_pack(sch, _pack_block(sch), decisions)
     return sch
 
 
