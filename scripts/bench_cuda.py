@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in sets:
                 for c, h, k in LAYER_SETS[name]:
                     spec = make_spec((batch, c, h, h), (k, c, 3, 3), padding=1, dtype=dtype)
-                    m = args.m or (choose_algorithm(spec)[1] or 2)
+                    m = args.m or (choose_algorithm(spec, "cuda")[1] or 2)
                     start = time.perf_counter()
                     row = bench_layer(spec, m, target, dev, args.repeat, database, use_torch)
                     eff = row["gflop"] / row["ours_s"]

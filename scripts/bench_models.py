@@ -14,8 +14,8 @@ Competitors (same ONNX graph / weights, threads pinned equal):
 - ``torch``: PyTorch eager (oneDNN) on the equivalent module, ``torch.set_num_threads``;
 - ``onnxruntime``: MLAS, ``intra_op_num_threads``, spinning off so it does not steal the cores.
 
-Each competitor is timed in its own block (warm-up, then ``--repeats`` timed calls, median), blocks
-alternate over ``--rounds`` rounds, and the median of the round medians is reported.  Correctness of
+Each competitor is timed in its own block (an idle gap so the previous one's thread pool stops
+spinning, warm-up, then ``--repeats`` timed calls, median), blocks alternate over ``--rounds`` rounds, and the median of the round medians is reported.  Correctness of
 every TVM output against onnxruntime is checked before timing.  Output: a markdown table.
 """
 
@@ -34,6 +34,9 @@ import numpy as np
 
 
 def _time_block(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    from tvm_winograd.bench import BLOCK_GAP_S
+
+    time.sleep(BLOCK_GAP_S)  # the previous competitor's thread pool stops spinning (see bench.py)
     for _ in range(warmup):
         fn()
     times = []

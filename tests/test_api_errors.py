@@ -64,3 +64,20 @@ def test_heuristic_prefers_winograd_on_large_3x3_and_direct_on_tiny():
     assert choose_algorithm(tiny)[0] == "direct"
     half = make_spec((1, 64, 56, 56), (64, 64, 3, 3), padding=1, dtype="float16")
     assert choose_algorithm(half)[1] in (2, 4)  # fp16 never gets F(6,3)
+
+
+def test_heuristic_counts_the_fused_cpu_schedule():
+    """fp32 NHWC on llvm: VGG conv2_2 (128 ch., 112x112) runs F(4,3) fused (V and M stay in cache)
+    and that beat F(6,3), whose 19 tiles per row cannot be fused, by 1.5x in the sweep
+    (BENCHMARKS.md); NCHW, fp16 and CUDA have no fused schedule, so nothing is credited there."""
+    from tvm_winograd.workload import spec_fused_step, winograd_cost
+
+    nhwc = make_spec((1, 112, 112, 128), (3, 3, 128, 128), padding=1, layout="NHWC")
+    assert spec_fused_step(nhwc, 4) == 14 and spec_fused_step(nhwc, 6) is None
+    assert choose_algorithm(nhwc)[1] == 4
+    assert spec_fused_step(nhwc, 4, "cuda") is None
+    assert winograd_cost(nhwc, 4, "cuda") > winograd_cost(nhwc, 4, "llvm")
+    nchw = make_spec((1, 128, 112, 112), (128, 128, 3, 3), padding=1)
+    assert spec_fused_step(nchw, 4) is None
+    big_u = make_spec((1, 28, 28, 512), (3, 3, 512, 512), padding=1, layout="NHWC")  # U = 38 MB
+    assert spec_fused_step(big_u, 4) is None

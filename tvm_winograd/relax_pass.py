@@ -209,29 +209,31 @@ def _bias_vector(expr: relax.Expr, spec: Conv2dSpec) -> np.ndarray | None:
 # Decisions
 # ------------------------------------------------------------------------------------------------
 
-def _forced_tile(spec: Conv2dSpec) -> int:
+def _forced_tile(spec: Conv2dSpec, target_kind: str) -> int:
     """The tile for ``algo="winograd"``: the heuristic's m when it picks Winograd, else the candidate
     of least estimated cost (the heuristic's own cost model, not a second heuristic)."""
-    algorithm, m, _ = choose_algorithm(spec)
+    algorithm, m, _ = choose_algorithm(spec, target_kind)
     if algorithm == "winograd" and m is not None:
         return m
     tiles = [t for t in CANDIDATE_TILES.get(spec.dtype, (2, 4)) if t + spec.r - 1 <= ALPHA_MAX]
-    return min(tiles, key=lambda t: (winograd_cost(spec, t), t))
+    return min(tiles, key=lambda t: (winograd_cost(spec, t, target_kind), t))
 
 
-def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice]) -> tuple[str, int | None, str, str]:
-    """``(algorithm, m, reason, source)`` for an eligible spec."""
+def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice],
+            target_kind: str) -> tuple[str, int | None, str, str]:
+    """``(algorithm, m, reason, source)`` for an eligible spec (the heuristic's costs depend on the
+    target kind: only llvm has the fused schedule)."""
     if algo == "direct":
         return "direct", None, "algo='direct' requested", "override"
     if algo == "winograd":
-        m = _forced_tile(spec)
+        m = _forced_tile(spec, target_kind)
         return "winograd", m, f"algo='winograd' requested: F({m},{spec.r})", "override"
     choice = choices.get(spec.key())
     if choice is not None:
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(choice.times_ms.items()))
         what = f"F({choice.m},{spec.r})" if choice.algorithm == "winograd" else "direct"
         return choice.algorithm, choice.m, f"measured: {what} fastest" + (f" ({times})" if times else ""), "tuned"
-    algorithm, m, reason = choose_algorithm(spec)
+    algorithm, m, reason = choose_algorithm(spec, target_kind)
     return algorithm, m, reason, "heuristic"
 
 
@@ -323,7 +325,7 @@ def _use_counts(func: relax.Function) -> dict:
 
 
 def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport],
-          ineligible: str = "relax") -> tuple[dict, set]:
+          ineligible: str = "relax", target_kind: str = "llvm") -> tuple[dict, set]:
     """Find every conv2d of ``func``; decide; record the chains to rewrite."""
     bindings: dict = {}
     users: dict = {}
@@ -366,7 +368,7 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
         if why is not None:
             algorithm, m, reason, source = "direct", None, why[1], "ineligible"
         else:
-            algorithm, m, reason, source = _decide(spec, algo, choices)
+            algorithm, m, reason, source = _decide(spec, algo, choices, target_kind)
         # Grow the epilogue chain: conv (+bias) (+residual) (+relu), each step only if the value so
         # far has exactly one user (so nothing else needs the intermediate) and no earlier chain
         # took that binding (add(conv_a, conv_b) is fused into conv_a's call only).
@@ -490,7 +492,7 @@ def conv_workloads(
     for _gv, func in mod.functions.items():
         if not isinstance(func, relax.Function):
             continue
-        plan, _skip = _plan(func, algo, choices, reports, ineligible)
+        plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
         planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
     return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
 
@@ -536,7 +538,7 @@ def rewrite_winograd(
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
-        plan, skip = _plan(func, algo, choices, reports, ineligible)
+        plan, skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
         if not plan:
             continue
         mutator = _WinogradMutator(mod, plan, skip, funcs, resolve_target(target).kind.name)

@@ -21,6 +21,8 @@ __all__ = [
     "winograd_ineligibility",
     "check_winograd",
     "choose_algorithm",
+    "fused_step",
+    "spec_fused_step",
     "WINOGRAD_KERNELS",
     "FLOAT_DTYPES",
 ]
@@ -257,20 +259,56 @@ def check_winograd(spec: Conv2dSpec, m: int) -> None:
 CANDIDATE_TILES = {"float32": (2, 4, 6), "float16": (2, 4)}
 
 # The cost model counts multiply-adds and floats moved through memory, in GEMM multiply-add units.
-# Relative cost of one (separable, vectorized) transform multiply-add vs one GEMM multiply-add.
-_TRANSFORM_WEIGHT = 1.0
+# Fitted by scripts/heuristic_sweep.py on the untuned default schedules of the ResNet-18 and VGG-16
+# 3x3 layers (NHWC, 2 threads, 2026-11-22; table in BENCHMARKS.md): it picks the measured best of
+# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 layers and costs 0.5% on average (the miss: F(4,3)
+# for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's terms it picked F(6,3) on six of
+# them and cost 15% on average.
+#
+# Relative cost of one (separable, vectorized) transform multiply-add vs one register-tiled GEMM
+# multiply-add: the transforms gather, store and run far from the FMA peak.
+_TRANSFORM_WEIGHT = 3.0
 # Cost of one float read or written from memory: the transformed weights U (alpha^2 / r^2 times the
-# weights) and the V and M buffers stream through memory once per call; on this 2-core machine
-# (~10 GB/s per core) that, not the multiplies, decides the tile of small-spatial layers.  Fitted by
-# scripts/heuristic_sweep.py on the untuned default schedules of ResNet-18 and VGG-16 3x3 layers
-# (NHWC, one core): it picks the measured best of direct / F(2,3) / F(4,3) / F(6,3) on 5 of 7 layers
-# and costs 1% on average, where counting multiplies alone cost 6% (F(6,3) on 512-channel layers).
+# weights) and, unless the fused schedule keeps them in cache, the V and M buffers.
 _MEMORY_WEIGHT = 8.0
+# Cost of one float of U re-read from the last-level cache (the fused schedule reads U once per step).
+_CACHE_WEIGHT = 0.8
 # Winograd must be estimated at least this much cheaper than direct (the model's error is ~10%).
 _MIN_GAIN = 1.2
 
+# The fused CPU schedule (schedule/cpu.py, fp32 NHWC on llvm) computes data_pack, bgemm and the inverse
+# per step of tiles, so V and M stay in the core's cache, but it reads all of U once per step.  The
+# default schedule uses it (and the cost model counts it) while U fits well inside the last-level
+# cache (32 MB of L3 here) and the layer has enough tiles.  Measured (2 threads, F(4,3), untuned):
+# 128 ch. 112x112 10.9 -> 6.5 ms, 64 ch. 56x56 0.51 -> 0.42 ms; 512 ch. 28x28 (U 38 MB) 6.5 -> 11.8 ms.
+FUSE_MAX_U_BYTES = 16 << 20
+FUSE_MIN_TILES = 64
+#: Tiles per step: one tile row's worth, at most 16 (the register tile holds the step's rows);
+#: fewer than 4 means reading U per tile (e.g. 19 tiles per row: F(6,3) on 112 pixels, 13.4 ms).
+FUSE_MAX_STEP = 16
+FUSE_MIN_STEP = 4
 
-def winograd_cost(spec: Conv2dSpec, m: int) -> float:
+
+def fused_step(alpha: int, tiles_per_row: int, tiles: int, in_channels: int, out_channels: int) -> int | None:
+    """Tiles per step of the fused CPU schedule for these shapes (fp32), or ``None`` where the default
+    schedule does not fuse: the largest divisor of the tiles per row up to :data:`FUSE_MAX_STEP`."""
+    u_bytes = alpha * alpha * in_channels * out_channels * 4
+    if u_bytes > FUSE_MAX_U_BYTES or tiles < FUSE_MIN_TILES or out_channels % 4:
+        return None
+    step = max(d for d in range(1, FUSE_MAX_STEP + 1) if tiles_per_row % d == 0)
+    return step if step >= FUSE_MIN_STEP else None
+
+
+def spec_fused_step(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> int | None:
+    """:func:`fused_step` for F(m, r) on ``spec``: fp32 NHWC on llvm only (the fused space's domain)."""
+    if target_kind != "llvm" or spec.layout != "NHWC" or spec.dtype != "float32":
+        return None
+    nw = math.ceil(spec.out_width / m)
+    tiles = spec.batch * math.ceil(spec.out_height / m) * nw
+    return fused_step(m + spec.r - 1, nw, tiles, spec.in_channels, spec.out_channels)
+
+
+def winograd_cost(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> float:
     """Estimated cost of F(m, r) on ``spec`` in direct-GEMM multiply-add units."""
     r, alpha = spec.r, m + spec.r - 1
     tiles = spec.batch * math.ceil(spec.out_height / m) * math.ceil(spec.out_width / m)
@@ -279,9 +317,13 @@ def winograd_cost(spec: Conv2dSpec, m: int) -> float:
     # Separable transforms: data 2*alpha^3 per tile and channel, inverse alpha^2*m + alpha*m^2 per tile
     # and output channel; the weight transform is done ahead of time.
     transforms = tiles * (2 * alpha**3 * c + (alpha * alpha * m + alpha * m * m) * k)
-    # U read once; V and M written and read once each.
-    memory = alpha * alpha * c * k + 2 * tiles * alpha * alpha * (c + k)
-    return gemm + _TRANSFORM_WEIGHT * transforms + _MEMORY_WEIGHT * memory
+    u = alpha * alpha * c * k
+    step = spec_fused_step(spec, m, target_kind)
+    if step is None:  # U read once; V and M written and read once each
+        memory = _MEMORY_WEIGHT * (u + 2 * tiles * alpha * alpha * (c + k))
+    else:  # U from memory once, then from the last-level cache once per further step
+        memory = _MEMORY_WEIGHT * u + _CACHE_WEIGHT * (tiles / step - 1) * u
+    return gemm + _TRANSFORM_WEIGHT * transforms + memory
 
 
 def direct_cost(spec: Conv2dSpec) -> float:
@@ -291,13 +333,13 @@ def direct_cost(spec: Conv2dSpec) -> float:
     return spec.flops / 2 + _MEMORY_WEIGHT * weights
 
 
-def choose_algorithm(spec: Conv2dSpec) -> tuple[str, int | None, str]:
+def choose_algorithm(spec: Conv2dSpec, target_kind: str = "llvm") -> tuple[str, int | None, str]:
     """``("winograd", m, reason)`` or ``("direct", None, reason)`` for ``spec`` without measurements."""
     why = winograd_ineligibility(spec)
     if why is not None:
         return "direct", None, why[1]
     tiles = [m for m in CANDIDATE_TILES.get(spec.dtype, (2, 4)) if m + spec.r - 1 <= ALPHA_MAX]
-    costs = {m: winograd_cost(spec, m) for m in tiles}
+    costs = {m: winograd_cost(spec, m, target_kind) for m in tiles}
     best = min(costs, key=lambda m: (costs[m], m))
     gain = direct_cost(spec) / costs[best]
     if gain < _MIN_GAIN:

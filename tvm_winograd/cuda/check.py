@@ -301,7 +301,7 @@ def _layers(model_or_spec: object, target: Target, m: int | None,
     out = []
     for spec in items:
         if m is None:
-            algo, tile, why = choose_algorithm(spec)
+            algo, tile, why = choose_algorithm(spec, "cuda")
             if algo != "winograd":
                 raise ValueError(f"layer {spec.key()} is not a Winograd layer ({why}): pass m= to force a tile")
         else:

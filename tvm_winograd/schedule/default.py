@@ -10,6 +10,8 @@ import logging
 
 from tvm import s_tir, tirx
 
+from ..workload import fused_step
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["schedule_llvm_default", "inline_constants"]
@@ -124,33 +126,24 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
     return decisions
 
 
-#: The fused CPU space (schedule/cpu.py) reads all of U once per step of tiles: the default uses it
-#: while U fits well inside the last-level cache (here 32 MB of L3) and the layer has enough tiles.
-#: Measured (2 threads, F(4,3), untuned): 128 ch. 112x112 10.9 -> 6.5 ms and 64 ch. 56x56 0.51 ->
-#: 0.42 ms fused; 256 ch. 56x56 (U 9.4 MB) 6.3 -> 5.8 ms; 512 ch. 28x28 (U 38 MB) 6.5 -> 11.8 ms.
-FUSE_MAX_U_BYTES = 16 << 20
-FUSE_MIN_TILES = 64
-FUSE_MIN_STEP = 4  # tiles per step (one U read per step): measured 128 ch. 112x112 F(6,3) 1 tile/step 13.4 ms
-#: Accumulators of the fused GEMM's register tile (rows x vectors): 32 zmm registers minus loads.
-FUSE_MAX_ACCUMULATORS = 28
-
-
 def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, vectors: int) -> dict:
-    """The fused space's knobs (NHWC) when the default should use it, else ``{}``: steps of up to 16
-    tiles of one row (``nw`` tiles per row), the step's tiles in one register tile when
-    ``rows x vectors`` accumulators fit."""
-    if vector <= 1 or alpha * alpha * c * k * 4 > FUSE_MAX_U_BYTES or p < FUSE_MIN_TILES:
-        return {}
-    step = _largest_divisor(nw, tuple(range(16, 0, -1)))
-    if step < FUSE_MIN_STEP:  # e.g. 19 tiles per row (F(6,3) on 112 pixels): U would be read per tile
+    """The fused space's knobs (NHWC) where :func:`~tvm_winograd.workload.fused_step` (the rule the
+    heuristic's cost model shares) says to fuse, else ``{}``: steps of that many tiles of one row
+    (``nw`` tiles per row), the step's tiles in one register tile while ``rows x vectors``
+    accumulators fit in the registers."""
+    step = fused_step(alpha, nw, p, c, k)
+    if vector <= 1 or step is None:
         return {}
     rows = _largest_divisor(step, tuple(d for d in range(step, 0, -1) if d * vectors <= FUSE_MAX_ACCUMULATORS))
-    kv = k // vector
     return {
         "fused.tiles": [nw // step, step],
         "bgemm.rows": [step // rows, rows],
-        "bgemm.lanes": [kv // vectors, vectors],
+        "bgemm.lanes": [k // vector // vectors, vectors],
     }
+
+
+#: Accumulators of the fused GEMM's register tile (rows x vectors): 32 zmm registers minus loads.
+FUSE_MAX_ACCUMULATORS = 28
 
 
 def _design_space_default(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
