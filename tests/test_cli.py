@@ -81,12 +81,15 @@ def test_layers_json_reports_choices():
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert len(rows) == 8
-    algos = {r["name"]: r["algorithm"] for r in rows}
-    assert sum(a == "winograd" for a in algos.values()) >= 1  # the heuristic keeps tiny 4x4 maps direct
-    assert sum(r["source"] != "ineligible" for r in rows) == 4
+    decided = [r for r in rows if r["source"] != "ineligible"]
+    assert len(decided) == 4 and all(r["source"] == "heuristic" for r in decided)
+    assert all(r["reason"].startswith("heuristic: ") for r in decided)
     assert all(r["reason"] for r in rows if r["source"] == "ineligible")
     proc = cli("layers", "tiny_mixed", "--algo", "direct", "--json")
     assert all(r["algorithm"] == "direct" for r in json.loads(proc.stdout))
+    proc = cli("layers", "tiny_mixed", "--algo", "winograd", "--json")
+    forced = [r for r in json.loads(proc.stdout) if r["source"] != "ineligible"]
+    assert len(forced) == 4 and all(r["algorithm"] == "winograd" and r["m"] for r in forced)
 
 
 def test_run_bad_inputs(tiny_lib, tmp_path):
