@@ -5,9 +5,11 @@ For every layer, :func:`tvm_winograd.tune.tuner.tune_layer` tunes direct conv an
 candidate m with the same trial budget (resuming from ``tuning_logs/``), keeps the fastest ("ours") and
 the tuned direct conv ("tvm direct").  Then the four competitors are timed in interleaved blocks
 (A B C D A B C D ...), each block a call repeated enough to last ~20 ms, after a warm-up; the table
-reports medians over ``--repeats`` blocks.  Threads: 2 for everyone (TVM's pool uses the target's cores;
-``torch.set_num_threads(2)``; onnxruntime ``intra_op_num_threads=2`` without spinning so its pool does
-not steal the cores from the next competitor).  Weights are constant: Winograd's weight transform is
+reports medians over ``--repeats`` blocks, with an idle gap after every block (:data:`BLOCK_GAP_S`) so
+that no competitor's spinning thread pool steals the cores of the next.  Threads: 2 for everyone, each
+in its best configuration (TVM's pool uses the target's cores; ``torch.set_num_threads(2)``;
+onnxruntime ``intra_op_num_threads=2`` with spinning, its default: measured 1.6 vs 2.8 ms without on a
+64-channel 56x56 layer).  Weights are constant: Winograd's weight transform is
 done ahead of time, as onnxruntime/oneDNN pre-pack theirs.
 
 Effective GFLOP/s = direct-convolution FLOPs / time (Winograd can exceed the FMA peak).
@@ -106,7 +108,7 @@ def _torch_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
     return run, (lambda: run().numpy() if layout == "NCHW" else run().permute(0, 2, 3, 1).numpy())
 
 
-def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
+def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int, spinning: bool = True):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -126,7 +128,7 @@ def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = {"x": x}
 
