@@ -147,8 +147,8 @@ class CandidateResult:
     new_trials: int = 0  # measured by this call
     verified: bool = False
     max_error: float | None = None  # |ours - float64 reference| of the verified record
-    trials_to_90: int | None = None  # trials (this call) until within 90% of this call's best
-    history_ms: list = field(default_factory=list)  # best-so-far after each measured trial (this call)
+    trials_to_90: int | None = None  # trials (this call, the seed included) until within 90% of this call's best
+    history_ms: list = field(default_factory=list)  # best-so-far after each measured trial (this call, seed first)
     wall_s: float = 0.0
 
 
@@ -218,11 +218,12 @@ def _space(algorithm: str) -> ms.space_generator.SpaceGenerator:
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Counts measured trials and tracks the best time; drives the optional progress display."""
 
-    def __init__(self, on_update: Callable[[int, float | None], None] | None = None) -> None:
+    def __init__(self, on_update: Callable[[int, float | None], None] | None = None,
+                 seed_ms: float | None = None) -> None:
         super().__init__()
-        self.trials = 0
-        self.best_ms: float | None = None
-        self.history_ms: list[float | None] = []
+        self.trials = 0  # search trials (the seed, measured before the search, is not one of them)
+        self.best_ms: float | None = seed_ms
+        self.history_ms: list[float | None] = [] if seed_ms is None else [seed_ms]
         self.on_update = on_update
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
@@ -489,15 +490,17 @@ def tune_layer(
             done = _record_count(db, mod, tgt)
             key = _state_key(spec, epilogue, name, mod)
             finished_budget = int(state.get(key, 0))
-            seeded = 0
+            seeded, seed_ms = 0, None
             if done == 0 and finished_budget < trials:
-                seeded = _seed_default(db, mod, func, tgt, builder, runner, algorithm)
+                seed_ms = _seed_default(db, mod, func, tgt, builder, runner, algorithm)
+                seeded = int(seed_ms is not None)
                 done += seeded
             remaining = trials - done
             if seeded or (remaining > 0 and finished_budget < trials):
                 res.new_trials = seeded
+                res.history_ms = [] if seed_ms is None else [seed_ms]
                 if remaining > 0:
-                    callback = _Progress(display.updater(name) if display else None)
+                    callback = _Progress(display.updater(name) if display else None, seed_ms)
                     if display:
                         display.start(name, done)
                     ctx = ms.TuneContext(
@@ -516,7 +519,7 @@ def tune_layer(
                     )
                     res.new_trials += callback.trials
                     res.history_ms = list(callback.history_ms)
-                    res.trials_to_90 = _trials_to_90(callback.history_ms)
+                res.trials_to_90 = _trials_to_90(res.history_ms)
                 state[key] = trials
                 _save_state(work_dir, state)
             else:
@@ -549,14 +552,14 @@ def tune_layer(
 
 
 def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, builder, runner,
-                  algorithm: str) -> int:
+                  algorithm: str) -> float | None:
     """Measure the Winograd design space at its shape-derived default decisions
     (:func:`~tvm_winograd.schedule.default.default_decisions`) and commit it as the first record
     (one trial of the budget): the evolutionary search starts from it (its initial population takes
-    the best measured records), so a small budget never ends below the untuned default.  Returns the
-    number of records added (0 or 1)."""
+    the best measured records), so a small budget never ends below the untuned default.  Returns its
+    median time in ms, or ``None`` when nothing was seeded."""
     if algorithm != "winograd" or target.kind.name != "llvm":
-        return 0
+        return None
     from ..schedule.cpu import fixed_schedule
     from ..schedule.default import default_decisions
 
@@ -564,23 +567,23 @@ def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, bu
         sch = fixed_schedule(mod, default_decisions(func))
     except Exception as err:  # noqa: BLE001 - a shape the fixed point does not fit: plain search
         logger.info("no default point to seed the search with (%s)", err)
-        return 0
+        return None
     args_info = ms.arg_info.ArgInfo.from_prim_func(func)
     (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
     if built.error_msg:
         logger.warning("the default schedule failed to build, search not seeded: %s", built.error_msg)
-        return 0
+        return None
     # the runner wants a device name ("cpu"), not the target kind ("llvm"); only llvm gets here
     (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args_info)])
     result = future.result()
     if result.error_msg or not result.run_secs:
         logger.warning("the default schedule failed to run, search not seeded: %s", result.error_msg)
-        return 0
+        return None
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), result.run_secs,
                                                      target, args_info))
-    logger.info("seeded the search with the default schedule: %.3f ms",
-                statistics.median(float(s) for s in result.run_secs) * 1e3)
-    return 1
+    seed_ms = statistics.median(float(s) for s in result.run_secs) * 1e3
+    logger.info("seeded the search with the default schedule: %.3f ms", seed_ms)
+    return seed_ms
 
 
 def _pick_verified(db, mod: tvm.IRModule, spec: Conv2dSpec, epilogue: Epilogue, res: CandidateResult,
