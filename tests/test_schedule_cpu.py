@@ -75,6 +75,18 @@ def test_sampled_schedules_are_correct(layout, m):
     assert all(len(d) >= 4 for d in seen), "the design space samples its knobs"
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_sampled_schedules_fp16(layout):
+    """fp16 layers store the transformed tiles in fp16: the input transform accumulates in fp32 and its
+    storage cast is the tile's write-back (it used to be inlined, which TVM refuses for a reduction,
+    so every fp16 sample failed); the result is within the bound that counts the fp16 storage."""
+    x, w = ((1, 8, 8, 16), (3, 3, 16, 32)) if layout == "NHWC" else ((1, 16, 8, 8), (32, 16, 3, 3))
+    spec = make_spec(x, w, padding=1, layout=layout, dtype="float16")
+    func = winograd_func(spec, target_config(spec, 2, "llvm"))
+    scheduled, _ = _apply_rules(func, 1)
+    assert verify_func(scheduled, spec, Epilogue(), "winograd", 2, TARGET, seed=1) > 0.0
+
+
 def test_seeds_explore_different_points():
     """The sampled knobs really vary with the seed (the search has something to explore)."""
     spec = _spec("NCHW", c=16, h=16, k=32)

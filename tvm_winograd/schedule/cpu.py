@@ -13,6 +13,9 @@ The spaces, stage by stage:
     local buffer, ``Y = A_T M A`` runs on whole vectors of tiles (NCHW) or channels (NHWC), fully
     unrolled within :data:`UNROLL_BUDGET` so the constant matrices fold, and the epilogue (bias,
     residual, ReLU) is applied while the tile is written.  Parallel over the outer tiles.
+    For fp32 NHWC the rule returns a second, *fused* space: the parallel loop runs over steps of
+    ``fused.tiles`` tiles of a row, and ``bgemm`` and ``data_pack`` are computed at the step too
+    (their rules below then schedule them inside it), so V and M never leave the core's cache.
 ``winograd_inverse``
     Nothing more when the output rule placed it (always, for our PrimFuncs); a standalone schedule
     otherwise.
@@ -224,12 +227,9 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
 
 
 def _pack_block(sch: s_tir.Schedule):
-    """The input-transform block, its storage cast (fp16 packs) inlined into it."""
-    if _has_block(sch, "data_pack_acc"):
-        if _has_block(sch, "data_pack"):
-            sch.reverse_compute_inline(sch.get_sblock("data_pack"))
-        return sch.get_sblock("data_pack_acc")
-    return sch.get_sblock("data_pack")
+    """The input-transform block (``data_pack_acc`` when the packs are stored in another dtype: its
+    storage cast ``data_pack`` is then the write-back of :func:`schedule_data_pack`)."""
+    return sch.get_sblock("data_pack_acc" if _has_block(sch, "data_pack_acc") else "data_pack")
 
 
 def _nested(sch: s_tir.Schedule, block, own_loops: int) -> bool:
@@ -362,8 +362,13 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     step = sch.fuse(x0, x10)
     if not nested:  # in the fused space the enclosing step is the parallel loop
         sch.parallel(step)
-    # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once.
-    out = sch.cache_write(pack, 0, "local")
+    # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once (fp16 packs:
+    # the storage cast is that write; a reduction cannot be inlined into it).
+    if sch.get(pack).name_hint == "data_pack_acc":
+        sch.set_scope(pack, 0, "local")
+        out = sch.get_sblock("data_pack")
+    else:
+        out = sch.cache_write(pack, 0, "local")
     sch.reverse_compute_at(out, step, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
     if _has_block(sch, "data_pack_rows"):  # separable: T = B_T d per step, in a local tile

@@ -271,15 +271,17 @@ def _inputs(spec: Conv2dSpec, epilogue: Epilogue, seed: int) -> dict[str, np.nda
 
 
 def _reference_and_bound(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, m: int | None,
-                         data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """float64 result and a componentwise rounding bound (transform norms, reduction depth, dtype)."""
+                         data: dict[str, np.ndarray], pack_dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float64 result and a componentwise rounding bound (transform norms, reduction depth, dtypes:
+    ``pack_dtype`` is the storage dtype of the transformed tiles, e.g. fp16 for fp16 layers)."""
     from ..accuracy import error_bound
 
     x64, w64 = data["x"].astype(np.float64), data["w"].astype(np.float64)
     pad = spec.padding
     conv = conv2d_direct(x64, w64, padding=pad, layout=spec.layout)
     if algorithm == "winograd":
-        bound = error_bound(x64, w64, m=m, padding=pad, layout=spec.layout, out_dtype=spec.out_dtype)
+        bound = error_bound(x64, w64, m=m, padding=pad, layout=spec.layout, pack_dtype=pack_dtype,
+                            out_dtype=spec.out_dtype)
     else:
         u = _unit_roundoff("float32")
         depth = spec.in_channels * spec.r * spec.r + 1
@@ -330,7 +332,8 @@ def verify_func(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algor
     out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
     ex["main"](*dev_args, out)
     got = out.numpy().astype(np.float64)
-    ref, bound = _reference_and_bound(spec, epilogue, algorithm, m, data)
+    pack_dtype = str(func.params[1].dtype) if algorithm == "winograd" else None
+    ref, bound = _reference_and_bound(spec, epilogue, algorithm, m, data, pack_dtype)
     err = np.abs(got - ref)
     if not np.all(np.isfinite(got)) or np.any(err > bound):
         worst = np.unravel_index(np.argmax(np.where(np.isfinite(err), err - bound, np.inf)), err.shape)
