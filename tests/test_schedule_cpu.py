@@ -179,3 +179,14 @@ def test_default_uses_the_fused_space_where_the_rule_says(shape, m, fused):
         assert per_tile * decisions["bgemm.lanes"][1] <= 28  # accumulators stay in the 32 zmm registers
     nchw = _spec("NCHW", c=c, h=h, k=k)
     assert "fused.tiles" not in default_decisions(winograd_func(nchw, target_config(nchw, m, "llvm")))
+
+
+def test_fp16_default_is_the_unfused_space():
+    """fp16 (storage-cast stage) has no fused space: the default must not ask for it (it would fall
+    back to the simple schedule) even on a layer where fp32 fuses."""
+    from tvm_winograd.schedule.default import _design_space_default, default_decisions
+
+    spec = make_spec((1, 112, 112, 16), (3, 3, 16, 16), padding=1, layout="NHWC", dtype="float16")
+    func = winograd_func(spec, target_config(spec, 4, "llvm"))
+    assert "fused.tiles" not in default_decisions(func)
+    assert _design_space_default(func) is not None

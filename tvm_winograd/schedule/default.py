@@ -122,8 +122,13 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
         decisions["output.tiles"] = _largest_divisor(nw, (4, 2, 1))
     else:
         decisions["output.lanes"] = _largest_divisor(k, (16, 8, 4)) if k % 4 == 0 else None
-        decisions.update(_fused_decisions(ext[0], nw, p, c, k, vector, vectors))
+        if "data_pack_acc" not in _blocks(sch):  # the fused space is fp32-only (cpu.fusable)
+            decisions.update(_fused_decisions(ext[0], nw, p, c, k, vector, vectors))
     return decisions
+
+
+#: Accumulators of the fused GEMM's register tile (rows x vectors): 32 zmm registers minus loads.
+FUSE_MAX_ACCUMULATORS = 28
 
 
 def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, vectors: int) -> dict:
@@ -140,10 +145,6 @@ def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, v
         "bgemm.rows": [step // rows, rows],
         "bgemm.lanes": [k // vector // vectors, vectors],
     }
-
-
-#: Accumulators of the fused GEMM's register tile (rows x vectors): 32 zmm registers minus loads.
-FUSE_MAX_ACCUMULATORS = 28
 
 
 def _design_space_default(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
