@@ -81,3 +81,16 @@ def test_heuristic_counts_the_fused_cpu_schedule():
     assert spec_fused_step(nchw, 4) is None
     big_u = make_spec((1, 28, 28, 512), (3, 3, 512, 512), padding=1, layout="NHWC")  # U = 38 MB
     assert spec_fused_step(big_u, 4) is None
+
+
+def test_heuristic_counts_the_register_tile():
+    """F(6,3) on 112 pixels has 19 x 19 tiles: the CPU GEMM gets a 1-row register tile (NCHW, no fused
+    steps). Measured NCHW (BENCHMARKS.md): F(4,3) 13.3 ms vs F(6,3) 18.7 ms; the model must say F(4,3)
+    on llvm, and leave CUDA (other register tiling) without the CPU term."""
+    from tvm_winograd.workload import winograd_cost
+
+    nchw = make_spec((1, 128, 112, 112), (128, 128, 3, 3), padding=1)
+    assert choose_algorithm(nchw)[1] == 4
+    assert winograd_cost(nchw, 6, "llvm") > 2 * winograd_cost(nchw, 6, "cuda") > 0
+    # 28 x 28 tiles (F(4,3)) have 7-row tiles: nearly the full rate
+    assert winograd_cost(nchw, 4, "llvm") < 1.5 * winograd_cost(nchw, 4, "cuda")

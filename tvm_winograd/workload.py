@@ -260,8 +260,8 @@ CANDIDATE_TILES = {"float32": (2, 4, 6), "float16": (2, 4)}
 
 # The cost model counts multiply-adds and floats moved through memory, in GEMM multiply-add units.
 # Fitted by scripts/heuristic_sweep.py on the untuned default schedules of the ResNet-18 and VGG-16
-# 3x3 layers (NHWC, 2 threads, 2026-11-22; table in BENCHMARKS.md): it picks the measured best of
-# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 layers and costs 0.5% on average (the miss: F(4,3)
+# 3x3 layers (NHWC, 2 threads, 2026-11-22; tables in BENCHMARKS.md): it picks the measured best of
+# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 NHWC layers (7 of 8 NCHW) and costs 0.5% on average (the miss: F(4,3)
 # for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's terms it picked F(6,3) on six of
 # them and cost 15% on average.
 #
@@ -275,6 +275,12 @@ _MEMORY_WEIGHT = 8.0
 _CACHE_WEIGHT = 0.8
 # Winograd must be estimated at least this much cheaper than direct (the model's error is ~10%).
 _MIN_GAIN = 1.2
+# The CPU GEMM micro-kernel holds ``rows`` tiles x 2 vectors of accumulators, ``rows`` the largest
+# divisor of the tiles (of a fused step) up to 8 (schedule/default.py); with fewer rows it runs at
+# rows/8 of its rate (fewer independent FMAs per loaded vector of U).  F(6,3) on 112 pixels has
+# 19 x 19 tiles: one row.  Fitted on the NCHW sweep (BENCHMARKS.md: 5/8 -> 7/8 picks, 8.3 -> 0.8 %
+# loss); the NHWC picks are unchanged.
+_FULL_ROWS = 8
 
 # The fused CPU schedule (schedule/cpu.py, fp32 NHWC on llvm) computes data_pack, bgemm and the inverse
 # per step of tiles, so V and M stay in the core's cache, but it reads all of U once per step.  The
@@ -323,6 +329,9 @@ def winograd_cost(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> float:
         memory = _MEMORY_WEIGHT * (u + 2 * tiles * alpha * alpha * (c + k))
     else:  # U from memory once, then from the last-level cache once per further step
         memory = _MEMORY_WEIGHT * u + _CACHE_WEIGHT * (tiles / step - 1) * u
+    if target_kind == "llvm":
+        rows = step or max(d for d in range(1, _FULL_ROWS + 1) if tiles % d == 0)
+        gemm /= min(1.0, rows / _FULL_ROWS)
     return gemm + _TRANSFORM_WEIGHT * transforms + memory
 
 
