@@ -261,9 +261,9 @@ CANDIDATE_TILES = {"float32": (2, 4, 6), "float16": (2, 4)}
 # The cost model counts multiply-adds and floats moved through memory, in GEMM multiply-add units.
 # Fitted by scripts/heuristic_sweep.py on the untuned default schedules of the ResNet-18 and VGG-16
 # 3x3 layers (NHWC, 2 threads, 2026-11-22; tables in BENCHMARKS.md): it picks the measured best of
-# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 NHWC layers (7 of 8 NCHW) and costs 0.5% on average (the miss: F(4,3)
-# for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's terms it picked F(6,3) on six of
-# them and cost 15% on average.
+# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 NHWC layers (7 of 8 NCHW) and costs 0.5% on average
+# (the NHWC miss: F(4,3) for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's terms it
+# picked F(6,3) on six of them and cost 15% on average.
 #
 # Relative cost of one (separable, vectorized) transform multiply-add vs one register-tiled GEMM
 # multiply-add: the transforms gather, store and run far from the FMA peak.
