@@ -164,21 +164,7 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
     inverse = sch.get_sblock("inverse")
     ra_ext = sch.get(inverse).iter_vars[4].dom.extent
     alpha = int(ra_ext)
-    chain = None
-    if fused:
-        n, h, w, k = sch.get_loops(block)
-        ht, hi = sch.split(h, [None, m])
-        wt, wi = sch.split(w, [None, m])
-        wt0, wt1 = _tile(sch, wt, 2, 32, "fused.tiles", fixed)
-        k0, k1 = _lanes(sch, k, "output.lanes", fixed)
-        if k1 is None:
-            k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
-        sch.reorder(n, ht, wt0, wt1, k0, hi, wi, k1)
-        outer = chain = sch.fuse(n, ht, wt0)
-        step = k0
-        sch.compute_at(inverse, step, preserve_unit_loops=True)
-        sch.vectorize(k1)
-    elif layout == "NCHW":
+    if layout == "NCHW":
         n, k, h, w = sch.get_loops(block)
         ht, hi = sch.split(h, [None, m])
         wt, wi = sch.split(w, [None, m])
@@ -192,11 +178,12 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
         n, h, w, k = sch.get_loops(block)
         ht, hi = sch.split(h, [None, m])
         wt, wi = sch.split(w, [None, m])
+        steps = _tile(sch, wt, 2, 32, "fused.tiles", fixed) if fused else [wt]  # (steps, tiles per step)
         k0, k1 = _lanes(sch, k, "output.lanes", fixed)
         if k1 is None:
             k0, k1 = _tile(sch, k, 2, 64, "output.lanes", fixed)
-        sch.reorder(n, ht, wt, k0, hi, wi, k1)
-        outer = sch.fuse(n, ht, wt)
+        sch.reorder(n, ht, *steps, k0, hi, wi, k1)
+        outer = sch.fuse(n, ht, steps[0])
         step = k0
         sch.compute_at(inverse, step, preserve_unit_loops=True)
         sch.vectorize(k1)
@@ -220,9 +207,9 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
     _decompose_vectorized(sch, inverse, red[0])
     if separable:
         _schedule_rows(sch, sch.get_sblock("inverse_rows"), step)
-    if chain is not None:  # the GEMM and the input transform of the step's tiles, at the step
-        sch.compute_at(sch.get_sblock("bgemm"), chain, preserve_unit_loops=True)
-        sch.compute_at(_pack_block(sch), chain, preserve_unit_loops=True)
+    if fused:  # the GEMM and the input transform of the step's tiles, at the (parallel) step
+        sch.compute_at(sch.get_sblock("bgemm"), outer, preserve_unit_loops=True)
+        sch.compute_at(_pack_block(sch), outer, preserve_unit_loops=True)
     return sch
 
 
@@ -296,23 +283,27 @@ def schedule_bgemm(sch: s_tir.Schedule, block, vector_axis: str = "k",
         v0, v1, v2 = _tile(sch, vec_outer, 3, 4, "bgemm.lanes", fixed)
     c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
     sch.reorder(en, r0, v0, r1, v1, c0, c1, r2, v2, v3)
-    # Accumulate the rows x vectors x lanes tile in a local buffer (registers after unrolling).
-    acc = block
-    out = sch.cache_write(acc, 0, "local")
-    sch.reverse_compute_at(out, v1, preserve_unit_loops=True)
-    transposed = (layout == "NCHW") == (vector_axis == "k")
-    if transposed:  # keep the tile lanes-contiguous in registers: local M[e, n, k, p] stored as [.., p, k]
-        sch.transform_layout(acc, ("write", 0), lambda a, b, y, x: (a, b, x, y))
     sch.parallel(sch.fuse(en, r0, v0))
-    sch.unroll(r2)
-    sch.unroll(v2)
-    sch.vectorize(v3)
-    _decompose_vectorized(sch, acc, c0)
-    # The write-back loops follow M's order: vectorize the contiguous one when it is the lanes.
-    out_loops = sch.get_loops(out)
-    if not transposed:
-        sch.vectorize(out_loops[-1])
+    _register_tile(sch, block, v1, (r2, v2), v3, c0, transposed=(layout == "NCHW") == (vector_axis == "k"))
     return sch
+
+
+def _register_tile(sch: s_tir.Schedule, block, at, unrolled, lanes, reduce_outer, transposed: bool = False) -> None:
+    """Accumulate the GEMM's ``rows x vectors x lanes`` tile (the loops ``unrolled`` and ``lanes``,
+    under the whole reduction from ``reduce_outer``) in a local buffer that LLVM keeps in registers,
+    written back to ``M`` once per tile at loop ``at``.  ``transposed``: the tile's lanes run along
+    M's non-contiguous axis (NCHW vectorized along K), so the local tile is stored transposed to
+    keep them contiguous in registers, and the write-back is left scalar."""
+    out = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(out, at, preserve_unit_loops=True)
+    if transposed:  # local M[e, n, k, p] stored as [.., p, k]
+        sch.transform_layout(block, ("write", 0), lambda a, b, y, x: (a, b, x, y))
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(lanes)
+    _decompose_vectorized(sch, block, reduce_outer)
+    if not transposed:  # the write-back loops follow M's order: its contiguous one is the lanes
+        sch.vectorize(sch.get_loops(out)[-1])
 
 
 def _schedule_bgemm_step(sch: s_tir.Schedule, block, fixed: Decisions | None) -> s_tir.Schedule:
@@ -330,13 +321,7 @@ def _schedule_bgemm_step(sch: s_tir.Schedule, block, fixed: Decisions | None) ->
         v1, v2 = _tile(sch, vec_outer, 2, 4, "bgemm.lanes", fixed)
     c0, c1 = _tile(sch, rc, 2, 64, "bgemm.reduce", fixed)
     sch.reorder(e, n, v1, r1, c0, c1, r2, v2, v3)
-    out = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(out, r1, preserve_unit_loops=True)
-    sch.unroll(r2)
-    sch.unroll(v2)
-    sch.vectorize(v3)
-    _decompose_vectorized(sch, block, c0)
-    sch.vectorize(sch.get_loops(out)[-1])
+    _register_tile(sch, block, r1, (r2, v2), v3, c0)
     return sch
 
 
