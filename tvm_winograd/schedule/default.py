@@ -122,8 +122,10 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
         decisions["output.tiles"] = _largest_divisor(nw, (4, 2, 1))
     else:
         decisions["output.lanes"] = _largest_divisor(k, (16, 8, 4)) if k % 4 == 0 else None
-        if "data_pack_acc" not in _blocks(sch):  # the fused space is fp32-only (cpu.fusable)
-            decisions.update(_fused_decisions(ext[0], nw, p, c, k, vector, vectors))
+    from .cpu import fusable  # cpu.py imports this module
+
+    if fusable(sch):
+        decisions.update(_fused_decisions(ext[0], nw, p, c, k, vector, vectors))
     return decisions
 
 

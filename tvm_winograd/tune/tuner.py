@@ -500,10 +500,8 @@ def tune_layer(
                 done += seeded
             remaining = trials - done
             if seeded or (remaining > 0 and finished_budget < trials):
-                res.new_trials = seeded
-                res.history_ms = [] if seed_ms is None else [seed_ms]
+                callback = _Progress(display.updater(name) if display else None, seed_ms)
                 if remaining > 0:
-                    callback = _Progress(display.updater(name) if display else None, seed_ms)
                     if display:
                         display.start(name, done)
                     ctx = ms.TuneContext(
@@ -520,8 +518,8 @@ def tune_layer(
                         measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
                         task_scheduler="round-robin",
                     )
-                    res.new_trials += callback.trials
-                    res.history_ms = list(callback.history_ms)
+                res.new_trials = seeded + callback.trials
+                res.history_ms = list(callback.history_ms)
                 res.trials_to_90 = _trials_to_90(res.history_ms)
                 state[key] = trials
                 _save_state(work_dir, state)
