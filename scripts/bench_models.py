@@ -16,8 +16,9 @@ Competitors (same ONNX graph / weights, threads pinned equal):
   the idle gap between blocks keeps its spinning from reaching the next competitor).
 
 Each competitor is timed in its own block (an idle gap so the previous one's thread pool stops
-spinning, warm-up, then ``--repeats`` timed calls, median), blocks alternate over ``--rounds`` rounds, and the median of the round medians is reported.  Correctness of
-every TVM output against onnxruntime is checked before timing.  Output: a markdown table.
+spinning, warm-up, then ``--repeats`` timed calls, median), blocks alternate over ``--rounds``
+rounds, and the median of the round medians is reported.  Correctness of every TVM output against
+onnxruntime is checked before timing.  Output: a markdown table.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from typing import Callable
 
 import numpy as np
 
+from tvm_winograd.bench import BLOCK_GAP_S
+
 
 def _time_block(fn: Callable[[], object], warmup: int, repeats: int) -> float:
-    from tvm_winograd.bench import BLOCK_GAP_S
-
     time.sleep(BLOCK_GAP_S)  # the previous competitor's thread pool stops spinning (see bench.py)
     for _ in range(warmup):
         fn()

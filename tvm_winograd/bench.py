@@ -9,8 +9,8 @@ reports medians over ``--repeats`` blocks, with an idle gap after every block (:
 that no competitor's spinning thread pool steals the cores of the next.  Threads: 2 for everyone, each
 in its best configuration (TVM's pool uses the target's cores; ``torch.set_num_threads(2)``;
 onnxruntime ``intra_op_num_threads=2`` with spinning, its default: measured 1.6 vs 2.8 ms without on a
-64-channel 56x56 layer).  Weights are constant: Winograd's weight transform is
-done ahead of time, as onnxruntime/oneDNN pre-pack theirs.
+64-channel 56x56 layer).  Weights are constant: Winograd's weight transform is done ahead of time,
+as onnxruntime/oneDNN pre-pack theirs.
 
 Effective GFLOP/s = direct-convolution FLOPs / time (Winograd can exceed the FMA peak).
 
@@ -108,7 +108,7 @@ def _torch_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
     return run, (lambda: run().numpy() if layout == "NCHW" else run().permute(0, 2, 3, 1).numpy())
 
 
-def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int, spinning: bool = True):
+def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -128,7 +128,7 @@ def _ort_callable(x: np.ndarray, w: np.ndarray, layout: str, threads: int, spinn
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")  # its default; the gap isolates it
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = {"x": x}
 
