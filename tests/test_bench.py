@@ -1,0 +1,185 @@
+"""The benchmark harness: the timing protocol with an injected fake clock, the choice of the faster
+configuration, the self-checks, the machine probe's kernels and the roofline's arithmetic."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tvm_winograd.bench.harness import (CLI_AGREEMENT, Competitor, LoadMonitor, Reliability, best_of_groups,
+                                        time_alternating)
+from tvm_winograd.bench.roofline import direct_limit, winograd_limit
+from tvm_winograd.workload import make_spec
+
+
+class FakeClock:
+    """A clock that only moves when a fake competitor runs or the harness sleeps; logs every event."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.log: list[tuple[str, float]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.log.append(("sleep", seconds))
+        self.now += seconds
+
+    def competitor(self, name: str, durations: list[float], group: str | None = None) -> Competitor:
+        """A competitor whose calls take ``durations`` seconds in turn (the last one repeats)."""
+        calls = iter(durations)
+        last = [durations[0]]
+
+        def run() -> None:
+            last[0] = next(calls, last[0])
+            self.log.append((name, last[0]))
+            self.now += last[0]
+
+        return Competitor(name, run, group=group)
+
+
+def test_time_alternating_reports_exactly_what_was_measured():
+    clock = FakeClock()
+    # a: warm-up 0.1 + sizing call 0.02 s -> blocks of ceil(0.05 / 0.02) = 3 calls of 10, 20, 30 ms per round
+    a = clock.competitor("a", [0.1, 0.02] + [0.5] + [0.010] * 3 + [0.5] + [0.020] * 3 + [0.5] + [0.030] * 3)
+    b = clock.competitor("b", [0.2, 0.06] + [0.5, 0.004, 0.5, 0.005, 0.5, 0.006])
+    timings = time_alternating([a, b], 3, warmup=2, block_s=0.05, gap_s=0.25, clock=clock, sleep=clock.sleep)
+    assert timings["a"].calls_per_block == 3 and timings["b"].calls_per_block == 1
+    assert timings["a"].samples_ms == pytest.approx([10.0, 20.0, 30.0])
+    assert timings["b"].samples_ms == pytest.approx([4.0, 5.0, 6.0])
+    assert timings["a"].median_ms == pytest.approx(20.0) and timings["b"].median_ms == pytest.approx(5.0)
+    # After the warm-ups, the blocks alternate a b a b a b, each after a gap and an untimed wake-up call.
+    rounds = [e for e in clock.log[4:]]
+    names = [n for n, _ in rounds]
+    assert names == (["sleep", "a", "a", "a", "a", "sleep", "b", "b"] * 3)
+    assert all(s == 0.25 for n, s in rounds if n == "sleep")
+
+
+def test_time_alternating_skips_the_wake_up_for_long_calls():
+    clock = FakeClock()
+    slow = clock.competitor("slow", [2.0])
+    timings = time_alternating([slow], 2, warmup=1, clock=clock, sleep=clock.sleep)
+    assert [n for n, _ in clock.log] == ["slow", "sleep", "slow", "sleep", "slow"]
+    assert timings["slow"].samples_ms == pytest.approx([2000.0, 2000.0])
+
+
+def test_time_alternating_rejects_bad_arguments():
+    clock = FakeClock()
+    with pytest.raises(ValueError, match="rounds 0"):
+        time_alternating([clock.competitor("a", [0.1])], 0, clock=clock, sleep=clock.sleep)
+    with pytest.raises(ValueError, match="not distinct"):
+        time_alternating([clock.competitor("a", [0.1]), clock.competitor("a", [0.1])], 1, clock=clock,
+                         sleep=clock.sleep)
+
+
+def test_best_of_groups_keeps_the_faster_onnxruntime_configuration():
+    clock = FakeClock()
+    comps = [clock.competitor("onnxruntime[spin=1]", [0.010], group="onnxruntime"),
+             clock.competitor("onnxruntime[spin=0]", [0.008], group="onnxruntime"),
+             clock.competitor("ours", [0.005])]
+    comps[0].config, comps[1].config = "spinning on", "spinning off"
+    best = best_of_groups(time_alternating(comps, 3, clock=clock, sleep=clock.sleep))
+    assert set(best) == {"onnxruntime", "ours"}
+    assert best["onnxruntime"].median_ms == pytest.approx(8.0) and best["onnxruntime"].config == "spinning off"
+
+
+def test_reliability_flags_a_slow_peer_a_loaded_machine_and_a_cli_mismatch():
+    ok = Reliability()
+    ok.check_peer(480.0, 520.0, "onnxruntime on VGG conv3_2")
+    ok.check_cli("resnet18 ours", 10.0, 10.0 * (CLI_AGREEMENT - 0.05))
+    assert ok.reliable, ok.problems
+    slow = Reliability()
+    slow.check_peer(200.0, 520.0, "onnxruntime on VGG conv3_2")  # the old harness's figure
+    assert not slow.reliable and "38%" in slow.problems[0]
+    assert "UNRELIABLE" in slow.markdown()
+    cli = Reliability()
+    cli.check_cli("resnet18 ours", 6.5, 12.4)  # `run` on one core of two
+    assert not cli.reliable and "1.91x" in cli.problems[0]
+    busy = LoadMonitor()
+    busy.other_cores, busy.seconds = 0.9, 10.0
+    loaded = Reliability()
+    loaded.check_load(busy)
+    assert not loaded.reliable
+
+
+def test_load_monitor_sees_another_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.5: pass"])
+    try:
+        time.sleep(0.2)
+        with LoadMonitor() as load:
+            time.sleep(1.0)
+    finally:
+        proc.wait()
+    assert load.other_cores > 0.5, load.other_cores
+    with LoadMonitor() as own:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            pass
+    assert own.other_cores < 0.5, own.other_cores  # our own busy loop is not "other load"
+
+
+def test_probe_kernels_compute_what_they_claim():
+    """The FMA and read kernels' outputs equal the recurrence and the sums they stand for, so the
+    compiler cannot have dropped the work that the probe's figures count."""
+    import tvm
+
+    from tvm_winograd.bench import probe
+
+    steps = 1000
+    fma = probe._build(probe._fma_kernel(2))
+    out = tvm.runtime.empty((2, probe.ACCUMULATORS * 16), "float32", tvm.cpu())
+    fma(out, steps)
+    acc = np.array([j + v for j in range(probe.ACCUMULATORS) for v in range(16)], np.float32)
+    a, b = np.float32(0.9999999), np.float32(1e-7)
+    for _ in range(steps):
+        acc = (acc * a + b).astype(np.float32)
+    # FMA rounds once per step, numpy twice: 2 * steps half-ulps of values below 200.
+    np.testing.assert_allclose(out.numpy(), np.stack([acc, acc]), rtol=2 * steps * 2.0 ** -24)
+    floats = 8 * 16 * 50
+    read = probe._build(probe._read_kernel(2, floats))
+    data = np.random.default_rng(0).integers(-8, 8, size=(2, floats)).astype(np.float32)  # exact sums
+    res = tvm.runtime.empty((2, 128), "float32", tvm.cpu())
+    read(tvm.runtime.tensor(data, tvm.cpu()), res, 3)
+    np.testing.assert_array_equal(res.numpy(), 3 * data.reshape(2, 50, 128).sum(axis=1))
+
+
+def _probe(fma=500.0, dram=30.0, llc=100.0, llc_bytes=32 << 20):
+    from tvm_winograd.bench.probe import MachineProbe
+
+    return MachineProbe("test", 2, fma / 2, fma, dram / 2, dram, llc / 2, llc, llc_bytes)
+
+
+def test_winograd_limit_counts_the_gemm_transforms_and_bytes():
+    spec = make_spec((1, 56, 56, 64), (3, 3, 64, 64), padding=1, layout="NHWC")
+    probe = _probe()
+    lim = winograd_limit(spec, 4, probe)
+    tiles = 14 * 14
+    gemm = 36 * 64 * 64 * tiles
+    transforms = tiles * (64 * 2 * 216 + 64 * (4 * 36 + 16 * 6))
+    assert lim.macs == gemm + transforms
+    assert lim.compute_ms == pytest.approx(2 * lim.macs / 500e9 * 1e3)
+    u, x, y = 36 * 64 * 64 * 4, 56 * 56 * 64 * 4, 56 * 56 * 64 * 4
+    assert lim.bytes_moved == u + x + y
+    assert lim.memory_ms == pytest.approx((u + x + y) / 100e9 * 1e3)  # all fit half the LLC
+    assert lim.ms == max(lim.compute_ms, lim.memory_ms) and lim.bound == "compute"
+    assert lim.stage_bytes == 36 * tiles * 128 * 4
+    # F(4,3) needs 4x fewer GEMM multiply-adds than direct convolution: its limit is well below direct's.
+    direct = direct_limit(spec, probe)
+    assert direct.macs == 64 * 64 * 9 * 56 * 56
+    assert lim.ms < direct.ms / 2
+
+
+def test_winograd_limit_reads_large_arrays_from_dram():
+    spec = make_spec((1, 7, 7, 512), (3, 3, 512, 512), padding=1, layout="NHWC")
+    lim = winograd_limit(spec, 4, _probe(llc_bytes=8 << 20))  # U = 36 * 512 * 512 * 4 = 37.7 MB
+    u = 36 * 512 * 512 * 4
+    assert lim.memory_ms == pytest.approx(u / 30e9 * 1e3 + 2 * 7 * 7 * 512 * 4 / 100e9 * 1e3)
+    assert lim.bound == "memory"
+    assert math.isclose(lim.ms, lim.memory_ms)
