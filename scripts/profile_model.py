@@ -1,6 +1,6 @@
 """Per-PrimFunc time of a compiled model (batch 1, llvm), the way ``compile_model`` builds it.
 
-    TVM_NUM_THREADS=2 python scripts/profile_model.py                  # resnet18, algo auto
+    python scripts/profile_model.py                                    # resnet18, algo auto, all cores
     python scripts/profile_model.py --model resnet50 --algo direct --calls 10
 
 Every VM call instruction is timed by a ``VirtualMachine.set_instrument`` callback (wall clock
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import statistics
 import sys
 import time
@@ -24,12 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--algo", default="auto", choices=["auto", "winograd", "direct"])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="TVM's pool size (default: all cores)")
     parser.add_argument("--calls", type=int, default=10, help="instrumented model runs")
     parser.add_argument("--min-ms", type=float, default=0.05, help="hide rows below this")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    from tvm_winograd.runtime import configure_threads
 
+    print(f"threads {configure_threads(args.threads)}")
     import tvm
     from tvm import relax
 
