@@ -100,7 +100,8 @@ def test_run_bad_inputs(tiny_lib, tmp_path):
     corrupt = tmp_path / "c.npy"
     corrupt.write_bytes(b"not numpy")
     assert_usage_error(cli("run", str(tiny_lib), "--input", f"image={good}"), "image")
-    assert_usage_error(cli("run", str(tiny_lib), "--input", f"input={wrong_shape}"), "input[1, 8, 15, 16]")
+    assert_usage_error(cli("run", str(tiny_lib), "--input", f"input={wrong_shape}"),
+                       "input 'input' is float32[1,8,15,16]; the model takes float32[1,8,16,16]")
     assert_usage_error(cli("run", str(tiny_lib), "--input", f"input={corrupt}"), str(corrupt))
     assert_usage_error(cli("run", str(tiny_lib), "--input", f"input={tmp_path / 'nope.npy'}"), "nope.npy")
     assert_usage_error(cli("run", str(tmp_path / "missing.so"), "--input", f"input={good}"), "missing.so")

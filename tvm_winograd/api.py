@@ -2,6 +2,8 @@
 
 Each distinct (shape, dtype, m, layout, target) is built once and cached; weights are transformed by
 their own compiled function (as a compiler would do ahead of time), then the main function runs.
+TVM's thread pool is sized (:func:`tvm_winograd.runtime.configure_threads`) before the first compiled
+call of each calling thread.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import tvm
 
 from .compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
+from .runtime import configure_threads
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
 from .workload import Conv2dSpec, Padding, check_winograd, make_spec
@@ -21,6 +24,14 @@ from .workload import Conv2dSpec, Padding, check_winograd, make_spec
 __all__ = ["conv2d", "build_winograd", "CompiledWinograd"]
 
 _LOCK = threading.Lock()
+_THREADS = threading.local()  # TVM's pool settings are per calling thread
+
+
+def _configure_threads_once() -> None:
+    """Size TVM's pool (every allowed CPU unless TVM_NUM_THREADS is set) before this thread's first call."""
+    if not getattr(_THREADS, "configured", False):
+        configure_threads()
+        _THREADS.configured = True
 
 
 @dataclass
@@ -36,6 +47,7 @@ class CompiledWinograd:
     def transform_weight(self, w: np.ndarray) -> tvm.runtime.Tensor:
         from .compute import kernel_pack_shape
 
+        _configure_threads_once()
         w_dev = tvm.runtime.tensor(np.ascontiguousarray(w, dtype=self.spec.dtype), self.device)
         pack = tvm.runtime.empty(kernel_pack_shape(self.spec, self.config.m, self.config.kernel_block),
                                  self.config.resolved_pack_dtype(self.spec), self.device)
@@ -43,6 +55,7 @@ class CompiledWinograd:
         return pack
 
     def __call__(self, x: np.ndarray, kernel_pack: tvm.runtime.Tensor) -> np.ndarray:
+        _configure_threads_once()
         x_dev = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=self.spec.dtype), self.device)
         out = tvm.runtime.empty(self.spec.output_shape, self.spec.out_dtype, self.device)
         self.conv_fn(x_dev, kernel_pack, out)

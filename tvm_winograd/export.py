@@ -12,7 +12,12 @@
    PrimFunc on llvm, whose weight packing ``hoist_weight_packing`` then folds at compile time, and
    ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA (else TVM's dlight defaults);
 5. ``relax.get_default_pipeline(target)`` and ``tvm.compile`` (CUDA: under ``with target:`` with
-   nvcc as the compiler, see DESIGN section 3).
+   nvcc as the compiler, see DESIGN section 3).  A failure inside TVM raises :class:`CompileError`,
+   one line naming the operator where TVM's message names one.
+
+``export_library`` appends the integrity trailer of :mod:`tvm_winograd.runtime` (format version,
+versions, target, ``main``'s inputs).  Loading and running live in :mod:`tvm_winograd.runtime`
+(runtime only); ``load_vm``, ``load_and_run`` and ``run`` are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,19 +26,22 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 from pathlib import Path
-from typing import Mapping, Sequence
 
-import numpy as np
 import tvm
 from tvm import relax, tirx
 
+from . import __version__
+from .frontend import model_signature
 from .relax_pass import KIND_ATTR, LayerReport, convert_conv_layout, resolve_schedules_dir, rewrite_winograd
+from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .targets import is_cuda, resolve_target
 
 __all__ = [
+    "CompileError",
     "compile_model",
     "export_library",
     "load_and_run",
@@ -45,6 +53,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The attribute of a compiled Executable that carries what ``export_library`` writes into the trailer.
+_METADATA_ATTR = "_tvm_winograd_metadata"
+
+
+class CompileError(NotImplementedError):
+    """TVM could not build the model (e.g. an operator it has no lowering for); one line."""
+
 
 #: ``op_pattern`` kOpaque: FuseOps must not merge our (scheduled) PrimFuncs into others.
 _OPAQUE = 8
@@ -240,104 +256,70 @@ def compile_model(
     Returns
     -------
     (tvm.runtime.Executable, list[LayerReport])
+        The Executable also carries ``main``'s input signature, target and versions (a private
+        attribute) for :func:`export_library`'s trailer.
+
+    Raises
+    ------
+    CompileError
+        TVM's build failed (e.g. an operator without a lowering): one line with TVM's reason and the
+        operator, where TVM names one (the full error is chained as ``__cause__``).
     """
     tgt = resolve_target(target)
     mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
                                  layout=layout)
+    metadata = {"package_version": __version__, "tvm_version": tvm.__version__, "target": str(tgt),
+                "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)]}
     with _cuda_build_env(tgt):
-        ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt))
+        try:
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt))
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
+            raise CompileError(describe_compile_failure(err, layout)) from err
+    setattr(ex, _METADATA_ATTR, metadata)  # for export_library; the return value is unchanged
     return ex, reports
 
 
+def describe_compile_failure(err: BaseException, layout: str = "auto") -> str:
+    """One line for a failure of ``tvm.compile``: TVM's reason (its first sentence) and the operator it
+    failed on, parsed from TVM's message (``Offending call: R.nn.conv2d_transpose(...)``, ``Op(...)``)
+    where it names one."""
+    text = str(err).strip()
+    reason = text.splitlines()[0].strip() if text else type(err).__name__
+    reason = reason.split(". ")[0].rstrip(".")
+    op = None
+    call = re.search(r"\bR\.([A-Za-z_][\w.]*)\(", text)
+    if call:
+        op = "relax." + call.group(1)
+    else:
+        named = re.search(r"Op\((relax\.[\w.]+)\)", text)
+        op = named.group(1) if named else None
+    if op is None:
+        return f"TVM failed to compile the model: {reason}"
+    where = op
+    data_layout = re.search(r'data_layout="(\w+)"', text)
+    if call and data_layout:
+        where += f" (data_layout {data_layout.group(1)})"
+    hint = ""
+    if call and data_layout and data_layout.group(1) == "NHWC" and layout in ("auto", "NHWC"):
+        hint = "; try layout 'keep' (--layout keep), which leaves the model's layout"
+    return f"TVM failed to compile {where}: {reason}{hint}"
+
+
 def export_library(ex: tvm.runtime.Executable, path: str | os.PathLike) -> Path:
-    """Write ``ex`` (code and bound weights) to one shared library at ``path``."""
+    """Write ``ex`` (code and bound weights) to one shared library at ``path``.
+
+    A ``.so`` gets the integrity trailer of :func:`tvm_winograd.runtime.append_trailer`: the format
+    version, the package and TVM versions, the target and the inputs of ``main`` (name, shape with
+    symbolic dimensions as strings, dtype) as :func:`compile_model` recorded them (``null`` for an
+    Executable compiled otherwise), then the sha256 of the file.  ``load_vm`` checks it.
+    """
     path = Path(path)
     if path.suffix not in (".so", ".dylib", ".dll", ".tar"):
         raise ValueError(f"library path {str(path)!r} must end in .so (or .tar)")
     path.parent.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(path))
+    if path.suffix == ".so":
+        metadata = getattr(ex, _METADATA_ATTR, None) or {
+            "package_version": __version__, "tvm_version": tvm.__version__, "target": None, "inputs": None}
+        append_trailer(path, metadata)
     return path
-
-
-def _to_numpy(value) -> list[np.ndarray]:
-    if isinstance(value, tvm.runtime.Tensor):
-        return [value.numpy()]
-    if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
-        out = []
-        for item in value:
-            out.extend(_to_numpy(item))
-        return out
-    return [np.asarray(value)]
-
-
-def run(vm: relax.VirtualMachine, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
-        device: tvm.runtime.Device | None = None, func: str = "main") -> list[np.ndarray]:
-    """Run ``func`` of a VM on named (or positional) numpy inputs; outputs as numpy arrays."""
-    device = device or tvm.cpu(0)
-    arity = vm._get_function_arity(func)
-    names = [vm._get_function_param_name(func, i) for i in range(arity)]
-    if isinstance(inputs, Mapping):
-        missing = [n for n in names if n not in inputs]
-        extra = [n for n in inputs if n not in names]
-        if missing or extra:
-            raise ValueError(f"inputs {sorted(inputs)} do not match the model's inputs {names}"
-                             + (f" (missing {missing})" if missing else "") + (f" (unknown {extra})" if extra else ""))
-        ordered = [inputs[n] for n in names]
-    else:
-        ordered = list(inputs)
-        if len(ordered) != arity:
-            raise ValueError(f"{len(ordered)} inputs given, the model takes {arity} ({names})")
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in ordered]
-    return _to_numpy(vm[func](*args))
-
-
-def _last_line(err: BaseException) -> str:
-    """The last non-blank line of an error's text (TVM puts its message after the C++ context)."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
-
-
-def load_vm(path: str | os.PathLike, device: str = "cpu") -> tuple[relax.VirtualMachine, tvm.runtime.Device]:
-    """Load an exported library with the TVM runtime alone (no frontend, no compiler pass).
-
-    Parameters
-    ----------
-    path
-        A library written by :func:`export_library`.
-    device
-        ``"cpu"`` or ``"cuda"`` (the first GPU, which must exist).
-
-    Returns
-    -------
-    (relax.VirtualMachine, tvm.runtime.Device)
-        The library's Relax VM on ``device``, and that device (for :func:`run`).
-
-    Raises
-    ------
-    ValueError
-        One line naming ``path`` or ``device``: the file is missing, not loadable, not a Relax VM
-        executable, or no CUDA GPU is visible.
-    """
-    path = Path(path)
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not 'cpu' or 'cuda'")
-    if not path.is_file():
-        raise ValueError(f"library {str(path)!r} does not exist")
-    try:
-        rt_mod = tvm.runtime.load_module(str(path))
-    except Exception as err:  # TVM raises its own error types for a bad file
-        raise ValueError(f"cannot load library {str(path)!r}: {_last_line(err)}") from None
-    dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
-    if device == "cuda" and not dev.exist:
-        raise ValueError("device 'cuda': no CUDA GPU is visible on this machine")
-    try:
-        return relax.VirtualMachine(rt_mod, dev), dev
-    except Exception as err:
-        raise ValueError(f"library {str(path)!r} is not a Relax VM executable: {_last_line(err)}") from None
-
-
-def load_and_run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
-                 device: str = "cpu") -> list[np.ndarray]:
-    """Load an exported library with the TVM runtime alone (:func:`load_vm`) and run ``main`` on ``inputs``."""
-    vm, dev = load_vm(path, device)
-    return run(vm, inputs, dev)

@@ -14,7 +14,7 @@ from tvm import relax
 
 from .models import BUILTIN_MODELS, build_onnx
 
-__all__ = ["ModelInfo", "load_model", "from_onnx_model"]
+__all__ = ["ModelInfo", "load_model", "from_onnx_model", "model_signature"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +44,39 @@ class ModelInfo:
         return out
 
 
-def _signature(mod: tvm.IRModule, info: ModelInfo) -> ModelInfo:
-    """Fill the input names/shapes/dtypes of ``info`` from ``mod["main"]``."""
+def model_signature(mod: tvm.IRModule) -> list[dict]:
+    """The inputs of ``mod["main"]``: ``[{"name", "shape", "dtype"}]``, static dimensions as ints and
+    symbolic ones as their text (``"n"``).  What :class:`ModelInfo` records and what
+    ``tvm_winograd.export.export_library`` writes into a library's trailer."""
     main = mod["main"]
     num_input = main.attrs["num_input"] if main.attrs is not None and "num_input" in main.attrs else len(main.params)
+    out = []
     for param in list(main.params)[: int(num_input)]:
-        name = str(param.name)
         ty = param.ty
         shape = getattr(ty, "shape", None)
         dims: tuple = ()
         if shape is not None and hasattr(shape, "values"):
             dims = tuple(int(v) if isinstance(v, tvm.tirx.IntImm) else str(v) for v in shape.values)
+        out.append({"name": str(param.name), "shape": dims, "dtype": str(getattr(ty, "dtype", "float32"))})
+    return out
+
+
+def _signature(mod: tvm.IRModule, info: ModelInfo) -> ModelInfo:
+    """Fill the input names/shapes/dtypes of ``info`` from ``mod["main"]`` (:func:`model_signature`)."""
+    for entry in model_signature(mod):
+        name = entry["name"]
         info.input_names.append(name)
-        info.input_shapes[name] = dims
-        info.input_dtypes[name] = str(getattr(ty, "dtype", "float32"))
+        info.input_shapes[name] = entry["shape"]
+        info.input_dtypes[name] = entry["dtype"]
     return info
+
+
+def _check_shape_names(source: str, input_shapes: Mapping[str, Sequence[int]] | None, names: Sequence[str]) -> None:
+    """An input shape for a name the model does not have is an error (it would be silently ignored)."""
+    unknown = [n for n in (input_shapes or {}) if n not in names]
+    if unknown:
+        raise ValueError(f"input shape given for {unknown[0]!r}, which model {source!r} does not have: its inputs "
+                         f"are {', '.join(repr(n) for n in names) or 'none'}")
 
 
 def from_onnx_model(model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> tvm.IRModule:
@@ -120,7 +138,8 @@ def load_model(
     input_shapes
         ``{input name: shape}``.  ONNX: fixes symbolic dimensions; built-in models: ``{"input":
         (N, C, H, W)}`` selects the batch and the (square) image size.  Ignored (with a warning)
-        for torch programs and IRModules, whose shapes are fixed.
+        for torch programs and IRModules, whose shapes are fixed.  A name the model has no input
+        of is an error in every case.
 
     Returns
     -------
@@ -129,21 +148,24 @@ def load_model(
     Raises
     ------
     ValueError
-        One line naming the source: unknown name, missing file, unreadable/corrupt file.
+        One line naming the source: unknown name, missing file, unreadable/corrupt file, or an
+        ``input_shapes`` name that is not an input of the model (naming the model's inputs).
     """
     if isinstance(source, tvm.IRModule):
         if "main" not in [gv.name_hint for gv in source.get_global_vars()]:
             raise ValueError("the Relax IRModule has no 'main' function")
+        info = _signature(source, ModelInfo("<IRModule>", "relax"))
+        _check_shape_names("<IRModule>", input_shapes, info.input_names)
         if input_shapes:
             logger.warning("input_shapes is ignored for a Relax IRModule")
-        return source, _signature(source, ModelInfo("<IRModule>", "relax"))
+        return source, info
     if not isinstance(source, (str, os.PathLike)):
         raise ValueError(f"model source {source!r} is not a name, a path or a Relax IRModule")
     text = os.fspath(source)
     if text in BUILTIN_MODELS:
         batch, image_size = 1, None
         if input_shapes:
-            if set(input_shapes) != {"input"}:
+            if set(input_shapes) != {"input"}:  # names the model's one input
                 raise ValueError(f"built-in model {text!r} has one input named 'input', got {sorted(input_shapes)}")
             shape = tuple(int(s) for s in input_shapes["input"])
             if len(shape) != 4 or shape[2] != shape[3]:
@@ -163,14 +185,18 @@ def load_model(
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = _load_onnx_file(path)
+        initializers = {init.name for init in model.graph.initializer}
+        _check_shape_names(text, input_shapes, [i.name for i in model.graph.input if i.name not in initializers])
         try:
             mod = from_onnx_model(model, input_shapes)
         except Exception as err:
             raise ValueError(f"cannot import ONNX model {text!r} into Relax: {str(err).splitlines()[-1]}") from None
         return mod, _signature(mod, ModelInfo(text, "onnx", onnx_model=model))
     if suffix in (".pt2", ".pt", ".ep"):
+        mod = _load_torch_program(path)
+        info = _signature(mod, ModelInfo(text, "torch"))
+        _check_shape_names(text, input_shapes, info.input_names)
         if input_shapes:
             logger.warning("input_shapes is ignored for torch.export programs (their shapes are fixed)")
-        mod = _load_torch_program(path)
-        return mod, _signature(mod, ModelInfo(text, "torch"))
+        return mod, info
     raise ValueError(f"model file {text!r} has an unknown extension {suffix!r}: use .onnx or .pt2")

@@ -1,0 +1,261 @@
+"""The run a user gets: thread pool sized from the allowed CPUs, damaged libraries refused before
+loading, one-line messages for bad inputs and for compiles that fail inside TVM (all in subprocesses,
+as a user runs them).  Nothing here is timed: thread counts are read back from TVM."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvm_winograd.runtime import TRAILER_MAGIC, check_library
+
+CLI = [sys.executable, "-m", "tvm_winograd.cli"]
+SHAPE = (1, 16, 20, 20)
+
+
+def _env(**extra: str) -> dict:
+    """The environment without the user's thread settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    return {**env, **extra}
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300,
+                          env=env if env is not None else _env())
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, exactly one line on stderr naming the problem, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1, proc.stderr
+    for frag in fragments:
+        assert frag in err[0], (frag, err[0])
+
+
+def _conv_onnx(path: Path) -> Path:
+    """One 3x3 convolution (16 -> 16 channels, padding 1) on a 1x16x20x20 input named ``x``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(7).standard_normal((16, 16, 3, 3)).astype("float32") * 0.1
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(SHAPE))],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _unet_onnx(path: Path) -> Path:
+    """Conv -> Conv(stride 2) -> ConvTranspose(stride 2) -> Concat with the first conv (a U-Net step)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    inits = {"w1": (8, 4, 3, 3), "w2": (8, 8, 3, 3), "wt": (8, 4, 2, 2)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w2"], ["b"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["b", "wt"], ["c"], strides=[2, 2]),
+             helper.make_node("Concat", ["a", "c"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "unet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 16, 16])],
+        [numpy_helper.from_array((rng.standard_normal(s) * 0.1).astype("float32"), n) for n, s in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def conv(tmp_path_factory) -> dict:
+    """The one-conv model, compiled by the CLI (Winograd forced) with its trailer, and an input."""
+    root = tmp_path_factory.mktemp("runtime")
+    model = _conv_onnx(root / "conv.onnx")
+    lib = root / "conv.so"
+    proc = cli("compile", str(model), "--algo", "winograd", "-o", str(lib), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["winograd_layers"] == 1
+    x = np.random.default_rng(9).standard_normal(SHAPE).astype("float32")
+    np.save(root / "x.npy", x)
+    return {"root": root, "model": model, "lib": lib, "x": x, "x_npy": root / "x.npy"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------------
+
+_PROBE = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    allowed = len(os.sched_getaffinity(0))
+    {load}
+    import tvm
+    print(json.dumps({{"threads": int(tvm.runtime.num_threads()), "allowed": allowed,
+                      "main_affinity": len(os.sched_getaffinity(0)),
+                      "modules": sorted(m for m in sys.modules if m.startswith(("tvm.relax", "tvm_winograd")))}}))
+""")
+
+
+def _probe(load: str, env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE.format(load=load)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _allowed() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def test_load_vm_uses_every_allowed_cpu(conv):
+    """No TVM_NUM_THREADS/OMP_NUM_THREADS: after load_vm and one run, TVM has one worker per allowed
+    CPU, and the main thread may still run on all of them (TVM's default pins it to CPU 0)."""
+    load = (f"from tvm_winograd.export import load_vm, run\n"
+            f"vm, dev = load_vm({str(conv['lib'])!r})\n"
+            f"run(vm, {{'x': np.load({str(conv['x_npy'])!r})}}, dev)")
+    got = _probe(load, _env())
+    assert got["threads"] == got["allowed"] == _allowed()
+    assert got["main_affinity"] == got["allowed"]
+
+
+def test_threads_keyword_and_user_setting(conv):
+    load = (f"from tvm_winograd.export import load_and_run\n"
+            f"load_and_run({str(conv['lib'])!r}, {{'x': np.load({str(conv['x_npy'])!r})}}, threads=1)")
+    got = _probe(load, _env())
+    assert got["threads"] == 1
+    assert got["main_affinity"] == got["allowed"]  # one worker, but the caller is not narrowed to one CPU
+    load = (f"from tvm_winograd.export import load_and_run\n"
+            f"load_and_run({str(conv['lib'])!r}, {{'x': np.load({str(conv['x_npy'])!r})}})")
+    assert _probe(load, _env(TVM_NUM_THREADS="1"))["threads"] == 1  # the user's setting is kept
+
+
+def test_numpy_api_configures_threads():
+    """tvm_winograd.conv2d sizes the pool before its first compiled call."""
+    load = ("import tvm_winograd as tw\n"
+            "tw.conv2d(np.ones((1, 4, 8, 8), 'float32'), np.ones((4, 4, 3, 3), 'float32'), m=2)")
+    got = _probe(load, _env())
+    assert got["threads"] == got["allowed"] == _allowed()
+    assert got["main_affinity"] == got["allowed"]
+
+
+def test_cli_run_threads_and_runtime_only_imports(conv):
+    """`tvm-winograd run`'s path with the TVM runtime library alone (TVM_USE_RUNTIME_LIB=1): no Relax,
+    no compile-side module of ours; default threads = allowed CPUs, --threads 1 gives 1."""
+    for extra, want in (([], _allowed()), (["--threads", "1"], 1)):
+        args = ["run", str(conv["lib"]), "--input", f"x={conv['x_npy']}"] + extra
+        load = f"from tvm_winograd.cli import main\nassert main({args!r}) == 0"
+        got = _probe(load, _env(TVM_USE_RUNTIME_LIB="1"))
+        assert got["threads"] == want
+        assert got["main_affinity"] == got["allowed"]
+        compile_side = {"tvm_winograd.export", "tvm_winograd.frontend", "tvm_winograd.relax_pass"}
+        assert not [m for m in got["modules"] if m.startswith("tvm.relax") or m in compile_side], got["modules"]
+    proc = cli("run", str(conv["lib"]), "--input", f"x={conv['x_npy']}", "--threads", "2", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["threads"] == 2, proc.stderr
+    assert_usage_error(cli("run", str(conv["lib"]), "--input", f"x={conv['x_npy']}", "--threads", "0"),
+                       "--threads 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# The trailer and damaged libraries
+# --------------------------------------------------------------------------------------------------
+
+def test_trailer_metadata_and_output(conv):
+    """The library carries the trailer (format, versions, target, inputs) and still loads and gives
+    onnxruntime's output: one fp32 F(m,3) conv of 16*9 taps, relative error a few 1e-6 (accuracy.py's
+    float32 bound for F(4,3) is ~1e-5 of the output scale; 1e-4 leaves room for any m <= 6)."""
+    import onnxruntime as ort
+
+    from tvm_winograd.export import load_and_run
+
+    meta = check_library(conv["lib"])
+    assert meta["format"] == "tvm-winograd-library" and meta["format_version"] == 1
+    assert meta["inputs"] == [{"name": "x", "shape": list(SHAPE), "dtype": "float32"}]
+    assert "llvm" in meta["target"] and meta["package_version"] and meta["tvm_version"]
+    assert conv["lib"].read_bytes().endswith(TRAILER_MAGIC)
+    got = load_and_run(conv["lib"], {"x": conv["x"]})[0]
+    sess = ort.InferenceSession(str(conv["model"]), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"x": conv["x"]})[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_plain_tvm_library_without_trailer_loads(conv, tmp_path):
+    """A library as TVM's export_library writes it (the trailer cut off at its start) passes the ELF check."""
+    data = conv["lib"].read_bytes()
+    (length,) = struct.unpack("<Q", data[-56:-48])
+    plain = tmp_path / "plain.so"
+    plain.write_bytes(data[:len(data) - 56 - length])
+    assert check_library(plain) is None
+    proc = cli("run", str(plain), "--input", f"x={conv['x_npy']}", "-o", str(tmp_path / "y.npy"))
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(np.load(tmp_path / "y.npy"), np.load(_run_y(conv, tmp_path)))
+    # without a trailer a wrong dtype falls back to TVM's own check (its last line), still one line
+    x64 = tmp_path / "x64.npy"
+    np.save(x64, conv["x"].astype("float64"))
+    assert_usage_error(cli("run", str(plain), "--input", f"x={x64}"), "'x'", "float64", "float32")
+
+
+def _run_y(conv, tmp_path) -> Path:
+    out = tmp_path / "y_trailer.npy"
+    proc = cli("run", str(conv["lib"]), "--input", f"x={conv['x_npy']}", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_truncated_and_flipped_libraries_are_refused(conv, tmp_path):
+    data = conv["lib"].read_bytes()
+    half = tmp_path / "half.so"
+    half.write_bytes(data[:len(data) // 2])
+    assert_usage_error(cli("run", str(half), "--input", f"x={conv['x_npy']}"), "half.so", "truncated")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    flip = tmp_path / "flip.so"
+    flip.write_bytes(bytes(flipped))
+    assert_usage_error(cli("run", str(flip), "--input", f"x={conv['x_npy']}"), "flip.so", "damaged", "sha256")
+    cut = tmp_path / "cut.so"  # the magic and digest gone, the JSON left behind the ELF
+    cut.write_bytes(data[:-40])
+    assert_usage_error(cli("run", str(cut), "--input", f"x={conv['x_npy']}"), "cut.so", "damaged", "cut")
+    with pytest.raises(ValueError, match="half.so"):
+        check_library(half)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_name_the_input_and_the_signature(conv, tmp_path):
+    x64 = tmp_path / "x64.npy"
+    np.save(x64, conv["x"].astype("float64"))
+    assert_usage_error(cli("run", str(conv["lib"]), "--input", f"x={x64}"),
+                       "input 'x' is float64[1,16,20,20]; the model takes float32[1,16,20,20]")
+    rank3 = tmp_path / "rank3.npy"
+    np.save(rank3, conv["x"][0])
+    assert_usage_error(cli("run", str(conv["lib"]), "--input", f"x={rank3}"),
+                       "input 'x' is float32[16,20,20]; the model takes float32[1,16,20,20]")
+    assert_usage_error(cli("run", str(conv["lib"]), "--input", f"image={conv['x_npy']}"),
+                       "'image'", "model's inputs ['x']")
+
+
+def test_input_shape_for_an_unknown_name(conv, tmp_path):
+    assert_usage_error(cli("compile", str(conv["model"]), "--input-shape", "nope:1,16,20,20",
+                           "-o", str(tmp_path / "o.so")), "'nope'", "conv.onnx", "'x'")
+    assert_usage_error(cli("layers", str(conv["model"]), "--input-shape", "nope:1,16,20,20"), "'nope'", "'x'")
+
+
+def test_compile_failing_inside_tvm_is_one_line(tmp_path):
+    """ConvTranspose converted to NHWC has no lowering in TVM 0.27 (VM codegen error): exit 2 naming the
+    op; the model's own layout (--layout keep) compiles."""
+    model = _unet_onnx(tmp_path / "unet.onnx")
+    assert_usage_error(cli("compile", str(model), "-o", str(tmp_path / "u.so")), "relax.nn.conv2d_transpose",
+                       "--layout keep")
+    proc = cli("compile", str(model), "--layout", "keep", "-o", str(tmp_path / "u.so"))
+    assert proc.returncode == 0, proc.stderr
