@@ -259,3 +259,14 @@ def test_compile_failing_inside_tvm_is_one_line(tmp_path):
                        "--layout keep")
     proc = cli("compile", str(model), "--layout", "keep", "-o", str(tmp_path / "u.so"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_symbolic_dimensions_match_any_size():
+    from tvm_winograd.runtime import check_inputs
+
+    signature = [{"name": "x", "shape": ["n", 16, "h", "w"], "dtype": "float32"}]
+    check_inputs(signature, {"x": np.zeros((3, 16, 7, 9), "float32")})
+    with pytest.raises(ValueError, match=r"input 'x' is float32\[3,8,7,9\]; the model takes float32\[n,16,h,w\]"):
+        check_inputs(signature, {"x": np.zeros((3, 8, 7, 9), "float32")})
+    with pytest.raises(ValueError, match=r"is float16\[1,16,2,2\]; the model takes float32"):
+        check_inputs(signature, {"x": np.zeros((1, 16, 2, 2), "float16")})
