@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU worker threads (default: TVM_NUM_THREADS if set, else every CPU this process may use)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _cmd(sub, "bench", cmd_bench, "per-layer benchmark: ours vs TVM direct vs PyTorch vs onnxruntime",
-             "tvm-winograd bench --layers 'resnet_*' --trials 32 --png bench.png")
+    p = _cmd(sub, "bench", cmd_bench,
+             "per-layer benchmark: ours vs TVM direct, onnxruntime, OpenVINO, PyTorch (probe, roofline, self-checks)",
+             "tvm-winograd bench --layers 'resnet_*' --png bench.png")
     from .bench import add_bench_arguments
 
     add_bench_arguments(p)

@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 
 __all__ = [
     "BLOCK_GAP_S", "Competitor", "Timing", "time_alternating", "best_of_groups", "LoadMonitor",
-    "Reliability", "PEER_PEAK_FRACTION", "CLI_AGREEMENT", "OTHER_LOAD_LIMIT",
+    "Reliability", "PEER_PEAK_FRACTION", "CLI_AGREEMENT", "OTHER_LOAD_LIMIT", "configurations_markdown",
 ]
 
 #: Idle time before every timed block (thread pools stop spinning; see the module docstring).
@@ -218,6 +218,23 @@ class Reliability:
     def markdown(self) -> str:
         head = "**Reliable run**" if self.reliable else "**UNRELIABLE RUN**: " + "; ".join(self.problems)
         return head + "\n\n" + "\n".join(f"- {f}" for f in self.facts)
+
+
+def configurations_markdown(rows: list[dict]) -> str:
+    """One line naming each competitor's configuration(s) over the report's rows (a row's ``configs``
+    maps competitor -> the configuration that was reported, e.g. onnxruntime's faster spinning mode)."""
+    seen: dict[str, dict[str, int]] = {}
+    for row in rows:
+        for comp, config in row["configs"].items():
+            seen.setdefault(comp, {}).setdefault(config, 0)
+            seen[comp][config] += 1
+    parts = []
+    for comp, configs in sorted(seen.items()):
+        if len(configs) == 1:
+            parts.append(f"{comp}: {next(iter(configs))}")
+        else:
+            parts.append(f"{comp}: " + " / ".join(f"{c} ({n} rows)" for c, n in configs.items()))
+    return "Configurations (the faster one where several were measured): " + "; ".join(parts)
 
 
 #: The affinity this process started with (before anything could narrow it).

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import LoadMonitor, Reliability, Timing, best_of_groups
+from .harness import LoadMonitor, Reliability, configurations_markdown, Timing, best_of_groups
 from .peers import conv_onnx, measure, peer_recipes, save_npz
 
 logger = logging.getLogger(__name__)
@@ -221,8 +221,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['layer']} | {r['choice']} | " + " | ".join(cells)
                      + f" | {bp or '-'} | {ratio} | {r['gflops']['ours']:.0f} | {peer_gf}"
                      + f" | {r['limit_ms']:.3f} ({r['limit_bound']}) | {r['pct_of_limit']:.0%} |")
-    configs = {c: cfg for r in rows for c, cfg in r["configs"].items()}
-    lines += ["", "Configurations: " + "; ".join(f"{c}: {cfg}" for c, cfg in sorted(configs.items()))]
+    lines += ["", configurations_markdown(rows)]
     return "\n".join(lines)
 
 

@@ -84,14 +84,11 @@ def peer_recipes(onnx_path: str, inputs_npz: str, threads: int, *, torch: dict |
 # ----------------------------------------------------------------------------------------------
 
 def _tvm_vm(recipe: dict):
-    from ..runtime import configure_threads
-
-    configure_threads(recipe["threads"])
     import tvm
-    from tvm.runtime.vm import VirtualMachine
 
-    dev = tvm.cpu(0)
-    vm = VirtualMachine(tvm.runtime.load_module(recipe["library"]), dev)
+    from ..runtime import load_vm
+
+    vm, dev = load_vm(recipe["library"], "cpu", threads=recipe["threads"])  # what `tvm-winograd run` loads
     feed = load_npz(recipe["inputs"])
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in feed.values()]
     main = vm["main"]
