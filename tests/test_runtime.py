@@ -270,3 +270,19 @@ def test_symbolic_dimensions_match_any_size():
         check_inputs(signature, {"x": np.zeros((3, 8, 7, 9), "float32")})
     with pytest.raises(ValueError, match=r"is float16\[1,16,2,2\]; the model takes float32"):
         check_inputs(signature, {"x": np.zeros((1, 16, 2, 2), "float16")})
+
+
+def test_tuning_runner_workers_use_every_allowed_cpu(monkeypatch):
+    """MetaSchedule's local runner evaluates candidates in worker processes on threads of their own:
+    without the initializer they measured on TVM's default pool (half the cores on x86), so the tuner
+    chose schedules for one core of two (fails without the initializer: 1 worker)."""
+    import tvm
+
+    from tvm_winograd.targets import host_target
+    from tvm_winograd.tune.measure import make_runner
+
+    for var in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    runner = make_runner(host_target())
+    # num_threads() sizes the worker thread's pool as a candidate's first parallel call would.
+    assert runner.pool.submit(tvm.runtime.num_threads).result() == len(os.sched_getaffinity(0))

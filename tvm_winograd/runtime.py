@@ -52,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "configure_threads",
+    "export_thread_count",
     "allowed_cpus",
     "THREAD_ENV_VARS",
     "append_trailer",
@@ -121,6 +122,19 @@ def configure_threads(threads: int | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 # The trailer: JSON | u64 LE length | sha256 | MAGIC
 # --------------------------------------------------------------------------------------------------
+
+
+def export_thread_count(threads: int | None = None) -> None:
+    """Put the pool size in this process's environment (``TVM_NUM_THREADS``; a user's setting wins).
+
+    :func:`configure_threads` sizes the pool of the calling thread only; a process whose TVM calls run
+    on threads it does not create (MetaSchedule's runner workers evaluate candidates on their own
+    threads) needs the variable, which TVM reads in every thread that has not been configured.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads {threads} must be at least 1")
+    if not any(os.environ.get(var) for var in THREAD_ENV_VARS):
+        os.environ["TVM_NUM_THREADS"] = str(threads or len(allowed_cpus()))
 
 #: The last 16 bytes of a library written by ``tvm_winograd.export.export_library``.
 TRAILER_MAGIC = b"\x00TVM-WINOGRAD\x00v1"
