@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 __all__ = [
     "BLOCK_GAP_S", "Competitor", "Timing", "time_alternating", "best_of_groups", "LoadMonitor",
     "Reliability", "PEER_PEAK_FRACTION", "CLI_AGREEMENT", "OTHER_LOAD_LIMIT", "configurations_markdown",
+    "report_head",
 ]
 
 #: Idle time before every timed block (thread pools stop spinning; see the module docstring).
@@ -218,6 +219,15 @@ class Reliability:
     def markdown(self) -> str:
         head = "**Reliable run**" if self.reliable else "**UNRELIABLE RUN**: " + "; ".join(self.problems)
         return head + "\n\n" + "\n".join(f"- {f}" for f in self.facts)
+
+
+def report_head(meta: dict, settings: str) -> list[str]:
+    """The lines every report starts with: the machine probe, the self-checks, then ``settings`` (what
+    was compared, one sentence), the timing protocol and the command."""
+    isolated = " (each in its own process)" if meta["isolate"] else ""
+    return [meta["probe_md"], "", meta["reliability_md"], "",
+            f"Threads {meta['threads']} for every competitor; {settings}; medians of {meta['rounds']} alternating "
+            f"blocks{isolated}. Command: `{meta['command']}`", ""]
 
 
 def configurations_markdown(rows: list[dict]) -> str:

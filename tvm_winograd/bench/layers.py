@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import LoadMonitor, Reliability, configurations_markdown, Timing, best_of_groups
+from .harness import LoadMonitor, Reliability, Timing, best_of_groups, configurations_markdown, report_head
 from .peers import conv_onnx, measure, peer_recipes, save_npz
 
 logger = logging.getLogger(__name__)
@@ -205,11 +205,8 @@ def calibrate_peer(threads: int, work: Path, rounds: int = 5) -> float:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [meta["probe_md"], "", meta["reliability_md"], "",
-             f"Threads {meta['threads']} for every competitor; batch {meta['batch']}; ours in {meta['layout']}; "
-             f"{'untuned defaults' if not meta['trials'] else str(meta['trials']) + ' trials per algorithm'}; "
-             f"medians of {meta['rounds']} alternating blocks{' (each in its own process)' if meta['isolate'] else ''}. "
-             f"Command: `{meta['command']}`", "",
+    tuning = "untuned defaults" if not meta["trials"] else f"{meta['trials']} trials per algorithm"
+    lines = report_head(meta, f"batch {meta['batch']}; ours in {meta['layout']}; {tuning}") + [
              "| layer | ours | " + " | ".join(f"{c} ms" for c in COMPETITORS)
              + " | best peer | ours / best peer | ours GFLOP/s | best peer GFLOP/s | limit ms (bound) | % of limit |",
              "|" + "---|" * (len(COMPETITORS) + 8)]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import BLOCK_GAP_S, LoadMonitor, Reliability, configurations_markdown, best_of_groups
+from .harness import BLOCK_GAP_S, LoadMonitor, Reliability, best_of_groups, configurations_markdown, report_head
 from .peers import measure, peer_recipes, save_npz
 
 logger = logging.getLogger(__name__)
@@ -136,11 +136,8 @@ def bench_model(name: str, batch: int, args, threads: int, work: Path, reliabili
 
 def markdown(rows: list[dict], meta: dict) -> str:
     comps = [c for c in COMPETITORS if any(c in r["ms"] for r in rows)]
-    lines = [meta["probe_md"], "", meta["reliability_md"], "",
-             f"Threads {meta['threads']} for every competitor; {meta['image_size']}x{meta['image_size']}; "
-             f"{'tuning records from ' + meta['schedules'] if meta['schedules'] else 'untuned (no tuning records)'}; "
-             f"medians of {meta['rounds']} alternating blocks{' (each in its own process)' if meta['isolate'] else ''}. "
-             f"Command: `{meta['command']}`", "",
+    tuning = f"tuning records from {meta['schedules']}" if meta["schedules"] else "untuned (no tuning records)"
+    lines = report_head(meta, f"{meta['image_size']}x{meta['image_size']}; {tuning}") + [
              "| model | batch | " + " | ".join(f"{c} ms" for c in comps)
              + " | ours / faster of onnxruntime, OpenVINO | ours images/s | Winograd convs | compile s |",
              "|" + "---|" * (len(comps) + 6)]
