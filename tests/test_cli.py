@@ -160,3 +160,46 @@ def test_compile_cuda_carries_cubin(tmp_path, arch):
     assert proc.returncode == 0, proc.stderr
     sms = {img.sm for img in file_cuda_images(out) if img.kind == "cubin"}
     assert int(arch[3:]) in sms, sms
+
+
+def _one_conv_onnx(path: Path, channels: int = 16, size: int = 12) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((channels, channels, 3, 3)).astype("float32")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    graph = helper.make_graph(
+        [node], "l", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_tune_then_compile_in_a_fresh_directory_applies_the_result(tmp_path):
+    """The main flow from a directory outside the repository: `tune` writes ./schedules/<target>,
+    and `layers` and `compile` in the same directory apply it without being told where it is
+    (they used to look next to the package and compile the heuristic's choice)."""
+    _one_conv_onnx(tmp_path / "l.onnx")
+    proc = cli("tune", "l.onnx", "--trials", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [choices_file] = list((tmp_path / "schedules").glob("*/choices.json"))
+    assert "schedules: " + str(choices_file.parent) in proc.stdout
+    [choice] = json.loads(choices_file.read_text()).values()
+    assert list((tmp_path / "tuning_logs").glob("*/database_tuning_record.json"))
+
+    proc = cli("layers", "l.onnx", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [layer] = json.loads(proc.stdout)
+    assert layer["source"] == "tuned", layer
+    assert (layer["algorithm"], layer["m"]) == (choice["algorithm"], choice.get("m")), (layer, choice)
+
+    proc = cli("compile", "l.onnx", "-o", "l.so", "--json", "--debug", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["schedules"] == str(choices_file.parent)
+    [layer] = summary["layers"]
+    assert layer["source"] == "tuned" and (layer["algorithm"], layer["m"]) == (choice["algorithm"], choice.get("m"))
+    # The tuned record itself was applied to the compiled function (export logs how many it scheduled).
+    assert "applied tuned schedules from" in proc.stderr and "to 1 of our functions" in proc.stderr, proc.stderr

@@ -149,6 +149,7 @@ def cmd_layers(args) -> int:
 
 def cmd_tune(args) -> int:
     from .tune.model import tune_model
+    from .tune.paths import schedules_dir, tuning_logs_dir
 
     mod, _info = _load(args)
     target = _target(args.target)
@@ -164,12 +165,15 @@ def cmd_tune(args) -> int:
              f"{r['speedup_vs_direct']:.2f}x" if r.get("speedup_vs_direct") else None) for r in results]
     _print_table("tuned layers (median ms per candidate)", ["workload", "chosen", "m", "candidates (ms)",
                                                              "vs direct"], rows)
+    print(f"tuning logs: {tuning_logs_dir(target, args.log_dir)}")
+    print(f"schedules: {schedules_dir(target, args.schedules)} (compile and layers apply them from here)")
     return 0
 
 
 def cmd_compile(args) -> int:
     from .export import compile_model, export_library
     from .targets import is_cuda
+    from .tune.paths import schedules_dir
 
     target = _target(args.target)
     sdir = _schedules_dir(args.schedules)
@@ -187,7 +191,10 @@ def cmd_compile(args) -> int:
         require_cubin(path, str(target.attrs.get("arch", "")))
     seconds = time.perf_counter() - start
     n_wino = sum(r.algorithm == "winograd" for r in reports)
+    records = schedules_dir(target, sdir)
+    tuned = records / "database_tuning_record.json"
     summary = {"output": str(path), "target": str(target), "seconds": round(seconds, 2),
+               "schedules": str(records) if tuned.is_file() else None,
                "inputs": {n: {"shape": list(info.input_shapes[n]), "dtype": info.input_dtypes[n]}
                           for n in info.input_names},
                "winograd_layers": n_wino, "conv_layers": len(reports),
@@ -198,6 +205,7 @@ def cmd_compile(args) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{n_wino} of {len(reports)} convolutions use Winograd")
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
+        print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
     return 0
 
 
@@ -337,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
              "tvm-winograd layers resnet18 --target llvm")
     _add_model_args(p)
     _add_target(p)
-    p.add_argument("--schedules", metavar="DIR", help="schedules directory (default: the committed one)")
+    p.add_argument("--schedules", metavar="DIR", help="tuning results to apply (default ./schedules, where tune writes)")
     p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto")
     _add_layout(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -347,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target(p)
     p.add_argument("--trials", type=int, default=64, help="measured trials per candidate (default 64)")
-    p.add_argument("--log-dir", metavar="DIR", help="tuning log root (default tuning_logs/)")
-    p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default schedules/)")
+    p.add_argument("--log-dir", metavar="DIR", help="tuning log root (default ./tuning_logs)")
+    p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default ./schedules)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the servers of a TVM RPC tracker")
     p.add_argument("--rpc-key", metavar="KEY", help="device key of the RPC servers")
     _add_layout(p)
@@ -359,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_target(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.so", help="the library to write")
-    p.add_argument("--schedules", metavar="DIR", help="tuned schedules directory (default: the committed one)")
+    p.add_argument("--schedules", metavar="DIR", help="tuning results to apply (default ./schedules, where tune writes)")
     p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto",
                    help="auto: measured choice, else heuristic (default)")
     _add_layout(p)

@@ -34,11 +34,12 @@ from tvm import relax, tirx
 
 from . import __version__
 from .frontend import model_signature
-from .relax_pass import KIND_ATTR, LayerReport, convert_conv_layout, resolve_schedules_dir, rewrite_winograd
+from .relax_pass import KIND_ATTR, LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .targets import is_cuda, resolve_target
+from .tune.paths import schedules_dir as schedules_dir_for
 
 __all__ = [
     "CompileError",
@@ -122,8 +123,8 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
     return mod
 
 
-def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path | None) -> tvm.IRModule:
-    if sdir is None or not (sdir / "database_tuning_record.json").is_file():
+def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path) -> tvm.IRModule:
+    if not (sdir / "database_tuning_record.json").is_file():
         return mod
     from .tune.database import open_database
 
@@ -186,7 +187,7 @@ def prepare_model(
     if leftover:
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
-    mod = _apply_database(mod, tgt, resolve_schedules_dir(schedules_dir, tgt))
+    mod = _apply_database(mod, tgt, schedules_dir_for(tgt, schedules_dir))
     mod = _default_schedules(mod, tgt)
     if not is_cuda(tgt):  # the direct convs' weight packing, once at compile time (constant weights)
         mod = hoist_weight_packing(mod)
@@ -239,7 +240,8 @@ def compile_model(
         Anything :func:`~tvm_winograd.targets.resolve_target` accepts (``"llvm"``, ``"cuda"``, ``"sm_90"``...).
     schedules_dir
         The per-target schedules directory (``choices.json`` + JSONDatabase) or its parent;
-        ``None``: the committed ``schedules/<target_dirname>`` if present.
+        ``None``: ``./schedules/<target_dirname>`` (:func:`tvm_winograd.tune.paths.schedules_dir`), where
+        ``tune`` writes; absent: untuned.
     algo
         ``"auto"`` | ``"winograd"`` | ``"direct"`` (see :func:`rewrite_winograd`).
     rewrite

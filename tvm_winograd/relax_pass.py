@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import tvm
@@ -36,8 +35,9 @@ from tvm import relax, tirx
 
 from .compute import (Epilogue, direct_func, kernel_pack_shape, target_config, weight_transform_func,
                       winograd_func)
-from .targets import resolve_target, target_dirname
+from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
+from .tune.paths import schedules_dir as schedules_dir_for
 from .transforms import ALPHA_MAX
 from .workload import (
     CANDIDATE_TILES,
@@ -55,7 +55,6 @@ __all__ = [
     "rewrite_winograd",
     "winograd_pass",
     "format_report",
-    "resolve_schedules_dir",
     "ALGOS",
     "KIND_ATTR",
 ]
@@ -113,26 +112,6 @@ def format_report(reports: list[LayerReport]) -> str:
     n_wino = sum(r.algorithm == "winograd" for r in reports)
     lines.append(f"\n{n_wino} of {len(reports)} convolutions use Winograd.")
     return "\n".join(lines)
-
-
-def resolve_schedules_dir(schedules_dir: str | os.PathLike | None, target) -> Path | None:
-    """The per-target directory holding ``choices.json`` and the tuning database.
-
-    ``schedules_dir`` may be the per-target directory itself or its parent (``schedules/``, in which
-    case ``schedules/<target_dirname>`` is used).  ``None`` means the repository's committed
-    ``schedules/<target_dirname>`` (or the packaged ``tvm_winograd/data/schedules/...``) if present.
-    """
-    dirname = target_dirname(target)
-    if schedules_dir is None:
-        here = Path(__file__).resolve().parent
-        for base in (here / "data" / "schedules", here.parent / "schedules"):
-            if (base / dirname).is_dir():
-                return base / dirname
-        return None
-    path = Path(schedules_dir)
-    if (path / dirname).is_dir():
-        return path / dirname
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,8 +419,8 @@ def _check_and_fold(mod: tvm.IRModule, target: object, schedules_dir: str | os.P
     if not isinstance(mod, tvm.IRModule):
         raise ValueError(f"expected a Relax IRModule, got {type(mod).__name__}")
     tgt = resolve_target(target)
-    sdir = resolve_schedules_dir(schedules_dir, tgt)
-    choices = load_choices(sdir) if sdir is not None else {}
+    sdir = schedules_dir_for(tgt, schedules_dir)
+    choices = load_choices(sdir)
     if choices:
         logger.info("using %d measured algorithm choices from %s", len(choices), sdir)
     return relax.transform.FoldConstant()(mod), choices
@@ -516,7 +495,8 @@ def rewrite_winograd(
         What the choices are for (anything :func:`~tvm_winograd.targets.resolve_target` accepts);
         selects ``schedules/<target_dirname>/choices.json``.
     schedules_dir
-        The per-target schedules directory or its parent; ``None``: the committed one, if any.
+        The per-target schedules directory or its parent; ``None``: ``./schedules``
+        (:func:`tvm_winograd.tune.paths.schedules_dir`, where ``tune`` writes).
     algo
         ``"auto"`` (measurement, else heuristic), ``"winograd"`` (every eligible layer) or
         ``"direct"``.

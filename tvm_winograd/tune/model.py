@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import tvm
 
 from ..compute import Epilogue
-from ..targets import resolve_target, target_dirname
+from ..targets import resolve_target
 from ..workload import Conv2dSpec
+from .paths import schedules_dir as schedules_dir_for
+from .paths import tuning_logs_dir
 
-__all__ = ["model_workloads", "tune_model", "default_dirs"]
+__all__ = ["model_workloads", "tune_model"]
 
 logger = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_dirs(target, log_dir: str | os.PathLike | None, schedules_dir: str | os.PathLike | None) -> tuple[Path, Path]:
-    """``(tuning_logs/<target>, schedules/<target>)``, each under the given root or the working directory."""
-    name = target_dirname(target)
-    logs = Path(log_dir) if log_dir else Path("tuning_logs")
-    sched = Path(schedules_dir) if schedules_dir else Path("schedules")
-    return (logs if logs.name == name else logs / name), (sched if sched.name == name else sched / name)
-
 
 def model_workloads(mod: tvm.IRModule, target: object = "llvm",
                     layout: str = "auto") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
@@ -60,7 +50,8 @@ def tune_model(
 
     Returns one dict per workload: ``key``, ``layers``, ``algorithm``, ``m``, ``times_ms`` (median per
     candidate) and ``speedup_vs_direct``.  Records go to ``<log_dir>/<target>/``, best records and
-    ``choices.json`` to ``<schedules_dir>/<target>/``; re-running resumes.
+    ``choices.json`` to ``<schedules_dir>/<target>/`` (:mod:`.paths`: ``./tuning_logs`` and
+    ``./schedules`` by default, where ``compile`` looks); re-running resumes.
     """
     from .measure import make_runner
     from .tuner import tune_layer
@@ -69,7 +60,7 @@ def tune_model(
     if (rpc_tracker is None) != (rpc_key is None):
         raise ValueError("--rpc-tracker and --rpc-key go together")
     runner = make_runner(tgt, rpc_tracker, rpc_key)
-    logs, sched = default_dirs(tgt, log_dir, schedules_dir)
+    logs, sched = tuning_logs_dir(tgt, log_dir), schedules_dir_for(tgt, schedules_dir)
     workloads = model_workloads(mod, tgt, layout)
     if not workloads:
         logger.warning("the model has no Winograd-eligible convolution: nothing to tune")

@@ -49,11 +49,13 @@ from tvm.target import Target
 from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
 from ..compute import Epilogue, block_kernel_pack, direct_func, kernel_block_of, target_config, winograd_func
 from ..reference import conv2d_direct, winograd_weight_transform
-from ..targets import resolve_target, target_dirname
+from ..targets import resolve_target
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice, save_choices
 from .database import open_database, skip_measured
 from .measure import make_builder, make_runner
+from .paths import schedules_dir as schedules_dir_for
+from .paths import tuning_logs_dir
 
 __all__ = [
     "CandidateResult",
@@ -66,8 +68,6 @@ __all__ = [
     "apply_best",
     "verify_func",
     "format_results",
-    "default_tuning_dir",
-    "default_schedules_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -172,16 +172,6 @@ class LayerTuneResult:
             return None
         name = "direct" if self.choice.algorithm == "direct" else f"winograd_m{self.choice.m}"
         return self.candidates[name].median_ms
-
-
-def default_tuning_dir(target: Target) -> Path:
-    """``./tuning_logs/<target-dir>`` (full, resumable tuning logs)."""
-    return Path.cwd() / "tuning_logs" / target_dirname(target)
-
-
-def default_schedules_dir(target: Target) -> Path:
-    """``./schedules/<target-dir>`` (best record per workload + choices.json, applied at compile time)."""
-    return Path.cwd() / "schedules" / target_dirname(target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,8 +461,8 @@ def tune_layer(
             raise ValueError(f"candidate {name!r} is not available for {spec.key()}: choose from {allowed}")
     if not names:
         raise ValueError("candidates is empty")
-    work_dir = Path(work_dir) if work_dir is not None else default_tuning_dir(tgt)
-    schedules_dir = Path(schedules_dir) if schedules_dir is not None else default_schedules_dir(tgt)
+    work_dir = Path(work_dir) if work_dir is not None else tuning_logs_dir(tgt)  # a given one: exactly there
+    schedules_dir = Path(schedules_dir) if schedules_dir is not None else schedules_dir_for(tgt)
     per_iter = int(trials_per_iter or min(16, trials))
     can_verify = verify and tgt.kind.name == "llvm"
     start = time.perf_counter()
@@ -635,7 +625,7 @@ def apply_best(func: tirx.PrimFunc, target: object, schedules_dir: str | os.Path
                ) -> tirx.PrimFunc | None:
     """The tuned schedule of exactly ``func`` from ``schedules_dir`` (its best record), or ``None``."""
     tgt = resolve_target(target)
-    schedules_dir = Path(schedules_dir) if schedules_dir is not None else default_schedules_dir(tgt)
+    schedules_dir = Path(schedules_dir) if schedules_dir is not None else schedules_dir_for(tgt)
     if not (schedules_dir / "database_workload.json").exists():
         return None
     mod = _as_module(func)
