@@ -174,16 +174,17 @@ def _torch_group(timings: dict[str, Timing]) -> dict[str, Timing]:
 
 def _measure_split(recipes, ours_ref, nchw_ref, args) -> dict[str, Timing]:
     """Check outputs (ours and tvm_direct against the layout's reference, peers against NCHW), then time."""
-    tol = 1e-3  # a sanity check that everyone computes the same thing; accuracy is tested elsewhere
-    if not args.isolate:
-        from .peers import build_competitor, check_outputs
-        from .harness import time_alternating
+    from .harness import time_alternating
+    from .peers import build_competitor, check_outputs
 
-        comps = [build_competitor(r) for r in recipes]
-        check_outputs([c for c in comps if c.name in ("ours", "tvm_direct")], ours_ref, tol, "layer")
-        check_outputs([c for c in comps if c.name not in ("ours", "tvm_direct")], nchw_ref, tol, "layer")
-        return time_alternating(comps, args.rounds)
-    return measure(recipes, args.rounds, isolate=True)
+    tol = 1e-3  # a sanity check that everyone computes the same thing; accuracy is tested elsewhere
+    comps = [build_competitor(r) for r in recipes]
+    check_outputs([c for c in comps if c.name in ("ours", "tvm_direct")], ours_ref, tol, "layer")
+    check_outputs([c for c in comps if c.name not in ("ours", "tvm_direct")], nchw_ref, tol, "layer")
+    if args.isolate:
+        del comps  # each block is timed in a worker process of its own
+        return measure(recipes, args.rounds, isolate=True)
+    return time_alternating(comps, args.rounds)
 
 
 def calibrate_peer(threads: int, work: Path, rounds: int = 5) -> float:

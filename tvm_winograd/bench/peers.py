@@ -215,13 +215,15 @@ def check_outputs(competitors: list[Competitor], reference: np.ndarray, toleranc
 def measure(recipes: list[dict], rounds: int, *, isolate: bool = False, reference: np.ndarray | None = None,
             tolerance: float = 1e-3, what: str = "", **timing) -> dict[str, Timing]:
     """Time the recipes' competitors (:func:`~.harness.time_alternating`), all in this process or
-    (``isolate``) each block in a worker process of its own; in-process, every output is first
-    compared with ``reference``."""
-    if not isolate:
+    (``isolate``) each block in a worker process of its own; every output is first compared with
+    ``reference`` (in this process)."""
+    if not isolate or reference is not None:
         competitors = [build_competitor(r) for r in recipes]
         if reference is not None:
             check_outputs(competitors, reference, tolerance, what)
-        return time_alternating(competitors, rounds, **timing)
+        if not isolate:
+            return time_alternating(competitors, rounds, **timing)
+        del competitors
     samples: dict[str, list[float]] = {r["name"]: [] for r in recipes}
     info: dict[str, dict] = {}
     for _ in range(rounds):
