@@ -183,3 +183,24 @@ def test_winograd_limit_reads_large_arrays_from_dram():
     assert lim.memory_ms == pytest.approx(u / 30e9 * 1e3 + 2 * 7 * 7 * 512 * 4 / 100e9 * 1e3)
     assert lim.bound == "memory"
     assert math.isclose(lim.ms, lim.memory_ms)
+
+
+def test_isolated_competitors_run_in_worker_processes(tmp_path):
+    """``--isolate``: every block of a competitor runs in a fresh worker process; the output check
+    still happens here first (a wrong reference is rejected before any worker starts)."""
+    from tvm_winograd.bench.peers import conv_onnx, measure, save_npz
+    from tvm_winograd.reference import conv2d_direct
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 10, 10)).astype("float32")
+    w = rng.standard_normal((8, 8, 3, 3)).astype("float32")
+    (tmp_path / "c.onnx").write_bytes(conv_onnx(x.shape, w, 1).SerializeToString())
+    recipe = {"name": "onnxruntime[spin=0]", "kind": "onnxruntime", "onnx": str(tmp_path / "c.onnx"),
+              "inputs": save_npz(tmp_path / "x.npz", {"x": x}), "threads": 1, "spin": False}
+    ref = conv2d_direct(x.astype(np.float64), w.astype(np.float64), padding=1)
+    with pytest.raises(RuntimeError, match="differs from the reference"):
+        measure([recipe], 2, isolate=True, reference=ref * (1 + 1e-2), tolerance=1e-4)
+    timings = measure([recipe], 2, isolate=True, reference=ref, tolerance=1e-4, gap_s=0.0, block_s=0.001)
+    t = timings["onnxruntime[spin=0]"]
+    assert len(t.samples_ms) == 2 and all(s > 0 for s in t.samples_ms)
+    assert t.config.endswith("(own process)") and t.group == "onnxruntime"
