@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .harness import LoadMonitor, Reliability, Timing, best_of_groups, configurations_markdown, report_head
+from .harness import Timing, best_of_groups, configurations_markdown, report_head
 from .peers import conv_onnx, measure, peer_recipes, save_npz
+from .session import bench_session, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -187,24 +187,6 @@ def _measure_split(recipes, ours_ref, nchw_ref, args) -> dict[str, Timing]:
     return time_alternating(comps, args.rounds)
 
 
-def calibrate_peer(threads: int, work: Path, rounds: int = 5) -> float:
-    """onnxruntime's effective GFLOP/s on VGG conv3_2 (NCHW, batch 1), the faster of its two
-    configurations: the self-check that the peers run at their real speed in this process."""
-    from ..tune.tasks import layer_spec
-
-    spec = layer_spec("vgg_conv3_2", 1, "NCHW")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(spec.input_shape).astype("float32")
-    w = rng.standard_normal(spec.weight_shape).astype("float32")
-    work.mkdir(parents=True, exist_ok=True)
-    onnx_path = work / "calibration.onnx"
-    onnx_path.write_bytes(conv_onnx(x.shape, w, 1).SerializeToString())
-    recipes = peer_recipes(str(onnx_path), save_npz(work / "calibration.npz", {"x": x}), threads,
-                           skip=frozenset({"openvino", "torch"}))
-    best = best_of_groups(measure(recipes, rounds))["onnxruntime"]
-    return spec.flops / (best.median_ms * 1e6)
-
-
 def markdown(rows: list[dict], meta: dict) -> str:
     tuning = "untuned defaults" if not meta["trials"] else f"{meta['trials']} trials per algorithm"
     lines = report_head(meta, f"batch {meta['batch']}; ours in {meta['layout']}; {tuning}") + [
@@ -245,50 +227,26 @@ def _chart(rows: list[dict], path: str, peak: float) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Probe the machine, then time every selected layer; print (and write) the report."""
-    import sys
-
-    from ..runtime import allowed_cpus, configure_threads
     from ..targets import resolve_target
     from ..tune.tasks import select_layers
-    from .probe import probe_machine
 
     if args.rounds < 1 or args.trials < 0:
         raise ValueError(f"--rounds {args.rounds} must be >= 1 and --trials {args.trials} >= 0")
-    threads = args.threads or len(allowed_cpus())
-    if threads < 1:
-        raise ValueError(f"--threads {threads} must be at least 1")
-    configure_threads(threads)
-    target = resolve_target({"kind": "llvm", "num-cores": threads})
     names = select_layers(args.layers)
-    reliability = Reliability()
-    reliability.check_affinity()
-    probe = probe_machine(threads)
-    start = time.perf_counter()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="tvm-winograd-bench-") as tmp:
-        reliability.check_peer(calibrate_peer(threads, Path(tmp)), probe.fma_gflops,
-                               "onnxruntime on VGG conv3_2 (calibration)")
-        with LoadMonitor() as load:
-            for name in names:
-                logger.info("== %s", name)
-                rows.append(bench_layer(name, args, target, threads, probe, Path(tmp)))
-    reliability.check_load(load)
-    reliability.check_affinity()
-    meta = {"threads": threads, "batch": args.batch, "layout": args.layout, "trials": args.trials,
-            "rounds": args.rounds, "isolate": args.isolate, "probe": probe.as_dict(), "probe_md": probe.markdown(),
-            "reliable": reliability.reliable, "problems": reliability.problems,
-            "reliability_md": reliability.markdown(), "total_wall_s": time.perf_counter() - start,
-            "command": " ".join(["tvm-winograd bench"] + sys.argv[2:]) if Path(sys.argv[0]).name == "tvm-winograd"
-            else " ".join(["python"] + sys.argv)}
+    with bench_session(args.threads, "layers") as session:
+        target = resolve_target({"kind": "llvm", "num-cores": session.threads})
+        for name in names:
+            logger.info("== %s", name)
+            rows.append(bench_layer(name, args, target, session.threads, session.probe, session.work))
+    meta = session.meta(batch=args.batch, layout=args.layout, trials=args.trials, rounds=args.rounds,
+                        isolate=args.isolate)
     md = markdown(rows, meta)
     result = {"meta": meta, "rows": rows}
     print(json.dumps(result, indent=1, default=str) if args.json_stdout else md)
-    if args.out_md:
-        Path(args.out_md).write_text(md + "\n")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_report(md, result, args.out_md, args.json_out)
     if args.png:
-        _chart(rows, args.png, probe.fma_gflops)
+        _chart(rows, args.png, session.probe.fma_gflops)
     return 0
 
 

@@ -26,14 +26,14 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .harness import BLOCK_GAP_S, LoadMonitor, Reliability, best_of_groups, configurations_markdown, report_head
+from .harness import BLOCK_GAP_S, Reliability, best_of_groups, configurations_markdown, report_head
 from .peers import measure, peer_recipes, save_npz
+from .session import bench_session, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -174,43 +174,21 @@ def _chart(rows: list[dict], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime import allowed_cpus, configure_threads
-    from .probe import probe_machine
-
-    threads = args.threads or len(allowed_cpus())
-    if threads < 1 or args.rounds < 1 or any(b < 1 for b in args.batch):
-        raise ValueError(f"--threads {threads}, --rounds {args.rounds} and --batch {args.batch} must be >= 1")
-    configure_threads(threads)
-    reliability = Reliability()
-    reliability.check_affinity()
-    probe = probe_machine(threads)
+    if args.rounds < 1 or any(b < 1 for b in args.batch):
+        raise ValueError(f"--rounds {args.rounds} and --batch {args.batch} must be >= 1")
     rows = []
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tvm-winograd-models-") as tmp:
-        from .layers import calibrate_peer
-
-        reliability.check_peer(calibrate_peer(threads, Path(tmp)), probe.fma_gflops,
-                               "onnxruntime on VGG conv3_2 (calibration)")
-        with LoadMonitor() as load:
-            for name in args.models:
-                for batch in args.batch:
-                    row = bench_model(name, batch, args, threads, Path(tmp), reliability)
-                    rows.append(row)
-                    print(f"{row['model']} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items()),
-                          file=sys.stderr)
-    reliability.check_load(load)
-    reliability.check_affinity()
-    meta = {"threads": threads, "image_size": args.image_size, "rounds": args.rounds, "isolate": args.isolate,
-            "schedules": args.schedules, "probe": probe.as_dict(), "probe_md": probe.markdown(),
-            "reliable": reliability.reliable, "problems": reliability.problems,
-            "reliability_md": reliability.markdown(), "wall_s": time.perf_counter() - start,
-            "command": " ".join(["python"] + sys.argv)}
+    with bench_session(args.threads, "models") as session:
+        for name in args.models:
+            for batch in args.batch:
+                row = bench_model(name, batch, args, session.threads, session.work, session.reliability)
+                rows.append(row)
+                print(f"{row['model']} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items()),
+                      file=sys.stderr)
+    meta = session.meta(image_size=args.image_size, rounds=args.rounds, isolate=args.isolate,
+                        schedules=args.schedules)
     md = markdown(rows, meta)
     print(md)
-    if args.out_md:
-        Path(args.out_md).write_text(md + "\n")
-    if args.out_json:
-        Path(args.out_json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
+    write_report(md, {"meta": meta, "rows": rows}, args.out_md, args.out_json)
     if args.png:
         _chart(rows, args.png)
     return 0
