@@ -120,15 +120,19 @@ def test_compile_bad_inputs(tmp_path):
     assert_usage_error(cli("compile", "tiny_mixed", "--target", "tpu-v9", "-o", out), "tpu-v9")
     assert_usage_error(cli("compile", "tiny_mixed", "--schedules", str(tmp_path / "nodir"), "-o", out), "nodir")
     assert_usage_error(cli("compile", "tiny_mixed", "--input-shape", "input:1,x", "-o", out), "input:1,x")
+
+
+def test_unreadable_schedules_directory_is_refused(tmp_path, monkeypatch, capsys):
+    """In-process, with the permission check answering 'no' (chmod 0 cannot lock root out, and CI
+    runs as root): exit 2 and one line before anything is loaded."""
+    from tvm_winograd import cli as cli_module
+
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0)
-    try:
-        if os.access(locked, os.R_OK):  # root can read anything: the check cannot fail here
-            return
-        assert_usage_error(cli("compile", "tiny_mixed", "--schedules", str(locked), "-o", out), "not readable")
-    finally:
-        locked.chmod(0o755)
+    monkeypatch.setattr(cli_module.os, "access", lambda path, mode: False)
+    rc = cli_module.main(["compile", "tiny_mixed", "--schedules", str(locked), "-o", str(tmp_path / "x.so")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not readable" in err[0] and "locked" in err[0], err
 
 
 def test_cuda_check_bad_input_shape():

@@ -46,10 +46,14 @@ def model_tolerance(report: list[LayerReport], ref: np.ndarray) -> float:
     """The derived fp32 bound on ``max |ours - onnxruntime|`` (module docstring)."""
     total = 0.0
     for r in report:
-        c = r.input_shape[1] if len(r.input_shape) == 4 else 1
         kh, kw = (int(v) for v in r.kernel.split("x"))
+        # The reduction length C r^2 / groups is the weight's size per output channel, in either layout:
+        # OIHW (kernel last) or HWIO (kernel first; models compile NHWC on CPUs), where input_shape[1] is H.
+        ws = tuple(int(v) for v in r.weight_shape)
+        out_channels = ws[0] if ws[2:] == (kh, kw) else ws[3]
+        fan_in = int(np.prod(ws)) // out_channels
         kappa = rms_amplification(r.m, kh) if r.algorithm == "winograd" else 1.0
-        total += EPS32 * kappa * np.sqrt(c * kh * kw / max(r.groups, 1))
+        total += EPS32 * kappa * np.sqrt(fan_in)
     return total * float(np.abs(ref).max())
 
 
