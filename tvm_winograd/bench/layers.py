@@ -149,7 +149,7 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
     # Outputs are compared in NCHW: ours in NHWC is transposed by the check.
     ours_ref = reference if spec.layout == "NCHW" else reference.transpose(0, 2, 3, 1)
     timings = _measure_split(recipes, ours_ref, reference, args)
-    best = best_of_groups(_torch_group(timings))
+    best = best_of_groups(timings)
     ms = {k: t.median_ms for k, t in best.items()}
     peers = {k: v for k, v in ms.items() if k in PEERS}
     best_peer = min(peers, key=peers.get) if peers else None
@@ -163,13 +163,6 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
         "limit_ms": limit.ms, "limit_bound": limit.bound, "pct_of_limit": limit.ms / ms["ours"],
         "stage_mb": limit.stage_bytes / 1e6,
     }
-
-
-def _torch_group(timings: dict[str, Timing]) -> dict[str, Timing]:
-    for key, t in timings.items():
-        if key.startswith("torch"):
-            t.group = "torch"
-    return timings
 
 
 def _measure_split(recipes, ours_ref, nchw_ref, args) -> dict[str, Timing]:

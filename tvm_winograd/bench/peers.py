@@ -11,7 +11,8 @@ Recipe kinds (every recipe has ``name``, ``kind``, ``threads``; paths are ``.onn
   and the faster is reported: they share the group ``onnxruntime``);
 - ``openvino``: ``onnx``, ``inputs``; CPU plugin, ``PERFORMANCE_HINT=LATENCY``,
   ``INFERENCE_NUM_THREADS=threads``, ``INFERENCE_PRECISION_HINT=f32`` (the optional ``openvino`` package);
-- ``torch_conv``: ``args`` (x NCHW, w OIHW), ``padding``: ``torch.nn.functional.conv2d``, eager;
+- ``torch_conv``: ``args`` (x NCHW, w OIHW), ``padding``, ``channels_last``: ``torch.nn.functional.conv2d``,
+  eager (its layouts share the group ``torch``: the faster is reported);
 - ``torch_builtin``: a built-in model (``model``, ``batch``, ``image_size``) as a PyTorch module, eager.
 
 Every competitor uses ``threads`` threads, TVM's pool included.
@@ -189,8 +190,12 @@ _BUILDERS: dict[str, Callable] = {"tvm_vm": _tvm_vm, "tvm_func": _tvm_func, "onn
                                   "openvino": _openvino, "torch_conv": _torch_conv, "torch_builtin": _torch_builtin}
 
 
+#: Competitor kinds measured in several configurations, of which the faster is reported.
+_GROUPS = {"onnxruntime": "onnxruntime", "torch_conv": "torch", "torch_builtin": "torch"}
+
+
 def _group(recipe: dict) -> str | None:
-    return "onnxruntime" if recipe["kind"] == "onnxruntime" else None
+    return _GROUPS.get(recipe["kind"])
 
 
 def build_competitor(recipe: dict) -> Competitor:
