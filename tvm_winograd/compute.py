@@ -36,6 +36,9 @@ import numpy as np
 from tvm import te, tirx, topi
 from tvm.topi.utils import const_matrix
 
+from .contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, DATA_PAD, DIRECT_EPILOGUE, INPUT_TILE,
+                       INVERSE, INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, NO_RULE, OUTPUT, SCHEDULE_RULE_ATTR,
+                       SCHEDULE_RULES, STAGES, rule_attrs, tag)
 from .transforms import winograd_matrices
 from .workload import Conv2dSpec, check_winograd
 
@@ -60,23 +63,6 @@ __all__ = [
 
 #: Largest alpha for which transformed tiles are stored in fp16 when the input is fp16.
 FP16_PACK_MAX_ALPHA = 6
-
-STAGES = ("data_pad", "input_tile", "data_pack", "kernel_pack", "bgemm", "inverse", "conv2d_winograd")
-
-#: ``schedule_rule`` block attribute per stage.  MetaSchedule calls the global function
-#: ``s_tir.meta_schedule.<target key>.<rule>`` for a block carrying it (see schedule/).  Stages with
-#: "None" are inlined by their consumer's rule and left alone by the generic rules.
-SCHEDULE_RULES = {
-    "data_pad": "None",
-    "input_tile": "None",
-    "data_pack_rows": "None",
-    "data_pack": "winograd_data_pack",
-    "kernel_pack": "winograd_kernel_pack",
-    "bgemm": "winograd_bgemm",
-    "inverse_rows": "None",
-    "inverse": "winograd_inverse",
-    "conv2d_winograd": "winograd_output",
-}
 
 
 @dataclass(frozen=True)
@@ -168,9 +154,9 @@ def _matrices(m: int, r: int, points: Sequence | None, dtype: str) -> tuple[te.T
     a_t, g, b_t = winograd_matrices(m, r, points)
     # const_matrix(X)[i, j] = X[i, j]; stored transposed where the compute reads columns.
     return (
-        const_matrix(np.ascontiguousarray(a_t.T).astype(dtype), "A"),  # alpha x m
-        const_matrix(g.astype(dtype), "G"),  # alpha x r
-        const_matrix(np.ascontiguousarray(b_t.T).astype(dtype), "B"),  # alpha x alpha
+        const_matrix(np.ascontiguousarray(a_t.T).astype(dtype), MATRIX_A),  # alpha x m
+        const_matrix(g.astype(dtype), MATRIX_G),  # alpha x r
+        const_matrix(np.ascontiguousarray(b_t.T).astype(dtype), MATRIX_B),  # alpha x alpha
     )
 
 
@@ -205,13 +191,166 @@ def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig
     pack = te.compute(
         kernel_pack_shape(spec, config.m, kb),
         u_value if kb is None else (lambda eps, nu, ko, c, ki: u_value(eps, nu, c, ko * kb + ki)),
-        name="kernel_pack" if out_dtype == acc else "kernel_pack_acc",
-        attrs={"schedule_rule": SCHEDULE_RULES["kernel_pack"]},
+        name=KERNEL_PACK if out_dtype == acc else KERNEL_PACK_ACC,
+        attrs=rule_attrs(KERNEL_PACK),
     )
     if out_dtype == acc:
         return pack
-    return te.compute(pack.shape, lambda *i: pack(*i).astype(out_dtype), name="kernel_pack",
-                      attrs={"schedule_rule": "None"})
+    return te.compute(pack.shape, lambda *i: pack(*i).astype(out_dtype), name=KERNEL_PACK,
+                      attrs={SCHEDULE_RULE_ATTR: NO_RULE})
+
+
+class _Storage:
+    """The storage order of one 4-D stage in one layout, so that each stage is written once.
+
+    Every stage is described by its *logical* indices (``(n, c, h, w)`` for images, ``(eps, nu, c, p)``
+    for tiles, ...); ``order`` lists which logical axis each storage axis holds, and ``names`` the
+    loop variable names of the storage axes (kept from the original per-layout compute so that the
+    generated TIR, and every schedule and tuning record over it, stays the same).
+    """
+
+    def __init__(self, order: tuple[int, ...], names: tuple[str, ...]) -> None:
+        self.order, self.names = order, list(names)
+
+    def shape(self, logical: Sequence) -> tuple:
+        return tuple(logical[i] for i in self.order)
+
+    def compute(self, logical_shape: Sequence, fcompute, name: str, attrs: dict) -> te.Tensor:
+        """``te.compute`` of a stage stored in this order; ``fcompute`` takes logical indices."""
+        def body(*idx):
+            logical = [None] * len(idx)
+            for axis, var in zip(self.order, idx):
+                logical[axis] = var
+            return fcompute(*logical)
+
+        return te.compute(self.shape(logical_shape), body, name=name, attrs=attrs, varargs_names=self.names)
+
+    def at(self, tensor: te.Tensor):
+        """``(logical indices) -> tensor[storage indices]``."""
+        return lambda *logical: tensor[tuple(logical[i] for i in self.order)]
+
+
+#: Per layout, the storage of each stage (logical axes: images (n, c, h, w); tiles (eps, nu, c, p);
+#: the GEMM and inverse (.., .., k, p); the inverse's (vh, vw, k, p)).  NCHW keeps the tile axis P
+#: innermost, NHWC the channel axis, so that the GEMM reads its contiguous axis innermost in both.
+_STORAGE = {
+    "NCHW": {
+        "image": _Storage((0, 1, 2, 3), ("n", "c", "h", "w")),
+        DATA_PAD: _Storage((0, 1, 2, 3), ("n", "c", "h", "w")),
+        INPUT_TILE: _Storage((0, 1, 2, 3), ("eps", "nu", "c", "p")),
+        DATA_PACK_ROWS: _Storage((0, 1, 2, 3), ("eps", "b", "c", "p")),
+        DATA_PACK: _Storage((0, 1, 2, 3), ("eps", "nu", "c", "p")),
+        BGEMM: _Storage((0, 1, 2, 3), ("e", "n", "k", "p")),
+        INVERSE_ROWS: _Storage((0, 1, 2, 3), ("vh", "b", "k", "p")),
+        INVERSE: _Storage((2, 3, 0, 1), ("k", "p", "vh", "vw")),
+        OUTPUT: _Storage((0, 1, 2, 3), ("n", "k", "h", "w")),
+    },
+    "NHWC": {
+        "image": _Storage((0, 2, 3, 1), ("n", "h", "w", "c")),
+        DATA_PAD: _Storage((0, 2, 3, 1), ("n", "h", "w", "c")),
+        INPUT_TILE: _Storage((0, 1, 3, 2), ("a", "b", "p", "c")),
+        DATA_PACK_ROWS: _Storage((0, 1, 3, 2), ("eps", "b", "p", "c")),
+        DATA_PACK: _Storage((0, 1, 3, 2), ("e", "n", "p", "c")),
+        BGEMM: _Storage((0, 1, 3, 2), ("e", "n", "p", "k")),
+        INVERSE_ROWS: _Storage((0, 1, 3, 2), ("vh", "b", "p", "k")),
+        INVERSE: _Storage((0, 1, 3, 2), ("vh", "vw", "p", "k")),
+        OUTPUT: _Storage((0, 2, 3, 1), ("n", "h", "w", "k")),
+    },
+}
+
+
+def _data_pack(data: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, b_mat: te.Tensor, store) -> te.Tensor:
+    """``data_pad`` -> ``input_tile`` -> (``data_pack_rows``) -> ``data_pack``: V = B_T d B per tile."""
+    m, r, acc = config.m, spec.r, config.acc_dtype
+    alpha = m + r - 1
+    pack_dtype = config.resolved_pack_dtype(spec)
+    nh, nw, n_tiles = tile_counts(spec, m)
+    pt, pl, _, _ = spec.padding
+    data_at = store["image"].at(data)
+
+    def padded(n, c, h, w):
+        inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
+        return tirx.if_then_else(inside, data_at(n, c, h - pt, w - pl), tirx.const(0, spec.dtype))
+
+    pad_shape = (spec.batch, spec.in_channels, nh * m + r - 1, nw * m + r - 1)  # what every tile reads
+    data_pad = store[DATA_PAD].compute(pad_shape, padded, DATA_PAD, rule_attrs(DATA_PAD))
+    pad_at = store[DATA_PAD].at(data_pad)
+
+    def tile_value(eps, nu, c, p):
+        n, rest = p // (nh * nw), p % (nh * nw)
+        return pad_at(n, c, (rest // nw) * m + eps, (rest % nw) * m + nu)
+
+    tile_shape = (alpha, alpha, spec.in_channels, n_tiles)
+    input_tile = store[INPUT_TILE].compute(tile_shape, tile_value, INPUT_TILE, rule_attrs(INPUT_TILE))
+    tile_at = store[INPUT_TILE].at(input_tile)
+    r_a = te.reduce_axis((0, alpha), "r_a")
+    r_b = te.reduce_axis((0, alpha), "r_b")
+
+    def pack_value(eps, nu, c, p):
+        # V[eps, nu] = sum_{a, b} B_T[eps, a] d[a, b] B_T[nu, b]; B[a, eps] = B_T[eps, a]
+        return te.sum(tile_at(r_a, r_b, c, p).astype(acc) * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b])
+
+    if config.separable:  # T = B_T d (data_pack_rows), then V = T B: 2 alpha^3 instead of alpha^4 products
+        r_a1 = te.reduce_axis((0, alpha), "r_a")
+        rows = store[DATA_PACK_ROWS].compute(
+            tile_shape, lambda eps, b, c, p: te.sum(tile_at(r_a1, b, c, p).astype(acc) * b_mat[r_a1, eps], axis=r_a1),
+            DATA_PACK_ROWS, rule_attrs(DATA_PACK_ROWS))
+        rows_at = store[DATA_PACK_ROWS].at(rows)
+        r_b1 = te.reduce_axis((0, alpha), "r_b")
+
+        def pack_value(eps, nu, c, p):  # noqa: F811 - the separable form
+            return te.sum(rows_at(eps, r_b1, c, p) * b_mat[r_b1, nu], axis=r_b1)
+
+    name = DATA_PACK_ACC if pack_dtype != acc else DATA_PACK
+    packed = store[DATA_PACK].compute(tile_shape, pack_value, name, rule_attrs(DATA_PACK))
+    if pack_dtype == acc:
+        return packed
+    return te.compute(packed.shape, lambda *i: packed(*i).astype(pack_dtype), name=DATA_PACK,
+                      attrs={SCHEDULE_RULE_ATTR: NO_RULE})
+
+
+def _bgemm(data_pack: te.Tensor, kernel_pack: te.Tensor, spec: Conv2dSpec, config: WinogradConfig,
+           store) -> te.Tensor:
+    """``bgemm``: alpha^2 independent GEMMs over the input channels, accumulated in acc_dtype."""
+    alpha, acc, kb = config.m + spec.r - 1, config.acc_dtype, config.kernel_block
+    _, _, n_tiles = tile_counts(spec, config.m)
+    r_c = te.reduce_axis((0, spec.in_channels), name="r_c")
+    u_at = (lambda e, n, c, k: kernel_pack[e, n, c, k]) if kb is None else (  # noqa: E731
+        lambda e, n, c, k: kernel_pack[e, n, k // kb, c, k % kb])
+    v_at = store[DATA_PACK].at(data_pack)
+    nchw = spec.layout == "NCHW"
+
+    def product(e, n, k, p):
+        u, v = u_at(e, n, r_c, k).astype(acc), v_at(e, n, r_c, p).astype(acc)
+        # operand order = the block's read order, which the schedules' cache_read indices rely on
+        return te.sum(u * v if nchw else v * u, axis=[r_c])
+
+    return store[BGEMM].compute((alpha, alpha, spec.out_channels, n_tiles), product, BGEMM, rule_attrs(BGEMM))
+
+
+def _inverse(bgemm: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, a_mat: te.Tensor, store):
+    """``(inverse_rows ->) inverse``: Y = A_T M A per tile; returns ``(logical (n, k, h, w)) -> Y``."""
+    m, alpha = config.m, config.m + spec.r - 1
+    nh, nw, n_tiles = tile_counts(spec, m)
+    k_out = spec.out_channels
+    m_at = store[BGEMM].at(bgemm)
+    # Y[vh, vw] = sum_{a, b} A_T[vh, a] M[a, b] A_T[vw, b]; A[a, vh] = A_T[vh, a]
+    r_a2 = te.reduce_axis((0, alpha), "r_a")
+    r_b2 = te.reduce_axis((0, alpha), "r_b")
+    if config.separable:  # Z = A_T M (inverse_rows), then Y = Z A: alpha^2 m + alpha m^2 products
+        r_a3 = te.reduce_axis((0, alpha), "r_a")
+        r_b3 = te.reduce_axis((0, alpha), "r_b")
+        rows = store[INVERSE_ROWS].compute(
+            (m, alpha, k_out, n_tiles), lambda vh, b, k, p: te.sum(m_at(r_a3, b, k, p) * a_mat[r_a3, vh], axis=r_a3),
+            INVERSE_ROWS, rule_attrs(INVERSE_ROWS))
+        rows_at = store[INVERSE_ROWS].at(rows)
+        value = lambda vh, vw, k, p: te.sum(rows_at(vh, r_b3, k, p) * a_mat[r_b3, vw], axis=r_b3)  # noqa: E731
+    else:
+        value = lambda vh, vw, k, p: te.sum(  # noqa: E731
+            m_at(r_a2, r_b2, k, p) * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2])
+    inverse = store[INVERSE].compute((m, m, k_out, n_tiles), value, INVERSE, rule_attrs(INVERSE))
+    inv_at = store[INVERSE].at(inverse)
+    return lambda n, k, h, w: inv_at(h % m, w % m, k, (n * nh + h // m) * nw + w // m)
 
 
 def conv2d_winograd(
@@ -229,172 +368,34 @@ def conv2d_winograd(
     ``bias`` has shape ``(K,)``; ``residual`` has the output's shape; the epilogue is
     ``relu(conv + bias + residual)``, computed in the output stage (no extra pass over memory).
     """
-    m = config.m
-    check_winograd(spec, m)
-    r, alpha, acc = spec.r, m + spec.r - 1, config.acc_dtype
-    pack_dtype = config.resolved_pack_dtype(spec)
-    a_mat, _, b_mat = _matrices(m, r, config.points, acc)
-    n_batch, c_in, k_out = spec.batch, spec.in_channels, spec.out_channels
-    ho, wo = spec.out_height, spec.out_width
-    nh, nw, n_tiles = tile_counts(spec, m)
-    pt, pl, _, _ = spec.padding
-    hp, wp = nh * m + r - 1, nw * m + r - 1  # padded extent that every tile reads
-    nchw = spec.layout == "NCHW"
-
-    def padded(n, c, h, w):
-        inside = tirx.all(h >= pt, h < pt + spec.height, w >= pl, w < pl + spec.width)
-        value = data[n, c, h - pt, w - pl] if nchw else data[n, h - pt, w - pl, c]
-        return tirx.if_then_else(inside, value, tirx.const(0, spec.dtype))
-
-    if nchw:
-        data_pad = te.compute((n_batch, c_in, hp, wp), padded, name="data_pad",
-                              attrs={"schedule_rule": SCHEDULE_RULES["data_pad"]})
-        pad_at = lambda n, c, h, w: data_pad[n, c, h, w]  # noqa: E731
-    else:
-        data_pad = te.compute((n_batch, hp, wp, c_in), lambda n, h, w, c: padded(n, c, h, w),
-                              name="data_pad", attrs={"schedule_rule": SCHEDULE_RULES["data_pad"]})
-        pad_at = lambda n, c, h, w: data_pad[n, h, w, c]  # noqa: E731
-
-    def tile_origin(p):
-        n, rest = p // (nh * nw), p % (nh * nw)
-        return n, (rest // nw) * m, (rest % nw) * m
-
-    def tile_value(eps, nu, c, p):
-        n, h0, w0 = tile_origin(p)
-        return pad_at(n, c, h0 + eps, w0 + nu)
-
-    # input_tile / data_pack are (alpha, alpha, C, P) for NCHW and (alpha, alpha, P, C) for NHWC, so
-    # that the GEMM reads its contiguous axis (P or C) innermost in both layouts.
-    if nchw:
-        input_tile = te.compute((alpha, alpha, c_in, n_tiles), tile_value, name="input_tile",
-                                attrs={"schedule_rule": SCHEDULE_RULES["input_tile"]})
-        tile_at = lambda a, b, c, p: input_tile[a, b, c, p]  # noqa: E731
-        pack_shape = (alpha, alpha, c_in, n_tiles)
-    else:
-        input_tile = te.compute((alpha, alpha, n_tiles, c_in), lambda a, b, p, c: tile_value(a, b, c, p),
-                                name="input_tile", attrs={"schedule_rule": SCHEDULE_RULES["input_tile"]})
-        tile_at = lambda a, b, c, p: input_tile[a, b, p, c]  # noqa: E731
-        pack_shape = (alpha, alpha, n_tiles, c_in)
-
-    r_a = te.reduce_axis((0, alpha), "r_a")
-    r_b = te.reduce_axis((0, alpha), "r_b")
-
-    def pack_value(eps, nu, c, p):
-        # V[eps, nu] = sum_{a, b} B_T[eps, a] d[a, b] B_T[nu, b]; B[a, eps] = B_T[eps, a]
-        return te.sum(tile_at(r_a, r_b, c, p).astype(acc) * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b])
-
-    if config.separable:  # T = B_T d (data_pack_rows), then V = T B: 2 alpha^3 instead of alpha^4 products
-        r_a1 = te.reduce_axis((0, alpha), "r_a")
-        rows_value = lambda eps, b, c, p: te.sum(tile_at(r_a1, b, c, p).astype(acc) * b_mat[r_a1, eps],  # noqa: E731
-                                                 axis=r_a1)
-        rows_attrs = {"schedule_rule": SCHEDULE_RULES["data_pack_rows"]}
-        if nchw:
-            pack_rows = te.compute(pack_shape, rows_value, name="data_pack_rows", attrs=rows_attrs)
-            rows_at = lambda eps, b, c, p: pack_rows[eps, b, c, p]  # noqa: E731
-        else:
-            pack_rows = te.compute(pack_shape, lambda eps, b, p, c: rows_value(eps, b, c, p), name="data_pack_rows",
-                                   attrs=rows_attrs)
-            rows_at = lambda eps, b, c, p: pack_rows[eps, b, p, c]  # noqa: E731
-        r_b1 = te.reduce_axis((0, alpha), "r_b")
-
-        def pack_value(eps, nu, c, p):  # noqa: F811 - the separable form
-            return te.sum(rows_at(eps, r_b1, c, p) * b_mat[r_b1, nu], axis=r_b1)
-
-    pack_attrs = {"schedule_rule": SCHEDULE_RULES["data_pack"]}
-    if nchw:
-        data_pack_acc = te.compute(pack_shape, pack_value, name="data_pack_acc" if pack_dtype != acc else "data_pack",
-                                   attrs=pack_attrs)
-    else:
-        data_pack_acc = te.compute(pack_shape, lambda e, n, p, c: pack_value(e, n, c, p),
-                                   name="data_pack_acc" if pack_dtype != acc else "data_pack", attrs=pack_attrs)
-    if pack_dtype != acc:
-        data_pack = te.compute(pack_shape, lambda *i: data_pack_acc(*i).astype(pack_dtype), name="data_pack",
-                               attrs={"schedule_rule": "None"})
-    else:
-        data_pack = data_pack_acc
-
-    # bgemm: alpha^2 independent GEMMs over the input channels, accumulated in acc_dtype.
-    r_c = te.reduce_axis((0, c_in), name="r_c")
-    kb = config.kernel_block
-    u_at = (lambda e, n, c, k: kernel_pack[e, n, c, k]) if kb is None else (  # noqa: E731
-        lambda e, n, c, k: kernel_pack[e, n, k // kb, c, k % kb])
-    bgemm_attrs = {"schedule_rule": SCHEDULE_RULES["bgemm"]}
-    if nchw:
-        bgemm = te.compute(
-            (alpha, alpha, k_out, n_tiles),
-            lambda e, n, k, p: te.sum(u_at(e, n, r_c, k).astype(acc) * data_pack[e, n, r_c, p].astype(acc),
-                                      axis=[r_c]),
-            name="bgemm", attrs=bgemm_attrs,
-        )
-    else:
-        bgemm = te.compute(
-            (alpha, alpha, n_tiles, k_out),
-            lambda e, n, p, k: te.sum(data_pack[e, n, p, r_c].astype(acc) * u_at(e, n, r_c, k).astype(acc),
-                                      axis=[r_c]),
-            name="bgemm", attrs=bgemm_attrs,
-        )
-
-    # inverse: Y[vh, vw] = sum_{a, b} A_T[vh, a] M[a, b] A_T[vw, b]; A[a, vh] = A_T[vh, a]
-    r_a2 = te.reduce_axis((0, alpha), "r_a")
-    r_b2 = te.reduce_axis((0, alpha), "r_b")
-    inv_attrs = {"schedule_rule": SCHEDULE_RULES["inverse"]}
-    if config.separable:  # Z = A_T M (inverse_rows), then Y = Z A: alpha^2 m + alpha m^2 products
-        r_a3 = te.reduce_axis((0, alpha), "r_a")
-        r_b3 = te.reduce_axis((0, alpha), "r_b")
-        rows_attrs = {"schedule_rule": SCHEDULE_RULES["inverse_rows"]}
-        if nchw:
-            inv_rows = te.compute((m, alpha, k_out, n_tiles),
-                                  lambda vh, b, k, p: te.sum(bgemm[r_a3, b, k, p] * a_mat[r_a3, vh], axis=r_a3),
-                                  name="inverse_rows", attrs=rows_attrs)
-            inverse = te.compute((k_out, n_tiles, m, m),
-                                 lambda k, p, vh, vw: te.sum(inv_rows[vh, r_b3, k, p] * a_mat[r_b3, vw], axis=r_b3),
-                                 name="inverse", attrs=inv_attrs)
-            inv_at = lambda n, k, h, w: inverse[k, (n * nh + h // m) * nw + w // m, h % m, w % m]  # noqa: E731
-        else:
-            inv_rows = te.compute((m, alpha, n_tiles, k_out),
-                                  lambda vh, b, p, k: te.sum(bgemm[r_a3, b, p, k] * a_mat[r_a3, vh], axis=r_a3),
-                                  name="inverse_rows", attrs=rows_attrs)
-            inverse = te.compute((m, m, n_tiles, k_out),
-                                 lambda vh, vw, p, k: te.sum(inv_rows[vh, r_b3, p, k] * a_mat[r_b3, vw], axis=r_b3),
-                                 name="inverse", attrs=inv_attrs)
-            inv_at = lambda n, k, h, w: inverse[h % m, w % m, (n * nh + h // m) * nw + w // m, k]  # noqa: E731
-    elif nchw:
-        inverse = te.compute(
-            (k_out, n_tiles, m, m),
-            lambda k, p, vh, vw: te.sum(bgemm[r_a2, r_b2, k, p] * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2]),
-            name="inverse", attrs=inv_attrs,
-        )
-        inv_at = lambda n, k, h, w: inverse[k, (n * nh + h // m) * nw + w // m, h % m, w % m]  # noqa: E731
-    else:
-        inverse = te.compute(
-            (m, m, n_tiles, k_out),
-            lambda vh, vw, p, k: te.sum(bgemm[r_a2, r_b2, p, k] * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2]),
-            name="inverse", attrs=inv_attrs,
-        )
-        inv_at = lambda n, k, h, w: inverse[h % m, w % m, (n * nh + h // m) * nw + w // m, k]  # noqa: E731
+    check_winograd(spec, config.m)
+    acc = config.acc_dtype
+    a_mat, _, b_mat = _matrices(config.m, spec.r, config.points, acc)
+    store = _STORAGE[spec.layout]
+    data_pack = _data_pack(data, spec, config, b_mat, store)
+    bgemm = _bgemm(data_pack, kernel_pack, spec, config, store)
+    inv_at = _inverse(bgemm, spec, config, a_mat, store)
+    residual_at = None if residual is None else store["image"].at(residual)
 
     def output_value(n, k, h, w):
         y = inv_at(n, k, h, w)
         if bias is not None:
             y = y + bias[k].astype(acc)
-        if residual is not None:
-            y = y + (residual[n, k, h, w] if nchw else residual[n, h, w, k]).astype(acc)
+        if residual_at is not None:
+            y = y + residual_at(n, k, h, w).astype(acc)
         if relu:
             y = tirx.max(y, tirx.const(0, acc))
         return y.astype(spec.out_dtype)
 
-    out_attrs = {"schedule_rule": SCHEDULE_RULES["conv2d_winograd"]}
-    if nchw:
-        return te.compute((n_batch, k_out, ho, wo), output_value, name="conv2d_winograd", attrs=out_attrs)
-    return te.compute((n_batch, ho, wo, k_out), lambda n, h, w, k: output_value(n, k, h, w),
-                      name="conv2d_winograd", attrs=out_attrs)
+    out_shape = (spec.batch, spec.out_channels, spec.out_height, spec.out_width)
+    return store[OUTPUT].compute(out_shape, output_value, OUTPUT, rule_attrs(OUTPUT))
 
 
 def weight_transform_func(spec: Conv2dSpec, config: WinogradConfig) -> tirx.PrimFunc:
     """PrimFunc ``(weight) -> kernel_pack``."""
     weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
     func = te.create_prim_func([weight, weight_transform(weight, spec, config)])
-    return _tag(func, "weight_transform", spec.layout, config.m)
+    return tag(func, "weight_transform", spec.layout, config.m)
 
 
 def _epilogue_placeholders(spec: Conv2dSpec, epilogue: Epilogue) -> tuple[te.Tensor | None, te.Tensor | None]:
@@ -409,26 +410,11 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
     check_winograd(spec, config.m)
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
     pack = te.placeholder(kernel_pack_shape(spec, config.m, config.kernel_block), config.resolved_pack_dtype(spec),
-                          name="kernel_pack")
+                          name=KERNEL_PACK)
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, pack, bias, residual) if t is not None]
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
-    return _tag(te.create_prim_func(args + [out]), "winograd", spec.layout, config.m)
-
-
-def _tag(func: tirx.PrimFunc, kind: str, layout: str, m: int | None = None) -> tirx.PrimFunc:
-    """Mark a PrimFunc as ours: ``tvm_winograd.kind`` (winograd | weight_transform | direct),
-    ``tvm_winograd.layout`` and ``tvm_winograd.m``; default schedules dispatch on these."""
-    attrs = {"tvm_winograd.kind": kind, "tvm_winograd.layout": layout}
-    if m is not None:
-        attrs["tvm_winograd.m"] = m
-    return func.with_attrs(attrs) if hasattr(func, "with_attrs") else _with_each(func, attrs)
-
-
-def _with_each(func: tirx.PrimFunc, attrs: dict) -> tirx.PrimFunc:
-    for key, value in attrs.items():
-        func = func.with_attr(key, value)
-    return func
+    return tag(te.create_prim_func(args + [out]), "winograd", spec.layout, config.m)
 
 
 def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bool, name: str) -> te.Tensor:
@@ -471,7 +457,7 @@ def direct_conv2d(
             data, weight, spec.stride, pad, spec.dilation, spec.groups, out_dtype=acc_dtype)
     if bias is None and residual is None and not relu and spec.out_dtype == acc_dtype:
         return conv
-    return _epilogue(conv, spec, acc_dtype, bias, residual, relu, "conv2d_direct_epilogue")
+    return _epilogue(conv, spec, acc_dtype, bias, residual, relu, DIRECT_EPILOGUE)
 
 
 def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: str = "float32") -> tirx.PrimFunc:
@@ -481,4 +467,4 @@ def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: st
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, weight, bias, residual) if t is not None]
     out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu)
-    return _tag(te.create_prim_func(args + [out]), "direct", spec.layout)
+    return tag(te.create_prim_func(args + [out]), "direct", spec.layout)
