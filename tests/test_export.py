@@ -27,6 +27,7 @@ from tvm import relax
 
 from tvm_winograd.export import (compile_model, export_library, load_and_run, load_vm, our_prim_funcs, prepare_model,
                                  run)
+from tvm_winograd.contract import kind_of
 from tvm_winograd.frontend import load_model
 from tvm_winograd.relax_pass import LayerReport
 from tvm_winograd.transforms import winograd_matrices
@@ -88,7 +89,7 @@ def test_tiny_model_matches_onnxruntime(tiny_compiled):
 def test_compiled_module_has_winograd_and_no_weight_transform(tiny_compiled):
     mod, _, ex, _, empty = tiny_compiled
     prepared, _ = prepare_model(mod, "llvm", empty, algo="winograd")
-    kinds = [str(f.attrs["tvm_winograd.kind"]) for f in our_prim_funcs(prepared).values()]
+    kinds = [kind_of(f) for f in our_prim_funcs(prepared).values()]
     assert kinds.count("winograd") == 4 and "weight_transform" not in kinds
     # The built library exports our Winograd kernels and no weight transform.
     text = ex.mod.inspect_source("ll") if hasattr(ex.mod, "inspect_source") else None

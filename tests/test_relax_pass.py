@@ -13,7 +13,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_winograd.export import compile_model, is_scheduled, our_prim_funcs, prepare_model, run
+from tvm_winograd.contract import is_scheduled, kind_of
+from tvm_winograd.export import compile_model, our_prim_funcs, prepare_model, run
 from tvm_winograd.frontend import load_model
 from tvm_winograd.models import Net, to_onnx
 from tvm_winograd.reference import conv2d_direct
@@ -179,7 +180,7 @@ def test_epilogue_is_fused_and_weights_are_transformed_at_compile_time(tiny, no_
 
     prepared, _ = prepare_model(mod, "llvm", no_schedules, algo="winograd", ineligible="relax")
     funcs = our_prim_funcs(prepared)
-    kinds = sorted(str(f.attrs["tvm_winograd.kind"]) for f in funcs.values())
+    kinds = sorted(kind_of(f) for f in funcs.values())
     assert kinds == ["winograd"] * 4, kinds  # no weight_transform left anywhere in the module
     assert all(is_scheduled(f) for f in funcs.values())
     assert all("global_symbol" not in f.attrs for f in funcs.values())

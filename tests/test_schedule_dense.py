@@ -8,6 +8,7 @@ import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
+from tvm_winograd.contract import SCHEDULED_ATTR
 from tvm_winograd.export import build_pipeline
 from tvm_winograd.schedule.dense import schedule_matmul_llvm
 from tvm_winograd.targets import resolve_target
@@ -37,7 +38,7 @@ def test_scheduled_fully_connected_matches_float64(rng, batch, k, n):
     (func,) = [f for f in legal.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     scheduled = schedule_matmul_llvm(func)
     assert scheduled is not None and "T.parallel" in scheduled.script() and "T.vectorized" in scheduled.script()
-    assert bool(scheduled.attrs["tirx.is_scheduled"])  # what DLight (next in the pipeline) checks to skip it
+    assert bool(scheduled.attrs[SCHEDULED_ATTR])  # what DLight (next in the pipeline) checks to skip it
     ex = tvm.compile(mod, target=TARGET, relax_pipeline=build_pipeline(TARGET))
     x = rng.standard_normal((batch, k)).astype("float32")
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()

@@ -15,6 +15,7 @@ import pytest
 import tvm
 
 from tvm_winograd.compute import Epilogue, direct_func
+from tvm_winograd.contract import mark_scheduled
 from tvm_winograd.reference import conv2d_direct
 from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, direct_tile, hoist_weight_packing, schedule_direct_llvm
 from tvm_winograd.targets import resolve_target
@@ -128,7 +129,7 @@ def test_weight_packing_is_hoisted_and_folded(signed, layout):
     func = schedule_direct_llvm(direct_func(spec, Epilogue(bias=True)), pack_weight=True)
     x, w, b = signed(x_shape), signed(w_shape), signed((32,))
     bb = relax.BlockBuilder()
-    conv_gv = bb.add_func(func.with_attr("tirx.is_scheduled", True).without_attr("global_symbol"), "conv")
+    conv_gv = bb.add_func(mark_scheduled(func).without_attr("global_symbol"), "conv")
     data = relax.Var("data", relax.TensorType(x_shape, "float32"))
     with bb.function("main", [data]):
         with bb.dataflow():

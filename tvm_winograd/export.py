@@ -34,7 +34,8 @@ from tvm import relax, tirx
 
 from . import __version__
 from .frontend import model_signature
-from .relax_pass import KIND_ATTR, LayerReport, convert_conv_layout, rewrite_winograd
+from .contract import is_ours, is_scheduled, kind_of, mark_scheduled
+from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
@@ -49,7 +50,6 @@ __all__ = [
     "load_vm",
     "run",
     "our_prim_funcs",
-    "is_scheduled",
     "schedule_direct_llvm",
 ]
 
@@ -67,20 +67,11 @@ class CompileError(NotImplementedError):
 _OPAQUE = 8
 
 
-#: The PrimFunc attribute TVM 0.27 sets on scheduled functions (older releases: "tir.is_scheduled").
-SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
-
-
-def is_scheduled(func: tirx.PrimFunc) -> bool:
-    """Whether ``func`` was scheduled (by a tuning record or a default schedule)."""
-    return func.attrs is not None and any(k in func.attrs and bool(func.attrs[k]) for k in SCHEDULED_ATTRS)
-
-
 def our_prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
     """``{name: PrimFunc}`` of the PrimFuncs made by tvm_winograd (they carry ``tvm_winograd.kind``)."""
     out = {}
     for gv, func in mod.functions.items():
-        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and KIND_ATTR in func.attrs:
+        if is_ours(func):
             out[gv.name_hint] = func
     return out
 
@@ -98,7 +89,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
     """Give each still-unscheduled PrimFunc of ours a fixed schedule; mark all of ours opaque."""
     cuda_default = _cuda_default() if is_cuda(target) else None
     for name, func in our_prim_funcs(mod).items():
-        kind = str(func.attrs[KIND_ATTR])
+        kind = kind_of(func)
         scheduled = is_scheduled(func)
         new = func
         if not scheduled:
@@ -115,7 +106,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
                 logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
                 new = func
             if new is not func:
-                new = new.with_attr(SCHEDULED_ATTRS[0], True)
+                new = mark_scheduled(new)
         if new.attrs is not None and "global_symbol" in new.attrs:
             new = new.without_attr("global_symbol")
         new = new.with_attr("op_pattern", _OPAQUE)
@@ -183,7 +174,7 @@ def prepare_model(
     mod = relax.transform.FoldConstant()(mod)
     entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
     mod = relax.transform.DeadCodeElimination(entries)(mod)
-    leftover = [n for n, f in our_prim_funcs(mod).items() if str(f.attrs[KIND_ATTR]) == "weight_transform"]
+    leftover = [n for n, f in our_prim_funcs(mod).items() if kind_of(f) == "weight_transform"]
     if leftover:
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)

@@ -56,7 +56,6 @@ __all__ = [
     "winograd_pass",
     "format_report",
     "ALGOS",
-    "KIND_ATTR",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +64,6 @@ ALGOS = ("auto", "winograd", "direct")
 #: ``layout`` choices of :func:`convert_conv_layout`.
 CONV_LAYOUTS = ("auto", "NCHW", "NHWC", "keep")
 INELIGIBLE_LOWERINGS = ("relax", "tir")
-KIND_ATTR = "tvm_winograd.kind"
 
 
 @dataclass(frozen=True)

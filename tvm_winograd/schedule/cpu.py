@@ -40,7 +40,7 @@ The spaces, stage by stage:
     The weight transform (folded ahead of time on constant weights): parallel over (C, K), unrolled.
 
 Compile time: fully unrolling ``eps, nu, r_a, r_b`` is ``alpha^4`` statements; for F(6, 3) (alpha 8)
-that is 4096 and compiles take minutes, so :func:`_unroll_within` keeps outer transform loops rolled.
+that is 4096 and compiles take minutes, so :func:`unroll_within` keeps outer transform loops rolled.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ from typing import Callable
 import tvm
 from tvm import s_tir, tirx
 
-from .default import UNROLL_BUDGET, _unroll_within, schedule_inverse_simple
+from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, DATA_PAD, INPUT_TILE, INVERSE,
+                        INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, OUTPUT, kind_of,
+                        layout_of, tile_of)
+from .common import UNROLL_BUDGET, schedule_inverse_simple, unroll_within
 
 __all__ = [
     "RULES",
@@ -76,11 +79,11 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
 
 
 def _layout(sch: s_tir.Schedule) -> str:
-    return str(sch.mod["main"].attrs["tvm_winograd.layout"])
+    return layout_of(sch.mod["main"])
 
 
 def _m(sch: s_tir.Schedule) -> int:
-    return int(sch.mod["main"].attrs["tvm_winograd.m"])
+    return tile_of(sch.mod["main"])
 
 
 def _tile(sch: s_tir.Schedule, loop, n: int, max_inner: int, name: str, fixed: Decisions | None):
@@ -142,7 +145,7 @@ def fusable(sch: s_tir.Schedule) -> bool:
     """Whether the fused space (:func:`schedule_output` with ``fused=True``) exists for a PrimFunc:
     NHWC (the layout models compile in on CPUs) with the packs stored in the accumulation dtype (no
     separate storage-cast stage, i.e. fp32); others keep the stage-by-stage space."""
-    return _layout(sch) == "NHWC" and not _has_block(sch, "data_pack_acc")
+    return _layout(sch) == "NHWC" and not _has_block(sch, DATA_PACK_ACC)
 
 
 def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
@@ -159,9 +162,9 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
     m, layout = _m(sch), _layout(sch)
     if fused and not fusable(sch):
         raise ValueError(f"the fused CPU space is for fp32 NHWC, not this {layout} PrimFunc")
-    if _has_block(sch, "A"):
-        sch.compute_inline(sch.get_sblock("A"))
-    inverse = sch.get_sblock("inverse")
+    if _has_block(sch, MATRIX_A):
+        sch.compute_inline(sch.get_sblock(MATRIX_A))
+    inverse = sch.get_sblock(INVERSE)
     ra_ext = sch.get(inverse).iter_vars[4].dom.extent
     alpha = int(ra_ext)
     if layout == "NCHW":
@@ -189,7 +192,7 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
         sch.vectorize(k1)
     sch.parallel(outer)
     sch.set_scope(inverse, 0, "local")
-    separable = _has_block(sch, "inverse_rows")
+    separable = _has_block(sch, INVERSE_ROWS)
     # inverse's own loops: (k, p, vh, vw, r_a, r_b) for NCHW, (vh, vw, p, k, r_a, r_b) for NHWC
     # (only r_b when separable: Z = A_T M is the inverse_rows stage).
     n_red = 1 if separable else 2
@@ -203,12 +206,12 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
         vec, rest = k_l, p_l
     sch.reorder(rest, *red, vh, vw, vec)
     sch.vectorize(vec)
-    _unroll_within(sch, (*red, vh, vw), UNROLL_BUDGET // 2 if alpha > 6 else UNROLL_BUDGET)
+    unroll_within(sch, (*red, vh, vw), UNROLL_BUDGET // 2 if alpha > 6 else UNROLL_BUDGET)
     _decompose_vectorized(sch, inverse, red[0])
     if separable:
-        _schedule_rows(sch, sch.get_sblock("inverse_rows"), step)
+        _schedule_rows(sch, sch.get_sblock(INVERSE_ROWS), step)
     if fused:  # the GEMM and the input transform of the step's tiles, at the (parallel) step
-        sch.compute_at(sch.get_sblock("bgemm"), outer, preserve_unit_loops=True)
+        sch.compute_at(sch.get_sblock(BGEMM), outer, preserve_unit_loops=True)
         sch.compute_at(_pack_block(sch), outer, preserve_unit_loops=True)
     return sch
 
@@ -216,7 +219,7 @@ def schedule_output(sch: s_tir.Schedule, block, fixed: Decisions | None = None,
 def _pack_block(sch: s_tir.Schedule):
     """The input-transform block (``data_pack_acc`` when the packs are stored in another dtype: its
     storage cast ``data_pack`` is then the write-back of :func:`schedule_data_pack`)."""
-    return sch.get_sblock("data_pack_acc" if _has_block(sch, "data_pack_acc") else "data_pack")
+    return sch.get_sblock(DATA_PACK_ACC if _has_block(sch, DATA_PACK_ACC) else DATA_PACK)
 
 
 def _nested(sch: s_tir.Schedule, block, own_loops: int) -> bool:
@@ -232,7 +235,7 @@ def _schedule_rows(sch: s_tir.Schedule, rows, step) -> None:
     i, j, y0, y1, ra = sch.get_loops(rows)[-5:]
     sch.reorder(i, j, y0, ra, y1)
     sch.vectorize(y1)
-    _unroll_within(sch, (i, j, y0, ra))
+    unroll_within(sch, (i, j, y0, ra))
     _decompose_vectorized(sch, rows, ra)
 
 
@@ -335,7 +338,7 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
     The ``alpha x alpha x lanes`` input tiles are gathered once into a local buffer (``input_tile``
     computed at the step, padding inlined), so the unrolled transform reads constant-indexed vectors.
     """
-    for name in ("data_pad", "B"):
+    for name in (DATA_PAD, MATRIX_B):
         if _has_block(sch, name):
             sch.compute_inline(sch.get_sblock(name))
     pack = _pack_block(sch)
@@ -349,37 +352,37 @@ def schedule_data_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = Non
         sch.parallel(step)
     # V accumulates in a local (alpha, alpha, lanes) tile, written to data_pack once (fp16 packs:
     # the storage cast is that write; a reduction cannot be inlined into it).
-    if sch.get(pack).name_hint == "data_pack_acc":
+    if sch.get(pack).name_hint == DATA_PACK_ACC:
         sch.set_scope(pack, 0, "local")
-        out = sch.get_sblock("data_pack")
+        out = sch.get_sblock(DATA_PACK)
     else:
         out = sch.cache_write(pack, 0, "local")
     sch.reverse_compute_at(out, step, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(out)[-1])
-    if _has_block(sch, "data_pack_rows"):  # separable: T = B_T d per step, in a local tile
-        _schedule_rows(sch, sch.get_sblock("data_pack_rows"), step)
-    tile = sch.get_sblock("input_tile")
+    if _has_block(sch, DATA_PACK_ROWS):  # separable: T = B_T d per step, in a local tile
+        _schedule_rows(sch, sch.get_sblock(DATA_PACK_ROWS), step)
+    tile = sch.get_sblock(INPUT_TILE)
     sch.compute_at(tile, step, preserve_unit_loops=True)
     sch.set_scope(tile, 0, "local")
     tile_loops = sch.get_loops(tile)[-4:]
     sch.vectorize(tile_loops[-1])
-    _unroll_within(sch, tile_loops[:2])
+    unroll_within(sch, tile_loops[:2])
     sch.vectorize(x11)
-    _unroll_within(sch, (e, n, *red))
+    unroll_within(sch, (e, n, *red))
     _decompose_vectorized(sch, pack, red[0])
     return sch
 
 
 def schedule_kernel_pack(sch: s_tir.Schedule, block, fixed: Decisions | None = None) -> s_tir.Schedule:
     """The weight transform ``U = G g G_T``: parallel over (C, K), unrolled transform loops."""
-    if _has_block(sch, "G"):
-        sch.compute_inline(sch.get_sblock("G"))
-    if sch.get(block).name_hint == "kernel_pack_acc" and _has_block(sch, "kernel_pack"):
-        sch.reverse_compute_inline(sch.get_sblock("kernel_pack"))
+    if _has_block(sch, MATRIX_G):
+        sch.compute_inline(sch.get_sblock(MATRIX_G))
+    if sch.get(block).name_hint == KERNEL_PACK_ACC and _has_block(sch, KERNEL_PACK):
+        sch.reverse_compute_inline(sch.get_sblock(KERNEL_PACK))
     e, n, *channels, ra, rb = sch.get_loops(block)  # channels: (c, k) or, in panels, (k_outer, c, k_inner)
     sch.reorder(*channels, e, n, ra, rb)
     sch.parallel(sch.fuse(*channels))
-    _unroll_within(sch, (e, n, ra, rb))
+    unroll_within(sch, (e, n, ra, rb))
     return sch
 
 
@@ -454,13 +457,13 @@ def fixed_schedule(func_or_mod: tirx.PrimFunc | tvm.IRModule, decisions: Decisio
     instructions carry the fixed decisions), so it can seed a search as a tuning record."""
     sch = s_tir.Schedule(func_or_mod)
     func = sch.mod["main"]
-    kind = str(func.attrs["tvm_winograd.kind"])
+    kind = kind_of(func)
     if kind == "weight_transform":
-        name = "kernel_pack_acc" if _has_block(sch, "kernel_pack_acc") else "kernel_pack"
+        name = KERNEL_PACK_ACC if _has_block(sch, KERNEL_PACK_ACC) else KERNEL_PACK
         return schedule_kernel_pack(sch, sch.get_sblock(name), decisions)
     fused = decisions is not None and "fused.tiles" in decisions
-    schedule_output(sch, sch.get_sblock("conv2d_winograd"), decisions, fused=fused)
-    schedule_bgemm(sch, sch.get_sblock("bgemm"), vector_axis, decisions)
+    schedule_output(sch, sch.get_sblock(OUTPUT), decisions, fused=fused)
+    schedule_bgemm(sch, sch.get_sblock(BGEMM), vector_axis, decisions)
     schedule_data_pack(sch, _pack_block(sch), decisions)
     return sch
 

@@ -68,7 +68,10 @@ from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from ..compute import SCHEDULE_RULES
+from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PAD, INPUT_TILE, INVERSE, KERNEL_PACK,
+                        KERNEL_PACK_ACC, LAYOUT_ATTR, M_ATTR, MATRIX_A, MATRIX_B, MATRIX_G, OUTPUT, SCHEDULE_RULES,
+                        func_attr, kind_of)
+from .common import root_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +174,13 @@ def _name(sch: s_tir.Schedule, block) -> str:
 
 
 def _func_attr(sch: s_tir.Schedule, key: str, default=None):
-    func = sch.mod["main"]
-    attrs = func.attrs
-    return attrs[key] if attrs is not None and key in attrs else default
+    return func_attr(sch.mod["main"], key, default)
 
 
 def _layout(sch: s_tir.Schedule) -> str:
-    layout = _func_attr(sch, "tvm_winograd.layout")
+    layout = _func_attr(sch, LAYOUT_ATTR)
     if layout is None:
-        raise ValueError("the PrimFunc lacks the tvm_winograd.layout attribute: build it with tvm_winograd.compute")
+        raise ValueError(f"the PrimFunc lacks the {LAYOUT_ATTR} attribute: build it with tvm_winograd.compute")
     return str(layout)
 
 
@@ -203,7 +204,7 @@ def _bind_threads(sch: s_tir.Schedule, loop, threads) -> tuple:
 
 def _schedule_output(sch: s_tir.Schedule, out, pin: bool = False) -> list[s_tir.Schedule]:
     """One thread per m x m output tile; the epilogue is already inlined in this block."""
-    m = int(_func_attr(sch, "tvm_winograd.m"))
+    m = int(_func_attr(sch, M_ATTR))
     nchw = _layout(sch) == "NCHW"
     loops = sch.get_loops(out)
     if nchw:
@@ -224,7 +225,7 @@ def _schedule_output(sch: s_tir.Schedule, out, pin: bool = False) -> list[s_tir.
 
 def _schedule_inverse(sch: s_tir.Schedule, inverse, pin: bool = False) -> list[s_tir.Schedule]:
     """Y = A_T M A in registers at the output's thread loop (fused with the epilogue)."""
-    _inline_producers(sch, inverse, ("A",))
+    _inline_producers(sch, inverse, (MATRIX_A,))
     consumers = sch.get_consumers(inverse)
     if len(consumers) != 1:
         raise ValueError(f"inverse has {len(consumers)} consumers; expected the output block")
@@ -472,7 +473,7 @@ def _pipeline_tensorcore(sch: s_tir.Schedule) -> None:
 
 
 def _layout_or(sch: s_tir.Schedule) -> str:
-    return str(_func_attr(sch, "tvm_winograd.layout", "?"))
+    return str(_func_attr(sch, LAYOUT_ATTR, "?"))
 
 
 def _bgemm_space(sch: s_tir.Schedule, gemm, space: str, pin: bool) -> None:
@@ -523,10 +524,10 @@ def _schedule_data_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_
     and the fp32 transform is computed at it in registers (a reduction block cannot be inlined into its
     consumer).
     """
-    cast = _cast_consumer(sch, pack, "data_pack") if _name(sch, pack) == "data_pack_acc" else None
-    _inline_producers(sch, pack, ("B",))
-    input_tile = next(p for p in sch.get_producers(pack) if _name(sch, p) == "input_tile")
-    data_pad = next(p for p in sch.get_producers(input_tile) if _name(sch, p) == "data_pad")
+    cast = _cast_consumer(sch, pack, DATA_PACK) if _name(sch, pack) == DATA_PACK_ACC else None
+    _inline_producers(sch, pack, (MATRIX_B,))
+    input_tile = next(p for p in sch.get_producers(pack) if _name(sch, p) == INPUT_TILE)
+    data_pad = next(p for p in sch.get_producers(input_tile) if _name(sch, p) == DATA_PAD)
     e, nu, x0, x1, ra, rb = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC
     sch.reorder(x0, x1, e, nu, ra, rb)
     for loop in (e, nu, ra, rb):
@@ -557,8 +558,8 @@ def _schedule_data_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_
 
 def _schedule_kernel_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[s_tir.Schedule]:
     """U = G g G_T: one thread per (channel, output channel), the transform unrolled."""
-    cast = _cast_consumer(sch, pack, "kernel_pack") if _name(sch, pack) == "kernel_pack_acc" else None
-    _inline_producers(sch, pack, ("G",))
+    cast = _cast_consumer(sch, pack, KERNEL_PACK) if _name(sch, pack) == KERNEL_PACK_ACC else None
+    _inline_producers(sch, pack, (MATRIX_G,))
     e, nu, c, k, ra, rb = sch.get_loops(pack)
     sch.reorder(c, k, e, nu, ra, rb)
     for loop in (ra, rb):
@@ -575,11 +576,11 @@ def _schedule_kernel_pack(sch: s_tir.Schedule, pack, pin: bool = False) -> list[
 
 
 _RULES: dict[str, Callable[..., list[s_tir.Schedule]]] = {
-    SCHEDULE_RULES["conv2d_winograd"]: _schedule_output,
-    SCHEDULE_RULES["inverse"]: _schedule_inverse,
-    SCHEDULE_RULES["bgemm"]: _schedule_bgemm,
-    SCHEDULE_RULES["data_pack"]: _schedule_data_pack,
-    SCHEDULE_RULES["kernel_pack"]: _schedule_kernel_pack,
+    SCHEDULE_RULES[OUTPUT]: _schedule_output,
+    SCHEDULE_RULES[INVERSE]: _schedule_inverse,
+    SCHEDULE_RULES[BGEMM]: _schedule_bgemm,
+    SCHEDULE_RULES[DATA_PACK]: _schedule_data_pack,
+    SCHEDULE_RULES[KERNEL_PACK]: _schedule_kernel_pack,
 }
 
 
@@ -685,36 +686,27 @@ def schedule_cuda_default(func: tirx.PrimFunc, target: object | None = None) -> 
     direct function gets TVM's dlight GPU defaults.  ``target`` defaults to the current target, else sm_80.
     """
     target = _default_target(target)
-    kind = str(_attr(func, "tvm_winograd.kind", ""))
+    kind = kind_of(func) or ""
     if kind == "direct" or not kind:
         return _dlight_default(func, target)
     sch = s_tir.Schedule(func)
-    blocks = _root_blocks(sch)
+    blocks = root_blocks(sch)
     if kind == "weight_transform":
-        name = "kernel_pack_acc" if "kernel_pack_acc" in blocks else "kernel_pack"
+        name = KERNEL_PACK_ACC if KERNEL_PACK_ACC in blocks else KERNEL_PACK
         _schedule_kernel_pack(sch, blocks[name], pin=True)
     elif kind == "winograd":
-        _schedule_output(sch, blocks["conv2d_winograd"], pin=True)
-        _schedule_inverse(sch, sch.get_sblock("inverse"), pin=True)
-        _schedule_bgemm(sch, sch.get_sblock("bgemm"), pin=True, spaces=("shared",))
-        pack = "data_pack_acc" if "data_pack_acc" in blocks else "data_pack"
+        _schedule_output(sch, blocks[OUTPUT], pin=True)
+        _schedule_inverse(sch, sch.get_sblock(INVERSE), pin=True)
+        _schedule_bgemm(sch, sch.get_sblock(BGEMM), pin=True, spaces=("shared",))
+        pack = DATA_PACK_ACC if DATA_PACK_ACC in blocks else DATA_PACK
         _schedule_data_pack(sch, sch.get_sblock(pack), pin=True)
     else:
-        raise ValueError(f"tvm_winograd.kind {kind!r} has no CUDA default schedule")
+        raise ValueError(f"kind {kind!r} has no CUDA default schedule")
     with target:
         rejected = apply_postprocs(sch, target)
     if rejected is not None:
         raise RuntimeError(f"the default CUDA schedule was rejected by {rejected} for {target}")
     return sch.mod["main"]
-
-
-def _attr(func: tirx.PrimFunc, key: str, default=None):
-    return func.attrs[key] if func.attrs is not None and key in func.attrs else default
-
-
-def _root_blocks(sch: s_tir.Schedule) -> dict:
-    root = sch.get_sblock("root")
-    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
 
 
 def _dlight_default(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:

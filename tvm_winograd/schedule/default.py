@@ -10,62 +10,15 @@ import logging
 
 from tvm import s_tir, tirx
 
+from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, INVERSE, INVERSE_ROWS, KERNEL_PACK,
+                        KERNEL_PACK_ACC, OUTPUT, kind_of, layout_of, tile_of)
 from ..workload import fused_step
+from .common import inline_constants, root_blocks, schedule_inverse_simple, unroll_within, vector_split
+from .cpu import apply_fixed, fusable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["schedule_llvm_default", "inline_constants"]
-
-
-def _blocks(sch: s_tir.Schedule) -> dict[str, s_tir.schedule.SBlockRV]:
-    """Every block of ``main`` by name (the stage names of :mod:`tvm_winograd.compute`)."""
-    root = sch.get_sblock("root")
-    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
-
-
-def inline_constants(sch: s_tir.Schedule) -> None:
-    """Inline the padding, tile gather, dtype casts and constant matrices into their consumers."""
-    for name, block in _blocks(sch).items():
-        if name in ("A", "B", "G", "data_pad", "input_tile"):
-            sch.compute_inline(block)
-
-
-def _vector_split(sch: s_tir.Schedule, loop, lanes: int):
-    extent = sch.get(loop).extent
-    if isinstance(extent, tirx.IntImm) and extent.value >= lanes:
-        outer, inner = sch.split(loop, [None, lanes])
-        return outer, inner
-    return None, loop
-
-
-#: Unrolled statements per transform body: enough to fold the constant matrices of F(2,3)/F(4,3)
-#: entirely; larger tiles keep their outer transform loop rolled to keep compile time in seconds.
-UNROLL_BUDGET = 1296
-
-
-def _unroll_within(sch: s_tir.Schedule, loops, budget: int = UNROLL_BUDGET) -> None:
-    """Unroll the innermost ``loops`` while the product of their extents stays within ``budget``."""
-    total = 1
-    for loop in reversed(list(loops)):
-        total *= int(sch.get(loop).extent)
-        if total > budget:
-            break
-        sch.unroll(loop)
-
-
-def schedule_inverse_simple(sch: s_tir.Schedule, block, layout: str) -> None:
-    """The inverse transform on its own: parallel over output channels (NCHW) or tiles (NHWC), the
-    reduction over the alpha x alpha tile outside the m x m outputs, unrolled."""
-    a, b, c, d, *red = sch.get_loops(block)  # red: (r_a, r_b), or (r_b,) when separable
-    if layout == "NCHW":
-        k, p, vh, vw = a, b, c, d
-        sch.reorder(k, p, *red, vh, vw)
-        sch.parallel(k)
-    else:
-        vh, vw, p, k = a, b, c, d
-        sch.reorder(p, k, *red, vh, vw)
-        sch.parallel(p)
-    _unroll_within(sch, (*red, vh, vw))
+__all__ = ["schedule_llvm_default", "default_decisions"]
 
 
 def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes: int = 16) -> tirx.PrimFunc:
@@ -75,8 +28,8 @@ def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes:
     :func:`~tvm_winograd.compute.weight_transform_func` PrimFunc of the given ``layout``.
     """
     if layout is None:
-        layout = str(func.attrs["tvm_winograd.layout"])
-    if str(func.attrs["tvm_winograd.kind"]) == "winograd":
+        layout = layout_of(func)
+    if kind_of(func) == "winograd":
         fast = _design_space_default(func)
         if fast is not None:
             return fast
@@ -98,9 +51,9 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
     cache use the fused space instead (:func:`_fused_decisions`).
     """
     sch = s_tir.Schedule(func)
-    gemm = sch.get(sch.get_sblock("bgemm"))
+    gemm = sch.get(sch.get_sblock(BGEMM))
     ext = [int(iv.dom.extent) for iv in gemm.iter_vars]  # NCHW (e, n, k, p, c); NHWC (e, n, p, k, c)
-    nchw = str(func.attrs["tvm_winograd.layout"]) == "NCHW"
+    nchw = layout_of(func) == "NCHW"
     k, p, c = (ext[2], ext[3], ext[4]) if nchw else (ext[3], ext[2], ext[4])
     vector = _largest_divisor(k, (16, 8, 4, 1))  # the space's lane options are powers of two >= 4
     kv = k // vector
@@ -116,14 +69,12 @@ def default_decisions(func: tirx.PrimFunc) -> dict:
     }
     if vector > 1:
         decisions["bgemm.vector"] = vector
-    out_width = int(sch.get(sch.get_sblock("conv2d_winograd")).iter_vars[3 if nchw else 2].dom.extent)
-    nw = -(-out_width // int(func.attrs["tvm_winograd.m"]))  # tiles per row
+    out_width = int(sch.get(sch.get_sblock(OUTPUT)).iter_vars[3 if nchw else 2].dom.extent)
+    nw = -(-out_width // tile_of(func))  # tiles per row
     if nchw:
         decisions["output.tiles"] = _largest_divisor(nw, (4, 2, 1))
     else:
         decisions["output.lanes"] = _largest_divisor(k, (16, 8, 4)) if k % 4 == 0 else None
-    from .cpu import fusable  # cpu.py imports this module
-
     if fusable(sch):
         decisions.update(_fused_decisions(ext[0], nw, p, c, k, vector, vectors))
     return decisions
@@ -152,8 +103,6 @@ def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, v
 def _design_space_default(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """The searched CPU space at :func:`default_decisions` (measured here ~1.8x faster than
     :func:`_schedule_simple` on a 64-channel 56x56 layer); ``None`` if the space does not apply."""
-    from .cpu import apply_fixed
-
     try:
         return apply_fixed(func, default_decisions(func), vector_axis="k")
     except Exception as err:  # noqa: BLE001 - a shape the fixed point does not fit: use the simple one
@@ -163,38 +112,37 @@ def _design_space_default(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 
 def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.PrimFunc:
     """Parallel outer loops, unrolled transforms, vectorized GEMM and output (no register tiling)."""
-    nchw = layout == "NCHW"
     sch = s_tir.Schedule(func)
     inline_constants(sch)
-    blocks = _blocks(sch)
+    blocks = root_blocks(sch)
 
-    if func.attrs["tvm_winograd.kind"] == "weight_transform":
-        acc = blocks.get("kernel_pack_acc", blocks["kernel_pack"])
+    if kind_of(func) == "weight_transform":
+        acc = blocks.get(KERNEL_PACK_ACC, blocks[KERNEL_PACK])
         e, n, *channels, ra, rb = sch.get_loops(acc)  # (c, k) or, in panels, (k_outer, c, k_inner)
         sch.reorder(*channels, e, n, ra, rb)
         fused = sch.fuse(*channels)
         sch.parallel(fused)
-        _unroll_within(sch, (e, n, ra, rb))
-        if "kernel_pack_acc" in blocks:  # the cast to the pack dtype, per (c, k)
-            sch.reverse_compute_at(blocks["kernel_pack"], fused)
+        unroll_within(sch, (e, n, ra, rb))
+        if KERNEL_PACK_ACC in blocks:  # the cast to the pack dtype, per (c, k)
+            sch.reverse_compute_at(blocks[KERNEL_PACK], fused)
         return sch.mod["main"]
 
-    pack = blocks.get("data_pack_acc", blocks["data_pack"])
+    pack = blocks.get(DATA_PACK_ACC, blocks[DATA_PACK])
     e, n, x0, x1, *red = sch.get_loops(pack)  # x0, x1 = (C, P) for NCHW, (P, C) for NHWC; red: (r_a, r_b) | (r_b,)
     sch.reorder(x0, x1, e, n, *red)
     sch.parallel(x0)
-    _unroll_within(sch, (e, n, *red))
-    for rows in ("data_pack_rows", "inverse_rows"):  # separable first passes: parallel over their 3rd axis
+    unroll_within(sch, (e, n, *red))
+    for rows in (DATA_PACK_ROWS, INVERSE_ROWS):  # separable first passes: parallel over their 3rd axis
         if rows in blocks:
             loops = sch.get_loops(blocks[rows])
             sch.reorder(loops[2], loops[3], loops[0], loops[1], loops[4])
             sch.parallel(loops[2])
-    if "data_pack_acc" in blocks:
-        sch.reverse_compute_at(blocks["data_pack"], x1)
+    if DATA_PACK_ACC in blocks:
+        sch.reverse_compute_at(blocks[DATA_PACK], x1)
 
-    gemm = blocks["bgemm"]
+    gemm = blocks[BGEMM]
     e, n, y0, y1, rc = sch.get_loops(gemm)  # (K, P) for NCHW, (P, K) for NHWC
-    outer, inner = _vector_split(sch, y1, lanes)
+    outer, inner = vector_split(sch, y1, lanes)
     if outer is not None:
         sch.reorder(outer, rc, inner)
     else:
@@ -204,12 +152,12 @@ def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.
         sch.vectorize(inner)
     sch.decompose_reduction(gemm, rc)
 
-    schedule_inverse_simple(sch, blocks["inverse"], layout)
+    schedule_inverse_simple(sch, blocks[INVERSE], layout)
 
-    out = blocks["conv2d_winograd"]
+    out = blocks[OUTPUT]
     l0, l1, l2, l3 = sch.get_loops(out)
     sch.parallel(sch.fuse(l0, l1))
-    outer, inner = _vector_split(sch, l3, lanes)
+    outer, inner = vector_split(sch, l3, lanes)
     if outer is not None:
         sch.vectorize(inner)
     return sch.mod["main"]

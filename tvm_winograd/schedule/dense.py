@@ -17,7 +17,7 @@ import logging
 import tvm
 from tvm import s_tir, tirx
 
-from ..export import SCHEDULED_ATTRS, is_scheduled
+from ..contract import is_scheduled, mark_scheduled
 
 __all__ = ["CHUNK", "schedule_matmul_llvm", "ScheduleMatmul"]
 
@@ -76,7 +76,7 @@ def schedule_matmul_llvm(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     init = sch.decompose_reduction(block, k)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(acc)[-1])
-    return sch.mod["main"].with_attr(SCHEDULED_ATTRS[0], True)  # the attribute DLight reads, so it skips it
+    return mark_scheduled(sch.mod["main"])  # the attribute DLight reads, so it skips it
 
 
 @tvm.transform.module_pass(opt_level=0, name="TvmWinogradScheduleMatmul")

@@ -30,6 +30,9 @@ from typing import Sequence
 import tvm
 from tvm import relax, s_tir, tirx
 
+from ..contract import DATA_PAD, DIRECT_EPILOGUE, layout_of
+from .common import root_blocks
+
 __all__ = ["schedule_direct_llvm", "schedule_direct_simple", "direct_tile", "hoist_weight_packing"]
 
 logger = logging.getLogger(__name__)
@@ -42,13 +45,8 @@ ACC_REGISTERS = 14
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 _CONV_BLOCKS = {"NCHW": "conv2d_nchw", "NHWC": "conv2d_nhwc"}
-_PAD_BLOCKS = ("pad_temp", "data_pad", "PaddedInput")
-_EPILOGUE = "conv2d_direct_epilogue"
-
-
-def _blocks(sch: s_tir.Schedule) -> dict:
-    root = sch.get_sblock("root")
-    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(root)}
+_PAD_BLOCKS = ("pad_temp", DATA_PAD, "PaddedInput")
+_EPILOGUE = DIRECT_EPILOGUE
 
 
 def _largest_divisor(n: int, options: Sequence[int]) -> int:
@@ -56,8 +54,7 @@ def _largest_divisor(n: int, options: Sequence[int]) -> int:
 
 
 def _layout(func: tirx.PrimFunc) -> str:
-    attrs = func.attrs
-    return str(attrs["tvm_winograd.layout"]) if attrs is not None and "tvm_winograd.layout" in attrs else "NCHW"
+    return layout_of(func, "NCHW")
 
 
 def direct_tile(out_channels: int, out_width: int, lanes: int = 16) -> tuple[int, int, int] | None:
@@ -118,7 +115,7 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
                              pack_weight: bool | None = None) -> tirx.PrimFunc:
     layout = _layout(func)
     sch = s_tir.Schedule(func)
-    blocks = _blocks(sch)
+    blocks = root_blocks(sch)
     conv_name = _CONV_BLOCKS.get(layout)
     if conv_name not in blocks:
         raise _NotApplicable(f"no {conv_name} block (grouped convolution?)")
@@ -207,7 +204,7 @@ def schedule_direct_simple(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFun
     the contiguous one vectorized, outer loops parallel; padding and epilogue parallel apart."""
     layout = _layout(func)
     sch = s_tir.Schedule(func)
-    blocks = _blocks(sch)
+    blocks = root_blocks(sch)
     epilogue = blocks.pop(_EPILOGUE, None)
     for name in _PAD_BLOCKS:
         if name in blocks:
