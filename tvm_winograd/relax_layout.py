@@ -467,51 +467,166 @@ def _plan_collapse(func: relax.Function) -> dict:
     return plan
 
 
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+    inv = [0] * len(axes)
+    for k, a in enumerate(axes):
+        inv[a] = k
+    return tuple(inv)
+
+
+def _commute_operands(op: relax.Expr) -> tuple[list, int | None] | None:
+    """The operands of a concat (inline tuple) or broadcasting binary op, all tensors of one rank,
+    and the concat's axis (None for a binary op); else None."""
+    if not isinstance(op, relax.Call) or not isinstance(op.op, tvm.ir.Op):
+        return None
+    if op.op.name == "relax.concat" and isinstance(op.args[0], relax.Tuple):
+        operands, axis = list(op.args[0].fields), int(op.attrs.axis)
+    elif op.op.name in _BINARY:
+        operands, axis = list(op.args), None
+    else:
+        return None
+    ranks = {int(a.ty.ndim) for a in operands}
+    return (operands, axis) if len(ranks) == 1 and ranks.pop() > 0 else None
+
+
+@dataclass
+class _Commute:
+    """``v = op(operands)`` recomputed as ``v' = op(operands in the layout of permute_dims(p))``:
+    ``operands`` are ``("source", s)`` (the operand was ``permute_dims(s, p)``, now dead) or
+    ``("permute", a)`` (``permute_dims(a, inverse(p))``); ``user`` is the single user
+    ``permute_dims(v, inverse(p))`` that becomes ``v'``, else None and ``v = permute_dims(v', p)``."""
+
+    op: relax.Call
+    operands: list
+    axis: int | None
+    p: tuple[int, ...]
+    user: relax.Var | None
+
+
+def _plan_commute(func: relax.Function) -> dict:
+    """``{v: _Commute}`` for each concat / binary op ``v`` that runs with fewer transposes in the
+    layout of one of its operands' permutes (or the inverse of its one user's): per operand a
+    permute cancels (it was that permute, used only by ``v``) or is added (a constant's folds),
+    likewise at the output.  What TVM's rules leave to this: a residual add of two transposed
+    values at a model's output, a concat of a ``conv2d_transpose`` output (NCHW) with an NHWC skip
+    connection."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    users: dict = {}
+    for var, value in values.items():
+        if _view_step(value) is not None and isinstance(value.args[0], relax.Var):
+            users.setdefault(value.args[0], []).append(var)
+
+    def permute_of(a: relax.Expr) -> tuple | None:
+        step = _view_step(values.get(a)) if isinstance(a, relax.DataflowVar) and uses.get(a) == 1 else None
+        return step[1] if step is not None and step[0] == "permute" else None
+
+    plan = {}
+    for var, value in values.items():
+        found = _commute_operands(value)
+        if found is None or not isinstance(var, relax.DataflowVar):
+            continue
+        operands, axis = found
+        user = users.get(var, [None])[0] if uses.get(var) == 1 else None
+        user_step = _view_step(values[user]) if user is not None else None
+        user_axes = user_step[1] if user_step is not None and user_step[0] == "permute" else None
+        candidates = {permute_of(a) for a in operands} | ({_inverse(user_axes)} if user_axes else set())
+        best = None
+        for p in sorted(c for c in candidates if c is not None and len(c) == int(operands[0].ty.ndim)):
+            inv = _inverse(p)
+            new_ops = [("source", values[a].args[0]) if permute_of(a) == p else ("permute", a) for a in operands]
+            delta = sum(-1 if kind == "source" else int(not isinstance(a, _Constant)) for kind, a in new_ops)
+            cancels = user_axes == inv
+            delta += -1 if cancels else 1
+            if delta < 0 and (best is None or delta < best[0]):
+                new_axis = None if axis is None else p[axis % len(p)]  # operand axis i is source axis p[i]
+                best = (delta, _Commute(value, new_ops, new_axis, p, user if cancels else None))
+        if best is not None:
+            plan[var] = best[1]
+    return plan
+
+
 @relax.expr_functor.mutator
 class _Collapse(relax.PyExprMutator):
-    """Rewrites the chain ends planned by :func:`_plan_collapse` as their :class:`View`."""
+    """Rewrites the chain ends planned by :func:`_plan_collapse` as their :class:`View` and the ops
+    planned by :func:`_plan_commute` in their new layout."""
 
-    def __init__(self, mod: tvm.IRModule, plan: dict) -> None:
+    def __init__(self, mod: tvm.IRModule, views: dict, commutes: dict) -> None:
         super().__init__(mod)
-        self.plan = plan
+        self.views = views
+        self.commutes = commutes
+        self.replaced: dict = {}  # a commuted op's user permute -> the op's new value
 
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        item = self.plan.get(binding.var)
-        if item is None:
-            super().visit_var_binding_(binding)
-            return
-        source, view = item
-        x = self.visit_expr(source)
-        steps = view.ops(_static_shape(source))
-        expr: relax.Expr = x
-        for k, (kind, arg) in enumerate(steps):
-            expr = relax.op.permute_dims(expr, list(arg)) if kind == "permute" else relax.op.reshape(expr, arg)
-            if k < len(steps) - 1:
+    def _view_expr(self, source: relax.Expr, view: View) -> relax.Expr:
+        expr = self.visit_expr(source)
+        for k, (kind, arg) in enumerate(view.ops(_static_shape(source))):
+            if k:
                 expr = self.builder_.emit(expr)
-        var = binding.var
+            expr = relax.op.permute_dims(expr, list(arg)) if kind == "permute" else relax.op.reshape(expr, arg)
+        return expr
+
+    def _commuted(self, plan: _Commute) -> relax.Expr:
+        inv = list(_inverse(plan.p))
+        operands = []
+        for kind, expr in plan.operands:
+            expr = self.visit_expr(expr)
+            operands.append(expr if kind == "source" else self.builder_.emit(relax.op.permute_dims(expr, inv)))
+        if plan.axis is not None:
+            return relax.op.concat(operands, axis=plan.axis)
+        return relax.Call(plan.op.op, operands, plan.op.attrs)
+
+    def _bind(self, var: relax.Var, expr: relax.Expr) -> None:
         if self.builder_.current_block_is_dataflow() and not isinstance(var, relax.DataflowVar):
             new_var = self.builder_.emit_output(expr, str(var.name))
-        elif steps:
-            new_var = self.builder_.emit(expr, str(var.name))
+        elif isinstance(expr, relax.Var):
+            new_var = expr  # an identity chain, or a cancelled permute
         else:
-            new_var = x  # the chain is the identity
+            new_var = self.builder_.emit(expr, str(var.name))
         self.set_var_remap(var, new_var)
 
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        var = binding.var
+        if var in self.views:
+            self._bind(var, self._view_expr(*self.views[var]))
+        elif var in self.replaced:
+            self._bind(var, self.replaced.pop(var))
+        elif var in self.commutes:
+            plan = self.commutes[var]
+            new = self.builder_.emit(self._commuted(plan))
+            if plan.user is not None:
+                self.replaced[plan.user] = new  # var itself is dead: its one user was the inverse
+            else:
+                self._bind(var, relax.op.permute_dims(new, list(plan.p)))
+        else:
+            super().visit_var_binding_(binding)
 
-def collapse_permutes(mod: tvm.IRModule) -> tvm.IRModule:
-    """Step 3 of the module docstring on every Relax function of ``mod`` (dead links removed)."""
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function):
-            continue
-        plan = _plan_collapse(func)
-        if not plan:
-            continue
-        mutator = _Collapse(mod, plan)
-        new_func = mutator.visit_expr(func)
-        mod = mutator.builder_.get()
-        mod[gv] = new_func
-        logger.debug("%s: collapsed %d permute/reshape chains", gv.name_hint, len(plan))
-    return _remove_dead(mod)
+
+def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
+    """Step 3 of the module docstring on every Relax function of ``mod``: chains become their
+    :class:`View` (:func:`_plan_collapse`); where none is left, concats and binary ops move to the
+    layout that needs fewer transposes (:func:`_plan_commute`); repeated while either finds work
+    (at most ``rounds`` times: a moved permute can meet another); dead links are removed."""
+    for _ in range(rounds):
+        changed = False
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, relax.Function):
+                continue
+            views = _plan_collapse(func)
+            commutes = {} if views else _plan_commute(func)
+            if not views and not commutes:
+                continue
+            mutator = _Collapse(mod, views, commutes)
+            new_func = mutator.visit_expr(func)
+            mod = mutator.builder_.get()
+            mod[gv] = new_func
+            changed = True
+            logger.debug("%s: %d permute/reshape chains collapsed, %d ops moved to another layout",
+                         gv.name_hint, len(views), len(commutes))
+        mod = relax.transform.FoldConstant()(_remove_dead(mod))
+        if not changed:
+            break
+    return mod
 
 
 # ------------------------------------------------------------------------------------------------
