@@ -17,11 +17,12 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from test_export import model_tolerance
-from tvm import relax
+from tvm import relax, topi
 
 from tvm_winograd.export import compile_model, run
 from tvm_winograd.frontend import from_onnx_model
-from tvm_winograd.relax_layout import compose_view, convert_layout, count_layout_transforms
+from tvm_winograd.relax_layout import (compose_view, convert_layout, count_layout_transforms, prepare_for_layout,
+                                        register_layout_rules)
 from tvm_winograd.runtime import library_metadata
 
 OPSET = 20  # Gelu (20), LayerNormalization (17), HardSwish (14)
@@ -51,8 +52,9 @@ class Graph:
     def node(self, op: str, inputs: list[str], channels: int | None = None, outputs: int = 1, **attrs):
         names = [self._name(op) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, names, **attrs))
+        known = [self.channels[i] for i in inputs if i in self.channels]
         for n in names:
-            self.channels[n] = channels if channels is not None else self.channels.get(inputs[0])
+            self.channels[n] = channels if channels is not None else (known[0] if known else None)
         return names[0] if outputs == 1 else names
 
     def conv(self, x: str, cout: int, k: int = 3, stride: int = 1, groups: int = 1, bias: bool = True,
@@ -223,3 +225,144 @@ def test_block_compiles_nhwc_and_matches_onnxruntime(block, no_schedules):
     assert (stem.kernel, stem.stride, stem.groups, stem.algorithm) == ("3x3", (1, 1), 1, "winograd"), stem
     # Every convolution runs NHWC: its weight is HWIO (kernel first).
     assert all("x".join(str(v) for v in r.weight_shape[:2]) == r.kernel for r in report), report
+
+
+# ------------------------------------------------------------------------------------------------
+# The pieces
+# ------------------------------------------------------------------------------------------------
+
+def _apply_steps(x: np.ndarray, steps) -> np.ndarray:
+    for kind, arg in steps:
+        x = np.transpose(x, arg) if kind == "permute" else x.reshape(arg)
+    return x
+
+
+def test_compose_view_cases():
+    """Inverse transposes vanish; a transpose of size-1 axes is a reshape; depth-to-space between
+    NHWC layout transposes is one 6-D transpose; a transpose then any reshape is still one."""
+    assert compose_view((1, 8, 8, 4), [("permute", (0, 3, 1, 2)), ("permute", (0, 2, 3, 1))]).ops((1, 8, 8, 4)) == []
+    view = compose_view((2, 1, 1, 5), [("permute", (0, 3, 1, 2))])
+    assert view.permutes == 0 and view.ops((2, 1, 1, 5)) == [("reshape", (2, 5, 1, 1))]
+    # NHWC (1, 4, 5, 8) -> NCHW -> DCR depth-to-space (r = 2) -> NHWC (1, 8, 10, 2)
+    d2s = [("permute", (0, 3, 1, 2)), ("reshape", (1, 2, 2, 2, 4, 5)), ("permute", (0, 3, 4, 1, 5, 2)),
+           ("reshape", (1, 2, 8, 10)), ("permute", (0, 2, 3, 1))]
+    view = compose_view((1, 4, 5, 8), d2s)
+    assert view.permutes == 1 and [k for k, _ in view.ops((1, 4, 5, 8))] == ["reshape", "permute", "reshape"]
+    # factors h, w, (i, j, c) of the NHWC source; (j, c) stay adjacent, so 4-D: h, i, w, (j c)
+    assert view.split == (4, 5, 2, 4) and view.perm == (0, 2, 1, 3)
+    view = compose_view((2, 3), [("permute", (1, 0)), ("reshape", (2, 3))])
+    assert view is not None and view.ops((2, 3)) == [("permute", (1, 0)), ("reshape", (2, 3))]
+    # A regrouping followed by a transpose has no reshape-permute-reshape form.
+    assert compose_view((2, 3), [("permute", (1, 0)), ("reshape", (2, 3)), ("permute", (1, 0))]) is None
+
+
+def test_compose_view_equals_numpy_on_random_chains():
+    """200 random chains of transposes and reshapes (splits, merges, size-1 axes): the view's steps
+    move the data exactly as the chain's (numpy), with at most one transpose."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(200):
+        shape = tuple(int(d) for d in rng.choice([1, 2, 3, 4, 6], size=rng.integers(2, 5)))
+        steps, cur = [], shape
+        for _ in range(rng.integers(1, 5)):
+            if rng.random() < 0.5:
+                steps.append(("permute", tuple(int(a) for a in rng.permutation(len(cur)))))
+                cur = tuple(cur[a] for a in steps[-1][1])
+            else:  # split or merge one axis
+                k = int(rng.integers(len(cur)))
+                if cur[k] in (4, 6) and rng.random() < 0.6:
+                    cur = cur[:k] + (2, cur[k] // 2) + cur[k + 1:]
+                elif k + 1 < len(cur):
+                    cur = cur[:k] + (cur[k] * cur[k + 1],) + cur[k + 2:]
+                steps.append(("reshape", cur))
+        view = compose_view(shape, steps)
+        x = np.arange(int(np.prod(shape))).reshape(shape)
+        if view is None:
+            continue
+        checked += 1
+        np.testing.assert_array_equal(_apply_steps(x, view.ops(shape)), _apply_steps(x, steps))
+        assert sum(k == "permute" for k, _ in view.ops(shape)) <= 1
+    assert checked > 150
+
+
+def test_registered_rules_fill_only_gaps():
+    """The rules go to the ops TVM has none for; a second call registers nothing."""
+    register_layout_rules()
+    for name in ("relax.clip", "relax.nn.leakyrelu", "relax.nn.softplus", "relax.nn.pad"):
+        assert tvm.ir.Op.get(name).get_attr("FRelaxInferLayout") is not None, name
+    assert register_layout_rules() == []
+
+
+def _calls(mod: tvm.IRModule, op: str) -> int:
+    found = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: found.append(e) if isinstance(e, relax.Call)
+                                    and isinstance(e.op, tvm.ir.Op) and e.op.name == op else None)
+    return len(found)
+
+
+def _activation_zoo(g: Graph) -> str:
+    """conv, ONNX Clip with a lower bound only and with both (frontend TE maximum/minimum), an
+    asymmetric Pad with a non-zero value (frontend TE pad), a (1, C, 1, 1) scale as the *first*
+    operand, LeakyRelu, Elu, Mish, max pool, conv."""
+    y = g.node("Clip", [g.conv("x", 16), g.const(-0.5)])
+    y = g.relu6(y)
+    y = g.node("Pad", [y, g.const([0, 0, 1, 2, 0, 0, 3, 1], np.int64), g.const(0.25)])
+    y = g.node("Mul", [g.const(1 + 0.1 * g.rng.standard_normal((1, 16, 1, 1))), y])
+    y = g.node("Mish", [g.node("Elu", [g.node("LeakyRelu", [y], alpha=0.1)], alpha=0.7)])
+    y = g.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    return g.conv(y, 8)
+
+
+def test_frontend_te_calls_are_raised_and_the_result_is_exact(no_schedules):
+    """The frontend's TE Clip and Pad become Relax ops (no call_tir left), every op between the
+    convolutions stays NHWC, and the compiled block equals onnxruntime."""
+    g = Graph((1, 8, 12, 10))
+    model = g.model(_activation_zoo(g))
+    mod = from_onnx_model(model)
+    assert _calls(mod, "relax.call_tir") == 4  # maximum, maximum, minimum, pad
+    prepared = prepare_for_layout(mod)
+    assert _calls(prepared, "relax.call_tir") == 0
+    assert not any(isinstance(f, tvm.tirx.PrimFunc) for f in prepared.functions.values())
+    assert count_layout_transforms(convert_layout(mod, "NHWC")) == 2
+    ex, report = compile_model(mod, "llvm", no_schedules)
+    feed = {"x": np.random.default_rng(5).standard_normal(g.shape).astype(np.float32)}
+    ref = _onnxruntime(model, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= model_tolerance(report, ref)
+
+
+def test_other_te_calls_stay(no_schedules):
+    """A call_tir that is not exactly the frontend's maximum is left alone (and so is run in the
+    model's layout, between two counted transposes)."""
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    w = relax.const(np.random.default_rng(0).standard_normal((4, 4, 3, 3)).astype("float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
+            y = bb.emit_te(lambda a, b: topi.maximum(topi.multiply(a, 2.0), b), y, relax.const(0.0, "float32"))
+            out = bb.emit_output(relax.op.nn.conv2d(y, w, padding=1))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    assert _calls(prepare_for_layout(mod), "relax.call_tir") == 1
+    assert count_layout_transforms(convert_layout(mod, "NHWC")) == 4
+
+
+def test_count_layout_transforms_skips_constants():
+    """Transposes of data count (permute_dims and layout_transform); a constant's does not."""
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    c = relax.const(np.ones((1, 6, 6, 4), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            y = bb.emit(relax.op.add(y, relax.op.permute_dims(c, [0, 1, 2, 3])))
+            y = bb.emit(relax.op.layout_transform(y, lambda n, h, w, c: (n, c, h, w)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    assert count_layout_transforms(bb.get()) == 2
+
+
+def test_convert_layout_rejects_unknown_layout():
+    with pytest.raises(ValueError, match="NCWH"):
+        convert_layout(tvm.IRModule(), "NCWH")

@@ -357,7 +357,7 @@ def compose_view(src_shape: Sequence[int], steps: Sequence[tuple[str, Sequence[i
             source.append(len(sizes) - 1)
             groups[-1].append(len(sizes) - 1)
     shape = tuple(int(d) for d in src_shape)
-    for kind, arg in steps:
+    for at, (kind, arg) in enumerate(steps):
         arg = tuple(int(a) for a in arg)
         if kind == "permute":
             if sorted(arg) != list(range(len(groups))):
@@ -366,27 +366,14 @@ def compose_view(src_shape: Sequence[int], steps: Sequence[tuple[str, Sequence[i
             continue
         if int(np.prod(arg)) != int(np.prod(shape)) or any(d <= 0 for d in arg):
             return None
-        flat = [f for g in groups for f in g]
-        groups, shape, i = [], arg, 0
-        for dim in arg:
-            group, rest = [], dim
-            while rest > 1:
-                factor = flat[i]
-                if rest % sizes[factor] == 0:
-                    group.append(factor)
-                    rest //= sizes[factor]
-                    i += 1
-                elif sizes[factor] % rest == 0:  # split: the high part ends this axis
-                    high, low = len(sizes), len(sizes) + 1
-                    sizes[high], sizes[low] = rest, sizes[factor] // rest
-                    at = source.index(factor)
-                    source[at:at + 1] = [high, low]
-                    flat[i] = low
-                    group.append(high)
-                    rest = 1
-                else:
-                    return None
-            groups.append(group)
+        regrouped = _regroup(dict(sizes), list(source), groups, arg)
+        if regrouped is None:
+            if any(k == "permute" for k, _ in steps[at:]):
+                return None  # a transpose after a regrouping no factor order can express
+            shape = tuple(int(a) for a in steps[-1][1])  # only reshapes follow: the last one counts
+            break
+        groups, sizes, source = regrouped
+        shape = arg
     order = [f for g in groups for f in g]
     where = {f: k for k, f in enumerate(source)}
     runs: list[list[int]] = []  # factors adjacent in the source and in the result merge
@@ -399,6 +386,35 @@ def compose_view(src_shape: Sequence[int], steps: Sequence[tuple[str, Sequence[i
     split = tuple(int(np.prod([sizes[f] for f in runs[r]])) for r in runs_in_source)
     rank = {r: k for k, r in enumerate(runs_in_source)}
     return View(split=split, perm=tuple(rank[r] for r in range(len(runs))), shape=shape)
+
+
+def _regroup(sizes: dict, source: list, groups: list, shape: tuple[int, ...]) -> tuple | None:
+    """``(groups, sizes, source)`` after a row-major reshape to ``shape`` of the tensor whose axes are
+    the factor ``groups``: factors are split where an axis ends inside one (``sizes`` and the
+    ``source`` order, both updated in place, say so); None if an axis ends where no factor
+    boundary can be made."""
+    flat = [f for g in groups for f in g]
+    new_groups, i = [], 0
+    for dim in shape:
+        group, rest = [], dim
+        while rest > 1:
+            factor = flat[i]
+            if rest % sizes[factor] == 0:
+                group.append(factor)
+                rest //= sizes[factor]
+                i += 1
+            elif sizes[factor] % rest == 0:  # split: the high part ends this axis
+                high, low = len(sizes), len(sizes) + 1
+                sizes[high], sizes[low] = rest, sizes[factor] // rest
+                at = source.index(factor)
+                source[at:at + 1] = [high, low]
+                flat[i] = low
+                group.append(high)
+                rest = 1
+            else:
+                return None
+        new_groups.append(group)
+    return new_groups, sizes, source
 
 
 def _view_step(value: relax.Expr) -> tuple[str, tuple[int, ...]] | None:
