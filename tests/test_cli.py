@@ -48,6 +48,8 @@ def tiny_lib(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["winograd_layers"] == 4 and summary["conv_layers"] == 8
+    # NHWC: the input's transpose only; the head's (N, 1, 1, C) -> (N, C, 1, 1) is a reshape
+    assert summary["layout_transforms"] == 1
     assert out.is_file()
     return out
 

@@ -251,14 +251,30 @@ def test_input_shape_for_an_unknown_name(conv, tmp_path):
     assert_usage_error(cli("layers", str(conv["model"]), "--input-shape", "nope:1,16,20,20"), "'nope'", "'x'")
 
 
-def test_compile_failing_inside_tvm_is_one_line(tmp_path):
-    """ConvTranspose converted to NHWC has no lowering in TVM 0.27 (VM codegen error): exit 2 naming the
-    op; the model's own layout (--layout keep) compiles."""
+def test_unet_compiles_by_default_and_failures_inside_tvm_are_one_line(tmp_path):
+    """ConvTranspose: TVM 0.27 lowers conv2d_transpose in NCHW only, so the NHWC conversion keeps it
+    NCHW and the default compile works (the transposes: the input's, before the ConvTranspose, of
+    the first conv's output for the NCHW concat at the output).  One forced into NHWC has no
+    lowering (VM codegen error): CompileError, one line naming the op and the layout."""
+    from tvm import relax
+
+    from tvm_winograd.export import CompileError, compile_model
+
     model = _unet_onnx(tmp_path / "unet.onnx")
-    assert_usage_error(cli("compile", str(model), "-o", str(tmp_path / "u.so")), "relax.nn.conv2d_transpose",
-                       "--layout keep")
-    proc = cli("compile", str(model), "--layout", "keep", "-o", str(tmp_path / "u.so"))
+    proc = cli("compile", str(model), "-o", str(tmp_path / "u.so"), "--json")
     assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["layout_transforms"] == 3
+    x = relax.Var("x", relax.TensorType((1, 8, 8, 4), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d_transpose(x, relax.const(np.ones((4, 2, 2, 2), "float32")),
+                                                              strides=2, data_layout="NHWC", kernel_layout="IOHW"))
+        bb.emit_func_output(out)
+    with pytest.raises(CompileError) as err:
+        compile_model(bb.get(), "llvm", tmp_path, layout="keep")
+    assert str(err.value).startswith("TVM failed to compile relax.nn.conv2d_transpose (data_layout NHWC): ")
+    assert "\n" not in str(err.value)
 
 
 def test_symbolic_dimensions_match_any_size():

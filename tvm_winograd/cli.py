@@ -172,6 +172,7 @@ def cmd_tune(args) -> int:
 
 def cmd_compile(args) -> int:
     from .export import compile_model, export_library
+    from .runtime import library_metadata
     from .targets import is_cuda
     from .tune.paths import schedules_dir
 
@@ -198,12 +199,13 @@ def cmd_compile(args) -> int:
                "inputs": {n: {"shape": list(info.input_shapes[n]), "dtype": info.input_dtypes[n]}
                           for n in info.input_names},
                "winograd_layers": n_wino, "conv_layers": len(reports),
+               "layout_transforms": library_metadata(ex)["layout_transforms"],
                "layers": [r.as_dict() for r in reports]}
     if args.json:
         _emit_json(summary)
     else:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
-              f"{n_wino} of {len(reports)} convolutions use Winograd")
+              f"{n_wino} of {len(reports)} convolutions use Winograd, {summary['layout_transforms']} layout transforms")
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
         print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
     return 0

@@ -35,6 +35,7 @@ from tvm import relax, tirx
 from . import __version__
 from .frontend import model_signature
 from .contract import is_ours, is_scheduled, kind_of, mark_scheduled
+from .relax_layout import count_layout_transforms
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
@@ -262,7 +263,8 @@ def compile_model(
     mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
                                  layout=layout)
     metadata = {"package_version": __version__, "tvm_version": tvm.__version__, "target": str(tgt),
-                "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)]}
+                "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)],
+                "layout_transforms": count_layout_transforms(mod)}
     with _cuda_build_env(tgt):
         try:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt))

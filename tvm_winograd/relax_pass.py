@@ -35,6 +35,7 @@ from tvm import relax, tirx
 
 from .compute import (Epilogue, direct_func, kernel_pack_shape, target_config, weight_transform_func,
                       winograd_func)
+from .relax_layout import convert_layout
 from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
 from .tune.paths import schedules_dir as schedules_dir_for
@@ -437,15 +438,14 @@ def conv_layout_for(target: object, layout: str = "auto") -> str | None:
 
 def convert_conv_layout(mod: tvm.IRModule, target: object = "llvm", layout: str = "auto") -> tvm.IRModule:
     """Convert every ``relax.nn.conv2d`` of ``mod`` to the layout :func:`conv_layout_for` picks
-    (TVM's ``ConvertLayout``: NHWC data with HWIO weights, or NCHW/OIHW), then fold the constant
-    weight transposes.  The layout-agnostic ops between convolutions follow; transposes remain only
-    at the model's inputs and outputs."""
+    (NHWC data with HWIO weights, or NCHW/OIHW) with :func:`tvm_winograd.relax_layout.convert_layout`:
+    the ops between convolutions follow, the weights' transposes are folded, and transposes remain
+    at the model's inputs and outputs (and around ``conv2d_transpose``, which TVM lowers in NCHW
+    only); :func:`~tvm_winograd.relax_layout.count_layout_transforms` counts them."""
     want = conv_layout_for(target, layout)
     if want is None:
         return mod
-    kernel = "HWIO" if want == "NHWC" else "OIHW"
-    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [want, kernel]})(mod)
-    return relax.transform.FoldConstant()(mod)
+    return convert_layout(mod, want)
 
 
 def conv_workloads(

@@ -1,0 +1,681 @@
+"""Graph-level layout: convert a model's convolutions to NHWC with transposes only where they must be.
+
+TVM's ``relax.transform.ConvertLayout`` converts each ``conv2d`` to the desired layout and lets the
+ops after it follow, through the layout rule (``FRelaxInferLayout``) each op registers; an op without
+a rule is run in the model's layout, so it is wrapped in a transpose pair.  On the models of this
+project three things defeat it (TVM 0.27):
+
+1. Ops without a rule: ``clip`` (ReLU6, hard-sigmoid, hard-swish), ``nn.leakyrelu``,
+   ``nn.softplus`` (Mish) and ``nn.pad``.  :func:`register_layout_rules` registers rules for them
+   from Python (``tvm.ir.register_op_attr``, only where TVM has none).
+2. Ops the ONNX frontend emits as ``call_tir`` of a TE function, which no rule can see into: ``Clip``
+   becomes ``call_tir(maximum)`` + ``call_tir(minimum)`` and ``Pad`` ``call_tir(pad)``.
+   :func:`prepare_for_layout` raises them back to ``relax.maximum`` / ``relax.minimum`` /
+   ``relax.nn.pad``, each only after checking that the PrimFunc is *exactly* what the frontend's
+   ``emit_te`` makes of that op (structural equality with a freshly emitted one), and also
+   rewrites broadcasts TVM's binary rule resolves to the model's layout (a constant first operand
+   of a commutative op, a constant of lower rank such as a (C, 1, 1) scale) and decomposes
+   ``nn.pixel_shuffle`` into the reshape/permute/reshape that step 3 handles.
+3. Reshape/transpose chains: ``reshape`` has no rule (it cannot have one in general), so a
+   depth-to-space (``reshape -> permute_dims -> reshape``) between NHWC convolutions is wrapped in
+   a transpose pair, and a model's own ``permute_dims`` (ConvNeXt's NCHW -> NHWC around its layer
+   norm) meets the converter's.  :func:`collapse_permutes` rewrites every chain of
+   ``permute_dims`` / ``reshape`` into at most ``reshape -> permute_dims -> reshape`` of its source
+   (:func:`compose_view`), so inverse pairs vanish and a depth-to-space keeps its one permute.
+
+``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side.
+:func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, tirx, topi
+
+__all__ = [
+    "CONV_TRANSPOSE_LAYOUT",
+    "View",
+    "collapse_permutes",
+    "compose_view",
+    "convert_layout",
+    "count_layout_transforms",
+    "prepare_for_layout",
+    "register_layout_rules",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The only layout TVM 0.27 legalizes ``relax.nn.conv2d_transpose`` in (data, kernel).
+CONV_TRANSPOSE_LAYOUT = ("NCHW", "IOHW")
+
+_Constant = tvm.ir.expr.Constant
+_PERMUTE = "relax.permute_dims"
+_RESHAPE = "relax.reshape"
+_LAYOUT_TRANSFORM = "relax.layout_transform"
+#: Elementwise binary ops whose two operands may be swapped.
+_COMMUTATIVE = frozenset({"relax.add", "relax.multiply", "relax.maximum", "relax.minimum"})
+#: Elementwise binary ops with NumPy broadcasting (TVM's ``InferLayoutBinaryEwise``).
+_BINARY = _COMMUTATIVE | {"relax.subtract", "relax.divide", "relax.power", "relax.floor_divide"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout rules for the ops TVM has none for
+# ------------------------------------------------------------------------------------------------
+
+@functools.cache
+def _layout_types() -> tuple[type, type]:
+    """Python classes of TVM's ``LayoutDecision`` and ``InferLayoutOutput`` (a rule returns the
+    latter); their C++ constructors are not exposed, their reflected fields are."""
+    from tvm_ffi import Object
+    from tvm_ffi.dataclasses import c_class
+
+    @c_class("relax.transform.LayoutDecision")
+    class LayoutDecision(Object):
+        """The layout of one tensor: ``layout`` names the original axes in their new order."""
+
+        layout: s_tir.SLayout
+        is_unknown_dim: bool
+
+    @c_class("relax.transform.InferLayoutOutput")
+    class InferLayoutOutput(Object):
+        """What a rule returns: the layouts the inputs must have, the output's, the new attributes."""
+
+        input_layouts: list
+        output_layouts: list
+        new_attrs: object
+        new_args: dict
+
+    return LayoutDecision, InferLayoutOutput
+
+
+def _initial(ndim: int):
+    decision, _ = _layout_types()
+    return decision(s_tir.slayout("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:ndim]), False)
+
+
+def _decision(var_layout_map, arg: relax.Expr):
+    """The layout ConvertLayout has given ``arg`` (a constant or an unseen var has the initial one)."""
+    found = var_layout_map.get(arg) if isinstance(arg, relax.Var) else None
+    ndim = int(arg.ty.ndim)
+    if found is None or not hasattr(found, "layout") or len(str(found.layout.name)) != ndim:
+        return _initial(ndim)  # also packed layouts (NCHW4c): these rules only permute axes
+    return found
+
+
+def _infer_unary(call: relax.Call, _desired, var_layout_map):
+    """Rule of an elementwise op of one tensor (``clip``'s bounds are PrimValues, not tensors)."""
+    _, output = _layout_types()
+    layout = _decision(var_layout_map, call.args[0])
+    return output([layout], [layout], call.attrs, {})
+
+
+def _infer_pad(call: relax.Call, _desired, var_layout_map):
+    """Rule of ``nn.pad``: pad in the input's layout, the (before, after) pairs permuted alike."""
+    _, output = _layout_types()
+    layout = _decision(var_layout_map, call.args[0])
+    old = [int(v) for v in call.attrs.pad_width]
+    new: list[int] = []
+    for letter in str(layout.layout.name):
+        axis = ord(letter) - ord("A")
+        new += old[2 * axis: 2 * axis + 2]
+    attrs = relax.op.nn.pad(call.args[0], new, str(call.attrs.pad_mode), float(call.attrs.pad_value)).attrs
+    return output([layout], [layout], attrs, {})
+
+
+_RULES: dict[str, Callable] = {
+    "relax.clip": _infer_unary,
+    "relax.nn.leakyrelu": _infer_unary,
+    "relax.nn.softplus": _infer_unary,
+    "relax.nn.pad": _infer_pad,
+}
+
+
+def register_layout_rules() -> list[str]:
+    """Register the layout rules of :data:`_RULES` with TVM's layout conversion, each only where TVM
+    has none (a rule of TVM's own wins); idempotent.  Returns the ops registered by this call."""
+    registered = []
+    for name, rule in _RULES.items():
+        if tvm.ir.Op.get(name).get_attr("FRelaxInferLayout") is None:
+            tvm.ir.register_op_attr(name, "FRelaxInferLayout", rule)
+            registered.append(name)
+    if registered:
+        logger.debug("registered layout rules for %s", ", ".join(registered))
+    return registered
+
+
+# ------------------------------------------------------------------------------------------------
+# Before the conversion: raise the frontend's TE calls, canonicalize broadcasts
+# ------------------------------------------------------------------------------------------------
+
+def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
+        return None
+    if not all(isinstance(v, tirx.IntImm) for v in ty.shape.values):
+        return None
+    return tuple(int(v) for v in ty.shape.values)
+
+
+def _emitted_te(te_op: Callable, args: Sequence[relax.Expr], *params) -> tirx.PrimFunc:
+    """The PrimFunc ``BlockBuilder.emit_te(te_op, *args, *params)`` makes: what a frontend emits."""
+    bb = relax.BlockBuilder()
+    inputs = [relax.Var(f"arg{i}", a.ty) for i, a in enumerate(args)]
+    with bb.function("f", inputs):
+        bb.emit_func_output(bb.emit_te(te_op, *inputs, *params))
+    (func,) = [f for f in bb.get().functions.values() if isinstance(f, tirx.PrimFunc)]
+    return func
+
+
+def _pad_params(func: tirx.PrimFunc, in_shape: tuple, out_shape: tuple) -> tuple[list, list, float] | None:
+    """``(pad_before, pad_after, value)`` read off a one-block constant-pad PrimFunc, else None (the
+    caller verifies them by rebuilding the PrimFunc)."""
+    if len(in_shape) != len(out_shape) or any(o < i for i, o in zip(in_shape, out_shape)):
+        return None
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1:
+        return None
+    block = sch.get(blocks[0])
+    value = getattr(block.body, "value", None)
+    if len(block.reads) != 1 or not isinstance(value, tvm.ir.expr.Call) or len(value.args) != 3:
+        return None
+    if not isinstance(value.args[2], tirx.FloatImm):
+        return None
+    before = []
+    for iv, rng in zip(block.iter_vars, block.reads[0].region):
+        start = rng.min
+        if start.same_as(iv.var):
+            before.append(0)
+        elif isinstance(start, tirx.Sub) and start.a.same_as(iv.var) and isinstance(start.b, tirx.IntImm):
+            before.append(int(start.b.value))
+        else:
+            return None
+    after = [o - i - b for i, o, b in zip(in_shape, out_shape, before)]
+    return before, after, float(value.args[2].value)
+
+
+def _raise_te_call(call: relax.Call, mod: tvm.IRModule) -> relax.Expr | None:
+    """The Relax op for a ``call_tir`` of the frontend's TE ``maximum`` / ``minimum`` (ONNX Clip) or
+    constant ``pad`` (ONNX Pad), if the called PrimFunc is exactly that; else None."""
+    if len(call.args) != 2 or not isinstance(call.args[1], relax.Tuple) or not call.ty_args:
+        return None
+    func = mod[call.args[0]] if call.args[0] in mod.functions else None
+    args = list(call.args[1].fields)
+    out_shape = _static_shape(call)
+    if not isinstance(func, tirx.PrimFunc) or out_shape is None or any(_static_shape(a) is None for a in args):
+        return None
+    if len(args) == 2 and _static_shape(args[1]) == () and _static_shape(args[0]) == out_shape:
+        for te_op, relax_op in ((topi.maximum, relax.op.maximum), (topi.minimum, relax.op.minimum)):
+            if tvm_ffi.structural_equal(func, _emitted_te(te_op, args)):
+                return relax_op(args[0], args[1])
+    if len(args) == 1:
+        params = _pad_params(func, _static_shape(args[0]), out_shape)
+        if params is not None and tvm_ffi.structural_equal(func, _emitted_te(topi.nn.pad, args, *params)):
+            before, after, value = params
+            widths = [w for pair in zip(before, after) for w in pair]
+            return relax.op.nn.pad(args[0], widths, "constant", value)
+    return None
+
+
+def _canonical_binary(call: relax.Call) -> relax.Expr | None:
+    """A broadcasting binary op TVM's rule would run in the model's layout, rewritten so that it
+    follows the tensor operand: a constant first operand of a commutative op goes second, a
+    constant of lower rank (a (C, 1, 1) scale) gets the leading ones NumPy broadcasting implies."""
+    a, b = call.args
+    changed = False
+    if call.op.name in _COMMUTATIVE and isinstance(a, _Constant) and not isinstance(b, _Constant):
+        a, b, changed = b, a, True
+    ranks = [int(a.ty.ndim), int(b.ty.ndim)]
+    if min(ranks) >= 0:
+        operands = [a, b]
+        for i in (0, 1):
+            other = ranks[1 - i]
+            if isinstance(operands[i], _Constant) and 0 < ranks[i] < other:
+                value = operands[i].value.numpy()
+                operands[i] = relax.const(value.reshape((1,) * (other - ranks[i]) + value.shape), value.dtype)
+                changed = True
+        a, b = operands
+    if not changed:
+        return None
+    return relax.Call(call.op, [a, b], call.attrs)
+
+
+def _pixel_shuffle(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """``nn.pixel_shuffle`` (NCHW, CRD order: ``y[n, c, h r + i, w r + j] = x[n, c r^2 + i r + j, h, w]``)
+    as reshape -> permute_dims -> reshape, which :func:`collapse_permutes` can move to NHWC."""
+    shape = _static_shape(call.args[0])
+    r = int(call.attrs.upscale_factor)
+    if shape is None or len(shape) != 4 or shape[1] % (r * r):
+        return None
+    n, c, h, w = shape
+    x = bb.emit(relax.op.reshape(call.args[0], (n, c // (r * r), r, r, h, w)))
+    x = bb.emit(relax.op.permute_dims(x, [0, 1, 4, 2, 5, 3]))
+    return relax.op.reshape(x, (n, c // (r * r), h * r, w * r))
+
+
+@relax.expr_functor.mutator
+class _Prepare(relax.PyExprMutator):
+    """Applies :func:`_raise_te_call`, :func:`_canonical_binary` and :func:`_pixel_shuffle`."""
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.mod = mod
+        self.raised = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        name = call.op.name
+        new = None
+        if name == "relax.call_tir":
+            new = _raise_te_call(call, self.mod)
+            self.raised += new is not None
+        elif name in _BINARY:
+            new = _canonical_binary(call)
+        elif name == "relax.nn.pixel_shuffle":
+            new = _pixel_shuffle(self.builder_, call)
+        return call if new is None else new
+
+
+def prepare_for_layout(mod: tvm.IRModule) -> tvm.IRModule:
+    """Step 2 of the module docstring on every Relax function of ``mod`` (constants folded first;
+    the raised TE PrimFuncs that lost their last caller are removed)."""
+    mod = relax.transform.FoldConstant()(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mutator = _Prepare(mod)
+            new_func = mutator.visit_expr(func)
+            mod = mutator.builder_.get()
+            mod[gv] = new_func
+            if mutator.raised:
+                logger.debug("%s: raised %d frontend TE calls to Relax ops", gv.name_hint, mutator.raised)
+    return _remove_dead(mod)
+
+
+def _remove_dead(mod: tvm.IRModule) -> tvm.IRModule:
+    entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
+    return relax.transform.DeadCodeElimination(entries)(mod)
+
+
+# ------------------------------------------------------------------------------------------------
+# After the conversion: collapse permute/reshape chains
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class View:
+    """A pure data movement of a source tensor as ``reshape(split) -> permute_dims(perm) ->
+    reshape(shape)``: ``split`` refines the source's shape into factors (size-1 axes dropped),
+    ``perm`` orders those factors, ``shape`` is the result's shape."""
+
+    split: tuple[int, ...]
+    perm: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    @property
+    def permutes(self) -> int:
+        """1 if the data moves (a transpose), 0 if the view is a reshape."""
+        return int(self.perm != tuple(range(len(self.perm))))
+
+    def ops(self, src_shape: Sequence[int]) -> list[tuple[str, tuple[int, ...]]]:
+        """The fewest ``("reshape", shape)`` / ``("permute", axes)`` steps that make the view."""
+        if not self.permutes:
+            return [] if tuple(src_shape) == self.shape else [("reshape", self.shape)]
+        steps = [] if tuple(src_shape) == self.split else [("reshape", self.split)]
+        steps.append(("permute", self.perm))
+        if tuple(self.split[p] for p in self.perm) != self.shape:
+            steps.append(("reshape", self.shape))
+        return steps
+
+
+def compose_view(src_shape: Sequence[int], steps: Sequence[tuple[str, Sequence[int]]]) -> View | None:
+    """The :class:`View` that a chain of ``("permute", axes)`` / ``("reshape", shape)`` steps
+    (row-major reshapes, ``permute_dims`` semantics) applies to a tensor of ``src_shape``; None
+    when a reshape regroups elements across a transposed boundary (no single-permute form exists).
+
+    Each axis of size > 1 is an index *factor*; a reshape splits factors where its dimensions
+    need it (splitting the same factor of the source), a permute reorders the groups of factors.
+    Factors adjacent both in the source and in the result merge, so inverse permutes give the
+    identity and depth-to-space gives its 6-D transpose.
+    """
+    sizes: dict[int, int] = {}
+    source: list[int] = []  # factor ids in source order
+    groups: list[list[int]] = []  # factor ids of each current axis, row-major
+    for dim in src_shape:
+        if dim <= 0:
+            return None
+        groups.append([])
+        if dim > 1:
+            sizes[len(sizes)] = dim
+            source.append(len(sizes) - 1)
+            groups[-1].append(len(sizes) - 1)
+    shape = tuple(int(d) for d in src_shape)
+    for at, (kind, arg) in enumerate(steps):
+        arg = tuple(int(a) for a in arg)
+        if kind == "permute":
+            if sorted(arg) != list(range(len(groups))):
+                return None
+            groups, shape = [groups[a] for a in arg], tuple(shape[a] for a in arg)
+            continue
+        if int(np.prod(arg)) != int(np.prod(shape)) or any(d <= 0 for d in arg):
+            return None
+        regrouped = _regroup(dict(sizes), list(source), groups, arg)
+        if regrouped is None:
+            if any(k == "permute" for k, _ in steps[at:]):
+                return None  # a transpose after a regrouping no factor order can express
+            shape = tuple(int(a) for a in steps[-1][1])  # only reshapes follow: the last one counts
+            break
+        groups, sizes, source = regrouped
+        shape = arg
+    order = [f for g in groups for f in g]
+    where = {f: k for k, f in enumerate(source)}
+    runs: list[list[int]] = []  # factors adjacent in the source and in the result merge
+    for f in order:
+        if runs and where[f] == where[runs[-1][-1]] + 1:
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    runs_in_source = sorted(range(len(runs)), key=lambda r: where[runs[r][0]])
+    split = tuple(int(np.prod([sizes[f] for f in runs[r]])) for r in runs_in_source)
+    rank = {r: k for k, r in enumerate(runs_in_source)}
+    return View(split=split, perm=tuple(rank[r] for r in range(len(runs))), shape=shape)
+
+
+def _regroup(sizes: dict, source: list, groups: list, shape: tuple[int, ...]) -> tuple | None:
+    """``(groups, sizes, source)`` after a row-major reshape to ``shape`` of the tensor whose axes are
+    the factor ``groups``: factors are split where an axis ends inside one (``sizes`` and the
+    ``source`` order, both updated in place, say so); None if an axis ends where no factor
+    boundary can be made."""
+    flat = [f for g in groups for f in g]
+    new_groups, i = [], 0
+    for dim in shape:
+        group, rest = [], dim
+        while rest > 1:
+            factor = flat[i]
+            if rest % sizes[factor] == 0:
+                group.append(factor)
+                rest //= sizes[factor]
+                i += 1
+            elif sizes[factor] % rest == 0:  # split: the high part ends this axis
+                high, low = len(sizes), len(sizes) + 1
+                sizes[high], sizes[low] = rest, sizes[factor] // rest
+                at = source.index(factor)
+                source[at:at + 1] = [high, low]
+                flat[i] = low
+                group.append(high)
+                rest = 1
+            else:
+                return None
+        new_groups.append(group)
+    return new_groups, sizes, source
+
+
+def _view_step(value: relax.Expr) -> tuple[str, tuple[int, ...]] | None:
+    """The step of a static ``permute_dims`` / ``reshape`` call, else None."""
+    if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+        return None
+    in_shape = _static_shape(value.args[0]) if value.args else None
+    if in_shape is None:
+        return None
+    if value.op.name == _PERMUTE:
+        axes = value.attrs.axes
+        axes = tuple(range(len(in_shape)))[::-1] if axes is None else tuple(int(a) for a in axes)
+        return "permute", tuple(a % len(in_shape) for a in axes)
+    if value.op.name == _RESHAPE:
+        out = _static_shape(value)
+        return None if out is None else ("reshape", out)
+    return None
+
+
+def _use_counts(func: relax.Function) -> dict:
+    """How often each Var is used (in binding values and the function's result)."""
+    counts: dict = {}
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Var):
+            counts[expr] = counts.get(expr, 0) + 1
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            relax.analysis.post_order_visit(binding.value, visit)
+    relax.analysis.post_order_visit(func.body.body, visit)
+    return counts
+
+
+def _plan_collapse(func: relax.Function) -> dict:
+    """``{var: (source, View)}`` for each chain end that :func:`compose_view` makes cheaper: fewer
+    transposes, or as many in fewer ops.  A chain runs back through permute/reshape bindings used
+    only by the next one (so rewriting its end leaves them dead, never duplicated)."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    inner = {v.args[0] for v in values.values() if _view_step(v) is not None and isinstance(v.args[0], relax.Var)}
+    plan = {}
+    for var, value in values.items():
+        if _view_step(value) is None:
+            continue
+        if isinstance(var, relax.DataflowVar) and uses.get(var, 0) == 1 and var in inner:
+            continue  # an inner link: its chain's end rewrites it
+        steps, source = [], var
+        while True:
+            steps.insert(0, _view_step(values[source]))
+            arg = values[source].args[0]
+            if (isinstance(arg, relax.DataflowVar) and arg in values and _view_step(values[arg]) is not None
+                    and uses.get(arg, 0) == 1):
+                source = arg
+                continue
+            source = arg
+            break
+        src_shape = _static_shape(source)
+        view = compose_view(src_shape, steps)
+        if view is None:
+            continue
+        chain_permutes = sum(kind == "permute" and axes != tuple(range(len(axes))) for kind, axes in steps)
+        if (view.permutes, len(view.ops(src_shape))) < (chain_permutes, len(steps)):
+            plan[var] = (source, view)
+    return plan
+
+
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+    inv = [0] * len(axes)
+    for k, a in enumerate(axes):
+        inv[a] = k
+    return tuple(inv)
+
+
+def _commute_operands(op: relax.Expr) -> tuple[list, int | None] | None:
+    """The operands of a concat (inline tuple) or broadcasting binary op, all tensors of one rank,
+    and the concat's axis (None for a binary op); else None."""
+    if not isinstance(op, relax.Call) or not isinstance(op.op, tvm.ir.Op):
+        return None
+    if op.op.name == "relax.concat" and isinstance(op.args[0], relax.Tuple):
+        operands, axis = list(op.args[0].fields), int(op.attrs.axis)
+    elif op.op.name in _BINARY:
+        operands, axis = list(op.args), None
+    else:
+        return None
+    ranks = {int(a.ty.ndim) for a in operands}
+    return (operands, axis) if len(ranks) == 1 and ranks.pop() > 0 else None
+
+
+@dataclass
+class _Commute:
+    """``v = op(operands)`` recomputed as ``v' = op(operands in the layout of permute_dims(p))``:
+    ``operands`` are ``("source", s)`` (the operand was ``permute_dims(s, p)``, now dead) or
+    ``("permute", a)`` (``permute_dims(a, inverse(p))``); ``user`` is the single user
+    ``permute_dims(v, inverse(p))`` that becomes ``v'``, else None and ``v = permute_dims(v', p)``."""
+
+    op: relax.Call
+    operands: list
+    axis: int | None
+    p: tuple[int, ...]
+    user: relax.Var | None
+
+
+def _plan_commute(func: relax.Function) -> dict:
+    """``{v: _Commute}`` for each concat / binary op ``v`` that runs with fewer transposes in the
+    layout of one of its operands' permutes (or the inverse of its one user's): per operand a
+    permute cancels (it was that permute, used only by ``v``) or is added (a constant's folds),
+    likewise at the output.  What TVM's rules leave to this: a residual add of two transposed
+    values at a model's output, a concat of a ``conv2d_transpose`` output (NCHW) with an NHWC skip
+    connection."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    users: dict = {}
+    for var, value in values.items():
+        if _view_step(value) is not None and isinstance(value.args[0], relax.Var):
+            users.setdefault(value.args[0], []).append(var)
+
+    def permute_of(a: relax.Expr) -> tuple | None:
+        step = _view_step(values.get(a)) if isinstance(a, relax.DataflowVar) and uses.get(a) == 1 else None
+        return step[1] if step is not None and step[0] == "permute" else None
+
+    plan = {}
+    for var, value in values.items():
+        found = _commute_operands(value)
+        if found is None or not isinstance(var, relax.DataflowVar):
+            continue
+        operands, axis = found
+        user = users.get(var, [None])[0] if uses.get(var) == 1 else None
+        user_step = _view_step(values[user]) if user is not None else None
+        user_axes = user_step[1] if user_step is not None and user_step[0] == "permute" else None
+        candidates = {permute_of(a) for a in operands} | ({_inverse(user_axes)} if user_axes else set())
+        best = None
+        for p in sorted(c for c in candidates if c is not None and len(c) == int(operands[0].ty.ndim)):
+            inv = _inverse(p)
+            new_ops = [("source", values[a].args[0]) if permute_of(a) == p else ("permute", a) for a in operands]
+            delta = sum(-1 if kind == "source" else int(not isinstance(a, _Constant)) for kind, a in new_ops)
+            cancels = user_axes == inv
+            delta += -1 if cancels else 1
+            if delta < 0 and (best is None or delta < best[0]):
+                new_axis = None if axis is None else p[axis % len(p)]  # operand axis i is source axis p[i]
+                best = (delta, _Commute(value, new_ops, new_axis, p, user if cancels else None))
+        if best is not None:
+            plan[var] = best[1]
+    return plan
+
+
+@relax.expr_functor.mutator
+class _Collapse(relax.PyExprMutator):
+    """Rewrites the chain ends planned by :func:`_plan_collapse` as their :class:`View` and the ops
+    planned by :func:`_plan_commute` in their new layout."""
+
+    def __init__(self, mod: tvm.IRModule, views: dict, commutes: dict) -> None:
+        super().__init__(mod)
+        self.views = views
+        self.commutes = commutes
+        self.replaced: dict = {}  # a commuted op's user permute -> the op's new value
+
+    def _view_expr(self, source: relax.Expr, view: View) -> relax.Expr:
+        expr = self.visit_expr(source)
+        for k, (kind, arg) in enumerate(view.ops(_static_shape(source))):
+            if k:
+                expr = self.builder_.emit(expr)
+            expr = relax.op.permute_dims(expr, list(arg)) if kind == "permute" else relax.op.reshape(expr, arg)
+        return expr
+
+    def _commuted(self, plan: _Commute) -> relax.Expr:
+        inv = list(_inverse(plan.p))
+        operands = []
+        for kind, expr in plan.operands:
+            expr = self.visit_expr(expr)
+            operands.append(expr if kind == "source" else self.builder_.emit(relax.op.permute_dims(expr, inv)))
+        if plan.axis is not None:
+            return relax.op.concat(operands, axis=plan.axis)
+        return relax.Call(plan.op.op, operands, plan.op.attrs)
+
+    def _bind(self, var: relax.Var, expr: relax.Expr) -> None:
+        if self.builder_.current_block_is_dataflow() and not isinstance(var, relax.DataflowVar):
+            new_var = self.builder_.emit_output(expr, str(var.name))
+        elif isinstance(expr, relax.Var):
+            new_var = expr  # an identity chain, or a cancelled permute
+        else:
+            new_var = self.builder_.emit(expr, str(var.name))
+        self.set_var_remap(var, new_var)
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        var = binding.var
+        if var in self.views:
+            self._bind(var, self._view_expr(*self.views[var]))
+        elif var in self.replaced:
+            self._bind(var, self.replaced.pop(var))
+        elif var in self.commutes:
+            plan = self.commutes[var]
+            new = self.builder_.emit(self._commuted(plan))
+            if plan.user is not None:
+                self.replaced[plan.user] = new  # var itself is dead: its one user was the inverse
+            else:
+                self._bind(var, relax.op.permute_dims(new, list(plan.p)))
+        else:
+            super().visit_var_binding_(binding)
+
+
+def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
+    """Step 3 of the module docstring on every Relax function of ``mod``: chains become their
+    :class:`View` (:func:`_plan_collapse`); where none is left, concats and binary ops move to the
+    layout that needs fewer transposes (:func:`_plan_commute`); repeated while either finds work
+    (at most ``rounds`` times: a moved permute can meet another); dead links are removed."""
+    for _ in range(rounds):
+        changed = False
+        for gv, func in list(mod.functions.items()):
+            if not isinstance(func, relax.Function):
+                continue
+            views = _plan_collapse(func)
+            commutes = {} if views else _plan_commute(func)
+            if not views and not commutes:
+                continue
+            mutator = _Collapse(mod, views, commutes)
+            new_func = mutator.visit_expr(func)
+            mod = mutator.builder_.get()
+            mod[gv] = new_func
+            changed = True
+            logger.debug("%s: %d permute/reshape chains collapsed, %d ops moved to another layout",
+                         gv.name_hint, len(views), len(commutes))
+        mod = relax.transform.FoldConstant()(_remove_dead(mod))
+        if not changed:
+            break
+    return mod
+
+
+# ------------------------------------------------------------------------------------------------
+# The conversion, and what it leaves
+# ------------------------------------------------------------------------------------------------
+
+def convert_layout(mod: tvm.IRModule, layout: str) -> tvm.IRModule:
+    """Convert every ``conv2d`` of ``mod`` to ``layout`` (``"NHWC"`` with HWIO weights, or
+    ``"NCHW"`` with OIHW) and let the ops between convolutions follow it (module docstring):
+    :func:`register_layout_rules`, :func:`prepare_for_layout`, TVM's ``ConvertLayout`` (with
+    ``conv2d_transpose`` pinned to :data:`CONV_TRANSPOSE_LAYOUT`), ``FoldConstant`` (the weights'
+    transposes), :func:`collapse_permutes`."""
+    if layout not in ("NHWC", "NCHW"):
+        raise ValueError(f"layout {layout!r} is not one of NHWC, NCHW")
+    register_layout_rules()
+    mod = prepare_for_layout(mod)
+    desired = {"relax.nn.conv2d": [layout, "HWIO" if layout == "NHWC" else "OIHW"],
+               "relax.nn.conv2d_transpose": list(CONV_TRANSPOSE_LAYOUT)}
+    mod = relax.transform.ConvertLayout(desired)(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    return collapse_permutes(mod)
+
+
+def count_layout_transforms(mod: tvm.IRModule, func_name: str = "main") -> int:
+    """The ``permute_dims`` / ``layout_transform`` calls of ``mod[func_name]`` on non-constant data:
+    the transposes a compiled model runs (those of constant weights are folded at compile time)."""
+    count = 0
+
+    def visit(expr: relax.Expr) -> None:
+        nonlocal count
+        if (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op)
+                and expr.op.name in (_PERMUTE, _LAYOUT_TRANSFORM) and not isinstance(expr.args[0], _Constant)):
+            count += 1
+
+    relax.analysis.post_order_visit(mod[func_name].body, visit)
+    return count
