@@ -143,8 +143,47 @@ def _load_tvm_cuda_runtime() -> None:
     from tvm_ffi.libinfo import load_lib_ctypes
 
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-        package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
+
+    def load():
+        return load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
+                               mode="RTLD_LOCAL")
+
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load()
+    except OSError as err:  # e.g. "libcudart.so.13: cannot open shared object file"
+        missing = str(err).split(":")[0].strip()
+        if not missing.startswith("libcudart") or not _preload_toolkit_library(missing):
+            raise
+        _LOADED_LIBS["tvm_runtime_cuda"] = load()
+
+
+def toolkit_library_dirs() -> list[Path]:
+    """The CUDA toolkit's library directories: ``$CUDA_HOME``/``$CUDA_PATH``, next to the ``nvcc`` on
+    PATH (through wrapper scripts such as ``/usr/local/bin/nvcc``), and ``/usr/local/cuda``."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parent.parent))
+        roots += glob.glob("/usr/local/cuda-*")
+    dirs = []
+    for root in filter(None, roots):
+        for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+            d = Path(root) / sub
+            if d.is_dir() and d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _preload_toolkit_library(name: str) -> bool:
+    """Load ``name`` (a library TVM's CUDA runtime links, e.g. ``libcudart.so.13``) from the toolkit
+    when the dynamic loader's path lacks it (a machine with the toolkit but no ld.so entry for it)."""
+    for d in toolkit_library_dirs():
+        lib = d / name
+        if lib.is_file():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            logger.info("loaded %s from the CUDA toolkit (%s)", name, d)
+            return True
+    return False
 
 
 def ensure_cuda_runtime(allow_stand_in: bool = True) -> CudaRuntimeStatus:
