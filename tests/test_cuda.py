@@ -46,7 +46,7 @@ def test_driver_stand_in_loads_cuda_runtime_without_a_gpu(runtime):
 
 
 def test_rules_registered_for_cuda_and_gpu_keys():
-    from tvm_winograd.compute import SCHEDULE_RULES
+    from tvm_winograd.contract import SCHEDULE_RULES
     from tvm_winograd.schedule import cuda as cuda_schedule
 
     for key in cuda_schedule.RULE_KEYS:

@@ -37,14 +37,12 @@ from tvm import te, tirx, topi
 from tvm.topi.utils import const_matrix
 
 from .contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, DATA_PAD, DIRECT_EPILOGUE, INPUT_TILE,
-                       INVERSE, INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, NO_RULE, OUTPUT, SCHEDULE_RULE_ATTR,
-                       SCHEDULE_RULES, STAGES, rule_attrs, tag)
+                       INVERSE, INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, NO_RULE,
+                       OUTPUT, SCHEDULE_RULE_ATTR, rule_attrs, tag)
 from .transforms import winograd_matrices
 from .workload import Conv2dSpec, check_winograd
 
 __all__ = [
-    "STAGES",
-    "SCHEDULE_RULES",
     "Epilogue",
     "WinogradConfig",
     "tile_counts",

@@ -35,7 +35,7 @@ from tvm import relax, tirx
 from . import __version__
 from .frontend import model_signature
 from .contract import is_ours, is_scheduled, kind_of, mark_scheduled
-from .relax_layout import count_layout_transforms
+from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
@@ -173,8 +173,7 @@ def prepare_model(
     if rewrite:
         mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo, ineligible=ineligible)
     mod = relax.transform.FoldConstant()(mod)
-    entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
-    mod = relax.transform.DeadCodeElimination(entries)(mod)
+    mod = remove_dead_code(mod)
     leftover = [n for n, f in our_prim_funcs(mod).items() if kind_of(f) == "weight_transform"]
     if leftover:
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.

@@ -48,6 +48,8 @@ __all__ = [
     "count_layout_transforms",
     "prepare_for_layout",
     "register_layout_rules",
+    "remove_dead_code",
+    "static_shape",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,7 +156,8 @@ def register_layout_rules() -> list[str]:
 # Before the conversion: raise the frontend's TE calls, canonicalize broadcasts
 # ------------------------------------------------------------------------------------------------
 
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+def static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The static shape of a Relax tensor expression, or None (not a tensor, unknown or symbolic)."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None or not isinstance(ty.shape, relax.ShapeExpr):
         return None
@@ -208,15 +211,15 @@ def _raise_te_call(call: relax.Call, mod: tvm.IRModule) -> relax.Expr | None:
         return None
     func = mod[call.args[0]] if call.args[0] in mod.functions else None
     args = list(call.args[1].fields)
-    out_shape = _static_shape(call)
-    if not isinstance(func, tirx.PrimFunc) or out_shape is None or any(_static_shape(a) is None for a in args):
+    out_shape = static_shape(call)
+    if not isinstance(func, tirx.PrimFunc) or out_shape is None or any(static_shape(a) is None for a in args):
         return None
-    if len(args) == 2 and _static_shape(args[1]) == () and _static_shape(args[0]) == out_shape:
+    if len(args) == 2 and static_shape(args[1]) == () and static_shape(args[0]) == out_shape:
         for te_op, relax_op in ((topi.maximum, relax.op.maximum), (topi.minimum, relax.op.minimum)):
             if tvm_ffi.structural_equal(func, _emitted_te(te_op, args)):
                 return relax_op(args[0], args[1])
     if len(args) == 1:
-        params = _pad_params(func, _static_shape(args[0]), out_shape)
+        params = _pad_params(func, static_shape(args[0]), out_shape)
         if params is not None and tvm_ffi.structural_equal(func, _emitted_te(topi.nn.pad, args, *params)):
             before, after, value = params
             widths = [w for pair in zip(before, after) for w in pair]
@@ -250,7 +253,7 @@ def _canonical_binary(call: relax.Call) -> relax.Expr | None:
 def _pixel_shuffle(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
     """``nn.pixel_shuffle`` (NCHW, CRD order: ``y[n, c, h r + i, w r + j] = x[n, c r^2 + i r + j, h, w]``)
     as reshape -> permute_dims -> reshape, which :func:`collapse_permutes` can move to NHWC."""
-    shape = _static_shape(call.args[0])
+    shape = static_shape(call.args[0])
     r = int(call.attrs.upscale_factor)
     if shape is None or len(shape) != 4 or shape[1] % (r * r):
         return None
@@ -297,10 +300,11 @@ def prepare_for_layout(mod: tvm.IRModule) -> tvm.IRModule:
             mod[gv] = new_func
             if mutator.raised:
                 logger.debug("%s: raised %d frontend TE calls to Relax ops", gv.name_hint, mutator.raised)
-    return _remove_dead(mod)
+    return remove_dead_code(mod)
 
 
-def _remove_dead(mod: tvm.IRModule) -> tvm.IRModule:
+def remove_dead_code(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM's ``DeadCodeElimination`` with every Relax function of ``mod`` kept as an entry."""
     entries = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function)]
     return relax.transform.DeadCodeElimination(entries)(mod)
 
@@ -421,7 +425,7 @@ def _view_step(value: relax.Expr) -> tuple[str, tuple[int, ...]] | None:
     """The step of a static ``permute_dims`` / ``reshape`` call, else None."""
     if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
         return None
-    in_shape = _static_shape(value.args[0]) if value.args else None
+    in_shape = static_shape(value.args[0]) if value.args else None
     if in_shape is None:
         return None
     if value.op.name == _PERMUTE:
@@ -429,7 +433,7 @@ def _view_step(value: relax.Expr) -> tuple[str, tuple[int, ...]] | None:
         axes = tuple(range(len(in_shape)))[::-1] if axes is None else tuple(int(a) for a in axes)
         return "permute", tuple(a % len(in_shape) for a in axes)
     if value.op.name == _RESHAPE:
-        out = _static_shape(value)
+        out = static_shape(value)
         return None if out is None else ("reshape", out)
     return None
 
@@ -473,7 +477,7 @@ def _plan_collapse(func: relax.Function) -> dict:
                 continue
             source = arg
             break
-        src_shape = _static_shape(source)
+        src_shape = static_shape(source)
         view = compose_view(src_shape, steps)
         if view is None:
             continue
@@ -576,7 +580,7 @@ class _Collapse(relax.PyExprMutator):
 
     def _view_expr(self, source: relax.Expr, view: View) -> relax.Expr:
         expr = self.visit_expr(source)
-        for k, (kind, arg) in enumerate(view.ops(_static_shape(source))):
+        for k, (kind, arg) in enumerate(view.ops(static_shape(source))):
             if k:
                 expr = self.builder_.emit(expr)
             expr = relax.op.permute_dims(expr, list(arg)) if kind == "permute" else relax.op.reshape(expr, arg)
@@ -639,7 +643,7 @@ def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
             changed = True
             logger.debug("%s: %d permute/reshape chains collapsed, %d ops moved to another layout",
                          gv.name_hint, len(views), len(commutes))
-        mod = relax.transform.FoldConstant()(_remove_dead(mod))
+        mod = relax.transform.FoldConstant()(remove_dead_code(mod))
         if not changed:
             break
     return mod

@@ -35,7 +35,7 @@ from tvm import relax, tirx
 
 from .compute import (Epilogue, direct_func, kernel_pack_shape, target_config, weight_transform_func,
                       winograd_func)
-from .relax_layout import convert_layout
+from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
 from .tune.paths import schedules_dir as schedules_dir_for
@@ -122,18 +122,6 @@ _ADD = tvm.ir.Op.get("relax.add")
 _RELU = tvm.ir.Op.get("relax.nn.relu")
 
 
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    sinfo = expr.ty
-    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
-        return None
-    shape = sinfo.shape
-    if not isinstance(shape, relax.ShapeExpr):
-        return None
-    if not all(isinstance(v, tirx.IntImm) for v in shape.values):
-        return None
-    return tuple(int(v) for v in shape.values)
-
-
 def _dtype(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
 
@@ -146,7 +134,7 @@ def _conv_spec(call: relax.Call) -> tuple[Conv2dSpec | None, str, tuple, tuple]:
     """``(spec, reason)``: the spec of a conv2d call, or None and why it cannot have one."""
     data, weight = call.args
     attrs = call.attrs
-    in_shape, w_shape = _static_shape(data), _static_shape(weight)
+    in_shape, w_shape = static_shape(data), static_shape(weight)
     shown_in = in_shape if in_shape is not None else tuple(str(v) for v in getattr(data.ty.shape, "values", []))
     shown_w = w_shape if w_shape is not None else tuple(str(v) for v in getattr(weight.ty.shape, "values", []))
     if in_shape is None or w_shape is None:
@@ -375,7 +363,7 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
             a, b = bindings[nxt].args
             other = b if a.same_as(end) else a
             if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and other not in skip
-                    and _static_shape(other) == spec.output_shape and _dtype(other) == spec.out_dtype):
+                    and static_shape(other) == spec.output_shape and _dtype(other) == spec.out_dtype):
                 residual, end = other, nxt
                 chain.append(nxt)
                 nxt = sole_user(end)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from ..contract import DATA_PAD, INPUT_TILE, MATRIX_A, MATRIX_B, MATRIX_G
+from ..contract import CONSTANT_MATRICES, DATA_PAD, INPUT_TILE
 
 __all__ = ["UNROLL_BUDGET", "root_blocks", "inline_constants", "vector_split", "unroll_within",
            "schedule_inverse_simple"]
@@ -19,7 +19,7 @@ def root_blocks(sch: s_tir.Schedule) -> dict[str, s_tir.schedule.SBlockRV]:
 def inline_constants(sch: s_tir.Schedule) -> None:
     """Inline the padding, tile gather, dtype casts and constant matrices into their consumers."""
     for name, block in root_blocks(sch).items():
-        if name in (MATRIX_A, MATRIX_B, MATRIX_G, DATA_PAD, INPUT_TILE):
+        if name in (*CONSTANT_MATRICES, DATA_PAD, INPUT_TILE):
             sch.compute_inline(block)
 
 

@@ -1,7 +1,7 @@
 """Searched CPU (llvm) design spaces for the Winograd stages, registered as MetaSchedule custom rules.
 
 MetaSchedule calls ``s_tir.meta_schedule.cpu.<rule>`` with ``(sch, block)`` for every block whose
-``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.compute.SCHEDULE_RULES`).
+``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.contract.SCHEDULE_RULES`).
 Each rule returns a list of schedules (one per structural choice); the knobs inside are *sampled*
 (``sample_perfect_tile``), so the evolutionary search mutates them.
 
@@ -52,8 +52,8 @@ import tvm
 from tvm import s_tir, tirx
 
 from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, DATA_PAD, INPUT_TILE, INVERSE,
-                        INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, OUTPUT, kind_of,
-                        layout_of, tile_of)
+                        INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, OUTPUT, SCHEDULE_RULES,
+                        kind_of, layout_of, tile_of)
 from .common import UNROLL_BUDGET, schedule_inverse_simple, unroll_within
 
 __all__ = [
@@ -423,11 +423,11 @@ def _rule_kernel_pack(sch, block):
 
 #: rule name (``schedule_rule`` attribute) -> design-space function ``(sch, block) -> [sch, ...]``
 RULES: dict[str, Callable] = {
-    "winograd_output": _rule_output,
-    "winograd_inverse": _rule_inverse,
-    "winograd_bgemm": _rule_bgemm,
-    "winograd_data_pack": _rule_data_pack,
-    "winograd_kernel_pack": _rule_kernel_pack,
+    SCHEDULE_RULES[OUTPUT]: _rule_output,
+    SCHEDULE_RULES[INVERSE]: _rule_inverse,
+    SCHEDULE_RULES[BGEMM]: _rule_bgemm,
+    SCHEDULE_RULES[DATA_PACK]: _rule_data_pack,
+    SCHEDULE_RULES[KERNEL_PACK]: _rule_kernel_pack,
 }
 
 

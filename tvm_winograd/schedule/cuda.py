@@ -1,7 +1,7 @@
 """CUDA design spaces for the Winograd PrimFuncs (MetaSchedule custom rules) and a fixed default schedule.
 
 MetaSchedule calls ``s_tir.meta_schedule.cuda.<rule>(sch, block)`` for every block whose
-``schedule_rule`` attribute is ``<rule>`` (the names of :data:`tvm_winograd.compute.SCHEDULE_RULES`);
+``schedule_rule`` attribute is ``<rule>`` (the names of :data:`tvm_winograd.contract.SCHEDULE_RULES`);
 the rules are registered for the target keys ``cuda`` and ``gpu`` when this module is imported.
 PostOrderApply visits consumers first, so the stages are scheduled in this order:
 
