@@ -1,0 +1,191 @@
+"""What every llvm rule shares: the rule base class, the function attributes, the target's vector
+width and core count, and the two loop transformations every rule ends with (a parallel outer loop, a
+vectorized contiguous inner loop with a correct remainder).
+
+``is_scheduled`` and the attribute keys live here until ``tvm_winograd.contract`` exists (the lead is
+moving them there); nothing in this package imports the pipeline (``tvm_winograd.export``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.s_tir.schedule import ScheduleError
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+
+__all__ = [
+    "SCHEDULED_ATTRS",
+    "SCHEDULED_BY_ATTR",
+    "RULE_ERRORS_ATTR",
+    "LlvmRule",
+    "LoopPlan",
+    "ScheduleError",
+    "is_scheduled",
+    "vector_bits",
+    "vector_lanes",
+    "num_cores",
+    "extent_of",
+    "inline_injective",
+    "vectorize_inner",
+    "parallelize",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The PrimFunc attribute TVM 0.27 sets on scheduled functions (older releases: "tir.is_scheduled").
+SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
+#: Which schedule a PrimFunc got: a rule's name, or what the pipeline set on ours (winograd, direct, tuned).
+SCHEDULED_BY_ATTR = "tvm_winograd.scheduled_by"
+#: The rules that were tried on a function and raised (``"rule: message; ..."``), for the report.
+RULE_ERRORS_ATTR = "tvm_winograd.rule_errors"
+
+#: Below this many output elements a function runs on one thread: TVM's parallel launch costs a few
+#: microseconds, the time a core needs to stream ~16k floats.
+MIN_PARALLEL_ELEMENTS = 16384
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` was scheduled (by a tuning record, a default schedule or a rule)."""
+    return func.attrs is not None and any(k in func.attrs and bool(func.attrs[k]) for k in SCHEDULED_ATTRS)
+
+
+class LlvmRule(ScheduleRule):
+    """A DLight schedule rule for the llvm target, with the name the compile report shows.
+
+    ``apply(func, target, tunable)`` returns ``None`` (not applicable), a Schedule (the fixed
+    default, ``tunable=False``) or a list of Schedules (a design space, ``tunable=True``).
+    """
+
+    name = "llvm-rule"
+
+    def is_target_available(self, target: Target) -> bool:
+        return target.kind.name == "llvm"
+
+
+def vector_bits(target: Target) -> int:
+    """The widest SIMD register of ``target`` in bits (512 AVX-512, 256 AVX/AVX2, else 128).
+
+    TVM's ``llvm_get_vector_width`` answers 512 for every x86 CPU here (checked on znver3, haswell
+    and generic), so the features decide."""
+    if target_has_features("avx512f", target):
+        return 512
+    if target_has_features("avx", target):
+        return 256
+    return 128
+
+
+def vector_lanes(dtype: str, target: Target) -> int:
+    """Lanes of one vector operation on ``dtype``: two SIMD registers (16 fp32 on AVX2, a 64-byte
+    cache line; LLVM interleaves the two halves)."""
+    return max(2 * vector_bits(target) // tvm_ffi.dtype(str(dtype)).bits, 1)
+
+
+def num_cores(target: Target) -> int:
+    """``num-cores`` of the target (what MetaSchedule uses), at least 1."""
+    cores = target.attrs.get("num-cores") if target.attrs is not None else None
+    return max(int(cores), 1) if cores is not None else 1
+
+
+def extent_of(sch: s_tir.Schedule, loop) -> int | None:
+    """The constant extent of ``loop``, or None if it is symbolic."""
+    extent = sch.get(loop).extent
+    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
+
+
+def inline_injective(sch: s_tir.Schedule, keep: tuple = ()) -> list:
+    """Inline every block that can be inlined (into its consumers, else its producer), repeatedly.
+
+    Blocks in ``keep`` (by ``same_as``) stay.  Returns the remaining child blocks of the root in
+    program order.  Inlining is what keeps a fused chain fused: each intermediate is computed where
+    it is used and never written to memory.
+    """
+    while True:
+        changed = False
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if any(block.same_as(k) or sch.get(block).same_as(sch.get(k)) for k in keep):
+                continue
+            for primitive in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    primitive(block)
+                except ScheduleError:
+                    continue
+                changed = True
+                break
+            if changed:
+                break
+        if not changed:
+            return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+@dataclass
+class LoopPlan:
+    """How :func:`vectorize_inner` shaped a block's innermost loops."""
+
+    outer: list  # the loops left outside the vector axis (to parallelize)
+    vector_outer: object | None  # the loop over whole vectors (None: the axis fits one vector)
+    lanes: int
+
+
+def vectorize_inner(sch: s_tir.Schedule, loops: list, lanes: int) -> LoopPlan:
+    """Vectorize the contiguous innermost axis of a loop nest; returns the loops around it.
+
+    The trailing loops are fused while the axis is shorter than a vector (NCHW 7x7 -> 49).  The
+    axis is split into vectors of ``lanes`` if that divides it, else of the largest power of two
+    (>= 4) that does; otherwise into ``lanes``-wide vectors with a remainder: the split's predicate
+    ``vo * lanes + vi < extent`` is peeled off by TVM's LoopPartition (``pragma_loop_partition_hint``
+    on ``vo``), so the full vectors run without a condition and only the last, partial one is
+    scalar.  A symbolic extent is split the same way.
+    """
+    loops = list(loops)
+    axis = loops.pop()
+    extent = extent_of(sch, axis)
+    while loops and extent is not None and extent < lanes:
+        prev_extent = extent_of(sch, loops[-1])
+        if prev_extent is None:
+            break
+        axis = sch.fuse(loops.pop(), axis)
+        extent *= prev_extent
+    if extent is not None and extent <= lanes:
+        if extent > 1:
+            sch.vectorize(axis)
+        return LoopPlan(loops, None, lanes=extent)
+    width = lanes
+    if extent is not None and extent % lanes:
+        width = next((w for w in (lanes // 2, lanes // 4) if w >= 4 and extent % w == 0), lanes)
+    vo, vi = sch.split(axis, [None, width])
+    sch.vectorize(vi)
+    if extent is None or extent % width:
+        sch.annotate(vo, "pragma_loop_partition_hint", 1)
+    return LoopPlan(loops + [vo], vo, lanes=width)
+
+
+def parallelize(sch: s_tir.Schedule, plan: LoopPlan, elements: int | None, cores: int) -> object | None:
+    """Fuse the loops outside the vector axis into one parallel loop; returns it (None if serial).
+
+    TVM's runtime gives each worker one contiguous range of a parallel loop, so a long fused loop
+    costs nothing extra; a short one (fewer iterations than 4 per core) also takes the loop over
+    vectors when no remainder is peeled from it.  Functions below :data:`MIN_PARALLEL_ELEMENTS` stay
+    serial (the launch would cost more than the work).
+    """
+    if cores <= 1 or (elements is not None and elements < MIN_PARALLEL_ELEMENTS):
+        return None
+    outer = list(plan.outer)
+    peeled = plan.vector_outer is not None and "pragma_loop_partition_hint" in sch.get(plan.vector_outer).annotations
+    if peeled:  # LoopPartition must see the vector-outer loop alone to peel its last iteration
+        outer.pop()
+    if not outer:
+        return None
+    extents = [extent_of(sch, loop) for loop in outer]
+    if plan.vector_outer is not None and not peeled and len(outer) > 1:
+        head = [e for e in extents[:-1]]
+        if all(e is not None for e in head) and math.prod(head) >= 4 * cores:
+            outer = outer[:-1]  # enough outer iterations: keep whole rows of vectors per iteration
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(fused)
+    return fused
