@@ -6,13 +6,12 @@ package registers nothing anywhere); :class:`~.rules.ApplyLlvmRules` is the pass
 after legalization and fusion; :func:`~.rules.schedule_table` says which rule scheduled each
 function (the compile report).
 
-Modules: ``base`` (shared loop shapes, target facts, attribute keys), ``fastmath`` (vectorizable
+Modules: ``base`` (shared loop shapes, target facts), ``fastmath`` (vectorizable
 exp/tanh/erf/sigmoid), ``injective``, ``reduction``, ``matmul``, ``fallback`` (the rules),
 ``rules`` (the list, the pass, the table).
 """
 
-from .base import SCHEDULED_BY_ATTR, LlvmRule, is_scheduled
-from .rules import UNSCHEDULED, ApplyLlvmRules, default_rules, schedule_table
+from .base import LlvmRule
+from .rules import ApplyLlvmRules, default_rules, schedule_table
 
-__all__ = ["ApplyLlvmRules", "LlvmRule", "SCHEDULED_BY_ATTR", "UNSCHEDULED", "default_rules", "is_scheduled",
-           "schedule_table"]
+__all__ = ["ApplyLlvmRules", "LlvmRule", "default_rules", "schedule_table"]

@@ -2,8 +2,8 @@
 width and core count, and the two loop transformations every rule ends with (a parallel outer loop, a
 vectorized contiguous inner loop with a correct remainder).
 
-``is_scheduled`` and the attribute keys live here until ``tvm_winograd.contract`` exists (the lead is
-moving them there); nothing in this package imports the pipeline (``tvm_winograd.export``).
+The attribute keys and ``is_scheduled`` come from :mod:`tvm_winograd.contract`; nothing in this package
+imports the pipeline (``tvm_winograd.export``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
 __all__ = [
-    "SCHEDULED_ATTRS",
-    "SCHEDULED_BY_ATTR",
-    "RULE_ERRORS_ATTR",
     "LlvmRule",
     "LoopPlan",
     "ScheduleError",
-    "is_scheduled",
     "vector_bits",
     "vector_lanes",
     "num_cores",
@@ -38,21 +34,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The PrimFunc attribute TVM 0.27 sets on scheduled functions (older releases: "tir.is_scheduled").
-SCHEDULED_ATTRS = ("tirx.is_scheduled", "tir.is_scheduled")
-#: Which schedule a PrimFunc got: a rule's name, or what the pipeline set on ours (winograd, direct, tuned).
-SCHEDULED_BY_ATTR = "tvm_winograd.scheduled_by"
-#: The rules that were tried on a function and raised (``"rule: message; ..."``), for the report.
-RULE_ERRORS_ATTR = "tvm_winograd.rule_errors"
-
 #: Below this many output elements a function runs on one thread: TVM's parallel launch costs a few
 #: microseconds, the time a core needs to stream ~16k floats.
 MIN_PARALLEL_ELEMENTS = 16384
-
-
-def is_scheduled(func: tirx.PrimFunc) -> bool:
-    """Whether ``func`` was scheduled (by a tuning record, a default schedule or a rule)."""
-    return func.attrs is not None and any(k in func.attrs and bool(func.attrs[k]) for k in SCHEDULED_ATTRS)
 
 
 class LlvmRule(ScheduleRule):

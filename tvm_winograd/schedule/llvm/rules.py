@@ -3,7 +3,7 @@
 :func:`default_rules` is the registration: an explicit ordered list, tried in order on every
 PrimFunc that is not scheduled yet; the first rule that returns a schedule wins (DLight's
 ``ApplyDefaultSchedule`` protocol).  :class:`ApplyLlvmRules` is that pass, plus two things DLight's
-does not do: it records the winning rule's name on the function (:data:`~.base.SCHEDULED_BY_ATTR`,
+does not do: it records the winning rule's name on the function (:data:`~tvm_winograd.contract.SCHEDULED_BY_ATTR`,
 read by :func:`schedule_table` for the compile report), and it swaps libm exp/tanh/erf/sigmoid for
 vectorizable polynomials (:mod:`.fastmath`) in the functions it schedules.
 
@@ -20,20 +20,17 @@ from tvm import tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
 
-from .base import RULE_ERRORS_ATTR, SCHEDULED_ATTRS, SCHEDULED_BY_ATTR, LlvmRule, is_scheduled
+from ...contract import RULE_ERRORS_ATTR, is_scheduled, mark_scheduled, scheduled_by
+from .base import LlvmRule
 from .fastmath import approximate_math
 from .fallback import Fallback
 from .injective import Injective
 from .matmul import Matmul
 from .reduction import Reduction
 
-__all__ = ["DLightRule", "default_rules", "ApplyLlvmRules", "schedule_table", "UNSCHEDULED"]
+__all__ = ["DLightRule", "default_rules", "ApplyLlvmRules", "schedule_table"]
 
 logger = logging.getLogger(__name__)
-
-#: What :func:`schedule_table` says for a function no rule and no record scheduled.
-UNSCHEDULED = "unscheduled"
-
 
 class DLightRule(LlvmRule):
     """One of TVM's DLight CPU rules under the name the report shows."""
@@ -111,7 +108,7 @@ class ApplyLlvmRules:
                 continue
             if isinstance(sch, list):
                 sch = sch[0]
-            new = sch.mod["main"].with_attr(SCHEDULED_ATTRS[0], True).with_attr(SCHEDULED_BY_ATTR, rule.name)
+            new = mark_scheduled(sch.mod["main"], by=rule.name)
             if errors:
                 new = new.with_attr(RULE_ERRORS_ATTR, "; ".join(errors))
             return new
@@ -122,20 +119,16 @@ class ApplyLlvmRules:
 def schedule_table(mod: tvm.IRModule) -> dict[str, dict]:
     """``{name: {"scheduled_by": ..., "rule_errors": ...}}`` for every PrimFunc of ``mod``.
 
-    ``scheduled_by`` is the name a rule or the pipeline recorded (:data:`~.base.SCHEDULED_BY_ATTR`),
+    ``scheduled_by`` is the name a rule or the pipeline recorded (:data:`~tvm_winograd.contract.SCHEDULED_BY_ATTR`),
     ``"scheduled"`` for a function scheduled by something that records no name (e.g. the CUDA
-    pipeline's DLight), or :data:`UNSCHEDULED`.
+    pipeline's DLight), or ``unscheduled``.
     """
     table = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         attrs = func.attrs if func.attrs is not None else {}
-        if SCHEDULED_BY_ATTR in attrs:
-            by = str(attrs[SCHEDULED_BY_ATTR])
-        else:
-            by = "scheduled" if is_scheduled(func) else UNSCHEDULED
-        entry = {"scheduled_by": by}
+        entry = {"scheduled_by": scheduled_by(func)}
         if RULE_ERRORS_ATTR in attrs:
             entry["rule_errors"] = str(attrs[RULE_ERRORS_ATTR])
         table[gv.name_hint] = entry
