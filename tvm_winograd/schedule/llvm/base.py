@@ -107,24 +107,31 @@ def inline_injective(sch: s_tir.Schedule, keep: tuple = ()) -> list:
             return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
+#: The longest axis vectorized whole when no vector width divides it (LLVM splits an odd-length
+#: vector, e.g. 27 fp32, into full registers and a short one; no scalar remainder loop).
+MAX_WHOLE_VECTOR = 64
+
+
 @dataclass
 class LoopPlan:
     """How :func:`vectorize_inner` shaped a block's innermost loops."""
 
     outer: list  # the loops left outside the vector axis (to parallelize)
-    vector_outer: object | None  # the loop over whole vectors (None: the axis fits one vector)
+    vector_outer: object | None  # the loop over whole vectors, if it may join the parallel loop
     lanes: int
+    peeled: object | None = None  # the loop over the full vectors of a peeled axis (under ``outer``)
 
 
 def vectorize_inner(sch: s_tir.Schedule, loops: list, lanes: int) -> LoopPlan:
     """Vectorize the contiguous innermost axis of a loop nest; returns the loops around it.
 
     The trailing loops are fused while the axis is shorter than a vector (NCHW 7x7 -> 49).  The
-    axis is split into vectors of ``lanes`` if that divides it, else of the largest power of two
-    (>= 4) that does; otherwise into ``lanes``-wide vectors with a remainder: the split's predicate
-    ``vo * lanes + vi < extent`` is peeled off by TVM's LoopPartition (``pragma_loop_partition_hint``
-    on ``vo``), so the full vectors run without a condition and only the last, partial one is
-    scalar.  A symbolic extent is split the same way.
+    axis is split into vectors of ``lanes`` if that divides it, else of ``lanes / 2`` or
+    ``lanes / 4`` (>= 4) if one does; an axis up to :data:`MAX_WHOLE_VECTOR` long is otherwise one
+    vector; a longer one is partitioned (``sch.loop_partition``) into its full vectors and a
+    remainder vectorized on its own, so no lane runs under a condition.  (The split's predicate with
+    ``pragma_loop_partition_hint`` would leave the peeling to TVM's LoopPartition, which builds
+    ``int32 + int64`` index expressions on int64 loops and fails, checked on a resize.)
     """
     loops = list(loops)
     axis = loops.pop()
@@ -135,17 +142,23 @@ def vectorize_inner(sch: s_tir.Schedule, loops: list, lanes: int) -> LoopPlan:
             break
         axis = sch.fuse(loops.pop(), axis)
         extent *= prev_extent
-    if extent is not None and extent <= lanes:
-        if extent > 1:
-            sch.vectorize(axis)
-        return LoopPlan(loops, None, lanes=extent)
-    width = lanes
-    if extent is not None and extent % lanes:
-        width = next((w for w in (lanes // 2, lanes // 4) if w >= 4 and extent % w == 0), lanes)
+    if extent is None:  # symbolic: vectors with a predicate (correct; the vectorizer scalarizes it)
+        vo, vi = sch.split(axis, [None, lanes])
+        sch.vectorize(vi)
+        return LoopPlan(loops, None, lanes)
+    width = next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and extent % w == 0), None)
+    if width is None or extent <= width:
+        if extent <= MAX_WHOLE_VECTOR or extent <= lanes:
+            if extent > 1:
+                sch.vectorize(axis)
+            return LoopPlan(loops, None, lanes=extent)
+        main, tail = sch.loop_partition(axis, [extent - extent % lanes, None])
+        vo, vi = sch.split(main, [None, lanes])
+        sch.vectorize(vi)
+        sch.vectorize(tail)
+        return LoopPlan(loops, None, lanes, peeled=vo)
     vo, vi = sch.split(axis, [None, width])
     sch.vectorize(vi)
-    if extent is None or extent % width:
-        sch.annotate(vo, "pragma_loop_partition_hint", 1)
     return LoopPlan(loops + [vo], vo, lanes=width)
 
 
@@ -153,23 +166,23 @@ def parallelize(sch: s_tir.Schedule, plan: LoopPlan, elements: int | None, cores
     """Fuse the loops outside the vector axis into one parallel loop; returns it (None if serial).
 
     TVM's runtime gives each worker one contiguous range of a parallel loop, so a long fused loop
-    costs nothing extra; a short one (fewer iterations than 4 per core) also takes the loop over
-    vectors when no remainder is peeled from it.  Functions below :data:`MIN_PARALLEL_ELEMENTS` stay
-    serial (the launch would cost more than the work).
+    costs nothing extra; when the loops outside the vectors give fewer than 4 iterations per core,
+    the loop over vectors joins them.  Functions below :data:`MIN_PARALLEL_ELEMENTS` stay serial
+    (the launch would cost more than the work).
     """
     if cores <= 1 or (elements is not None and elements < MIN_PARALLEL_ELEMENTS):
         return None
     outer = list(plan.outer)
-    peeled = plan.vector_outer is not None and "pragma_loop_partition_hint" in sch.get(plan.vector_outer).annotations
-    if peeled:  # LoopPartition must see the vector-outer loop alone to peel its last iteration
-        outer.pop()
     if not outer:
-        return None
+        if plan.peeled is None:
+            return None
+        sch.parallel(plan.peeled)  # a 1-D axis: its full vectors in parallel, the remainder after
+        return plan.peeled
     extents = [extent_of(sch, loop) for loop in outer]
-    if plan.vector_outer is not None and not peeled and len(outer) > 1:
-        head = [e for e in extents[:-1]]
-        if all(e is not None for e in head) and math.prod(head) >= 4 * cores:
-            outer = outer[:-1]  # enough outer iterations: keep whole rows of vectors per iteration
+    if plan.vector_outer is not None and len(outer) > 1:
+        head = extents[:-1]
+        if None not in head and math.prod(head) >= 4 * cores:
+            outer = outer[:-1]  # enough outer iterations: whole rows of vectors per iteration
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(fused)
     return fused

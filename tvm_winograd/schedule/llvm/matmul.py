@@ -3,26 +3,27 @@
 ConvNeXt's MLP ``(1, 14, 14, 384) x (384, 1536)`` has ``I = (1, 14, 14)``), followed by bias,
 activation or scale blocks.
 
-Three schedules, by the number of rows ``M`` (the product of the ``I`` extents):
+Two schedules, by the number of rows ``M`` (the product of the ``I`` extents):
 
 * ``M == 1`` with the weight indexed ``[k, n]`` (Relax's legalized ``x @ W``, VGG/ResNet's fully
-  connected layers at batch 1): the product is bound by reading ``W`` once, so it streams ``W`` row
-  by row: output columns in chunks of :data:`CHUNK` (parallel), a register tile of ``CHUNK`` floats
-  accumulated over the whole reduction (vectorized along the contiguous ``n``), the epilogue
-  applied to the chunk as it is written (VGG-16's 25088x4096 layer took ~0.4 s per image unscheduled).
-* ``1 < M <= MR``: one register tile of ``M x NR`` per column panel, ``B`` read in place.
-* ``M > MR``: the register-tiled, packed GEMM of BLIS/GotoBLAS.  A micro-kernel keeps an
-  ``MR x NR`` tile of ``C`` in registers (NR = two SIMD registers of columns, MR rows: 6 x 16 fp32 is
-  12 of AVX2's 16 registers, leaving room for the two ``B`` vectors and the broadcast ``A`` value);
-  per ``k`` it loads two ``B`` vectors, broadcasts ``MR`` values of ``A`` and issues ``2 MR`` FMAs.
-  The ``K x NR`` panel of ``B`` the tiles of one parallel iteration share is first copied to a
-  contiguous buffer (any layout of ``B``: ``[k, n]``, ``[n, k]`` or batched), so the micro-kernel
-  reads it with unit stride from L1/L2.  The parallel loop runs over the column panels (and batch),
-  each worker walking all row tiles of its panels; the epilogue is applied to each tile while it is
-  still in registers.  Rows and columns that are no multiple of the tile are handled by the split's
-  predicate, which TVM's LoopPartition peels off the last tile (``pragma_loop_partition_hint``).
-
-``W[n, k]`` weights at ``M == 1`` are left to DLight's GEMV rule (next in the list).
+  connected layers at batch 1; the schedule ``schedule/dense.py`` had): the product is bound by
+  reading ``W`` once, so it streams ``W`` row by row: output columns in chunks of :data:`CHUNK`
+  (parallel), a register tile of ``CHUNK`` floats accumulated over the whole reduction (vectorized
+  along the contiguous ``n``), the epilogue applied to the chunk as it is written (VGG-16's
+  25088x4096 layer took ~0.4 s per image unscheduled).  ``W[n, k]`` at ``M == 1`` is DLight's GEMV
+  rule's (next in the list).
+* ``M > 1``: the register-tiled GEMM of BLIS/GotoBLAS.  The product is first normalized to one
+  iterator per role (:func:`_normalize`).  A micro-kernel keeps an ``MR x NR`` tile of ``C`` in
+  registers (NR = two SIMD registers of columns; MR rows: 6 x 16 fp32 is 12 of AVX2's 16 registers,
+  leaving room for the two ``B`` vectors and the broadcast ``A`` value); per ``k`` it loads two ``B``
+  vectors, broadcasts ``MR`` values of ``A`` and issues ``2 MR`` FMAs.  When a worker's row tiles
+  share a column panel, the ``K x NR`` panel of ``B`` is first copied to a contiguous buffer (any
+  layout of ``B``: ``[k, n]``, ``[n, k]`` or batched), so the micro-kernel reads it with unit stride
+  from L1/L2.  The parallel loop runs over the column panels (and batch), each worker walking all
+  row tiles of its panels, or over the tiles too when there are few panels; the epilogue is applied
+  to each tile while it is in registers.  ``M`` that no tile height divides is padded
+  (:func:`_row_tile`); a column count that is no multiple of a vector runs its last vector under
+  the split's predicate.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.gpu.matmul import IterKind, detect_iter_traits, get_index_map
+from tvm.s_tir.dlight.gpu.matmul import IterKind, get_index_map
+from tvm.tirx.analysis import undefined_vars
 from tvm.target import Target
 
 from .base import (LlvmRule, ScheduleError, extent_of, inline_injective, num_cores, vector_bits, vector_lanes)
@@ -95,12 +97,44 @@ def _var_kind(expr, kind_of: dict):
     return kind_of.get(expr) if isinstance(expr, tvm.ir.expr.Var) else None
 
 
+def _iter_kinds(stmt) -> dict | None:
+    """The role of each iterator of ``C[...] += A[...] * B[...]`` (DLight's ``detect_iter_traits``
+    rules, which also demand a row iterator: here a product with one row, ``M == 1``, is one too):
+    in A, B and C: batch; A and C: row; B and C: column; reduced over A and B: K; extent 1: trivial.
+    None unless every access is one element and there are column and K iterators."""
+    def axes(region):
+        if any(not (isinstance(r.extent, tirx.IntImm) and r.extent.value == 1) for r in region):
+            return None
+        return {v for r in region for v in undefined_vars(r.min)}
+
+    a_axes, b_axes, c_axes = axes(stmt.reads[0].region), axes(stmt.reads[1].region), axes(stmt.writes[0].region)
+    if a_axes is None or b_axes is None or c_axes is None:
+        return None
+    kinds = {}
+    for iv in stmt.iter_vars:
+        v = iv.var
+        if isinstance(iv.dom.extent, tirx.IntImm) and iv.dom.extent.value == 1:
+            kind = IterKind.kIter_T
+        elif iv.iter_type == tirx.IterVar.DataPar:
+            kind = {(True, True, True): IterKind.kIter_S, (True, False, True): IterKind.kIter_I,
+                    (False, True, True): IterKind.kIter_J}.get((v in a_axes, v in b_axes, v in c_axes))
+        elif iv.iter_type == tirx.IterVar.CommReduce and v in a_axes and v in b_axes and v not in c_axes:
+            kind = IterKind.kIter_K
+        else:
+            kind = None
+        if kind is None:
+            return None
+        kinds[v] = kind
+    if not {IterKind.kIter_J, IterKind.kIter_K} <= set(kinds.values()):
+        return None
+    return kinds
+
+
 def analyze_matmul(sch: s_tir.Schedule) -> MatmulInfo | None:
     """The matrix product of ``sch`` (its only reduction block), or None if it is not one.
 
-    Uses DLight's ``detect_iter_traits`` for the roles of the iterators and ``normalize_prim_func``
-    for the loop of each iterator (it returns None unless every block binds its iterators to loops
-    one to one)."""
+    ``normalize_prim_func`` (DLight) gives the loop of each iterator (it returns None unless every
+    block binds its iterators to loops one to one); :func:`_iter_kinds` their roles."""
     infos = normalize_prim_func(sch)
     if infos is None:
         return None
@@ -111,10 +145,9 @@ def analyze_matmul(sch: s_tir.Schedule) -> MatmulInfo | None:
     stmt = sch.get(info.block_rv)
     if len(stmt.reads) != 2 or len(stmt.writes) != 1 or not _is_multiply_add(stmt):
         return None
-    traits = detect_iter_traits(stmt)
-    if traits is None:
+    kind_of = _iter_kinds(stmt)
+    if kind_of is None:
         return None
-    kind_of = {iv.var: trait.kind for iv, trait in zip(stmt.iter_vars, traits[3])}
     groups = {IterKind.kIter_S: [], IterKind.kIter_I: [], IterKind.kIter_J: [], IterKind.kIter_K: []}
     for it in info.iters:
         kind = kind_of[it.var]
@@ -224,7 +257,7 @@ def _streaming(func: tirx.PrimFunc, target: Target, dtype: str) -> s_tir.Schedul
     if chunk is None:
         return None
     n0, n1 = sch.split(n, [None, chunk])
-    sch.reorder(n0, m, k, n1)
+    sch.reorder(*(loop for loop in (n0, m, k, n1) if loop is not None))
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, n0, preserve_unit_loops=True)
     _epilogue_at(sch, epilogue, n0, target)
@@ -238,8 +271,8 @@ def _streaming(func: tirx.PrimFunc, target: Target, dtype: str) -> s_tir.Schedul
 
 
 def _column_tile(n: int, nr: int, lanes: int) -> int:
-    """Columns per register tile: ``nr`` if it divides ``n``, else one register if that does (no
-    remainder to peel), else ``nr`` (the remainder is peeled) -- all of ``n`` if it is narrower."""
+    """Columns per register tile: ``nr`` if it divides ``n``, else one register if that does, else
+    ``nr`` (the last tile's vector runs under the split's predicate) -- all of ``n`` if narrower."""
     if n <= nr:
         return n
     return next((c for c in (nr, lanes) if n % c == 0), nr)

@@ -24,7 +24,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import LlvmRule, extent_of, inline_injective, num_cores, MIN_PARALLEL_ELEMENTS, vector_lanes
+from .base import MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vector_lanes
 from .injective import is_spatial_block, schedule_spatial_block
 
 __all__ = ["Reduction"]
@@ -38,10 +38,14 @@ def _uses(expr, var) -> bool:
 
 
 def _vector_width(extent: int, lanes: int) -> int:
-    """Lanes that divide ``extent`` (lanes, lanes/2, lanes/4), else ``lanes`` (remainder peeled)."""
+    """Lanes that divide ``extent`` (lanes, lanes/2, lanes/4), else the whole axis if it is short
+    (one odd-length vector), else ``lanes`` (the last vector runs under the split's predicate)."""
     if extent <= lanes:
         return extent
-    return next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and extent % w == 0), lanes)
+    width = next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 4 and extent % w == 0), None)
+    if width is None:
+        width = extent if extent <= MAX_WHOLE_VECTOR else lanes
+    return width
 
 
 class Reduction(LlvmRule):
@@ -92,9 +96,6 @@ class Reduction(LlvmRule):
         width = _vector_width(extent, lanes)
         vo, vi = sch.split(inner, [None, width])
         sch.reorder(*kept, vo, *reduce, vi)
-        peeled = extent % width != 0
-        if peeled:  # LoopPartition peels the partial last vector off ``vo`` (see base.vectorize_inner)
-            sch.annotate(vo, "pragma_loop_partition_hint", 1)
         acc = sch.cache_write(red, 0, "local")
         sch.reverse_compute_at(acc, vo, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(acc)[-1])
@@ -104,7 +105,7 @@ class Reduction(LlvmRule):
         sch.vectorize(vi)
         init = sch.decompose_reduction(red, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
-        outer = kept if peeled else [*kept, vo]
+        outer = [*kept, vo]
         work = elements * math.prod(extent_of(sch, lp) for lp in reduce)
         if outer and num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
