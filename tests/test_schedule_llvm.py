@@ -346,12 +346,14 @@ def test_convnext_mlp_with_gelu(signed, rng):
 
 @pytest.mark.parametrize("rows", [1, 13])
 def test_transposed_weight_input(signed, rows):
-    """x @ W^T with W a run-time input (B read as [n, k]): rows 13 pack it transposed; one row is
-    DLight's GEMV."""
+    """x @ W^T with W a run-time input: FuseOps keeps the transpose a function of its own (injective),
+    the product reads its result as [k, n] (23 columns: no streaming chunk divides them, so
+    the reduction rule takes the one-row product; 13 rows are the tiled GEMM's)."""
     x, w = signed((rows, 37)), signed((23, 37))
     mod = _function({"x": x.shape, "w": w.shape}, lambda p: relax.op.matmul(p["x"], relax.op.permute_dims(p["w"])))
     x64, w64 = x.astype(np.float64), w.astype(np.float64).T
-    _check(mod, [x, w], x64 @ w64, _matmul_bound(x64, w64), {"matmul", "dlight-gemv"})
+    table = _check(mod, [x, w], x64 @ w64, _matmul_bound(x64, w64), {"matmul", "reduction", "injective"})
+    assert ("matmul" if rows > 1 else "reduction") in table.values()
 
 
 def test_batched_attention_scores(signed):
@@ -360,7 +362,8 @@ def test_batched_attention_scores(signed):
     mod = _function({"q": q.shape, "k": k.shape}, lambda p: relax.op.matmul(
         p["q"], relax.op.permute_dims(p["k"], [0, 1, 3, 2])))
     q64, k64 = q.astype(np.float64), k.astype(np.float64).transpose(0, 1, 3, 2)
-    _check(mod, [q, k], q64 @ k64, _matmul_bound(q64, k64), {"matmul"})
+    table = _check(mod, [q, k], q64 @ k64, _matmul_bound(q64, k64), {"matmul", "injective"})
+    assert "matmul" in table.values()
 
 
 def test_streaming_schedule_shape(rng):
@@ -372,7 +375,7 @@ def test_streaming_schedule_shape(rng):
     (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
     sch = Matmul().apply(func, TARGET, False)
     script = sch.mod["main"].script()
-    assert "T.parallel" in script and "T.vectorized(64)" in script
+    assert "T.parallel" in script and "T.vectorized(T.int64(64))" in script
 
 
 def test_matmul_rule_ignores_other_reductions():

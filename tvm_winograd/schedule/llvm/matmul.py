@@ -157,7 +157,9 @@ def analyze_matmul(sch: s_tir.Schedule) -> MatmulInfo | None:
         return None
     b_index = next((i for i, r in enumerate(stmt.reads)
                     if any(_var_kind(d.min, kind_of) == IterKind.kIter_J for d in r.region)), None)
-    if b_index is None:
+    if b_index != 1:
+        # DLight's index maps (used to normalize) take reads[0] as A; Relax's legalized matmul reads
+        # (A, B) in that order, so a product that does not is left to the later rules
         return None
     b_dims = [_var_kind(d.min, kind_of) for d in stmt.reads[b_index].region]
     sizes = []
@@ -198,6 +200,8 @@ class Matmul(LlvmRule):
         if info.m == 1:
             if info.b_dims[-1] != IterKind.kIter_J:
                 return None  # W[n, k]: DLight's GEMV
+            # None if no chunk width divides the columns (e.g. 10 classes): the reduction rule's
+            # vectorized sum takes it (the tiled GEMM's normalization needs a row axis)
             return _streaming(func, target, dtype)
         config = _tile_config(target, dtype, info.m)
         if not tunable:
@@ -306,13 +310,17 @@ def _normalize(sch: s_tir.Schedule, info: MatmulInfo, epilogue: list, target: Ta
     other tiles).  Returns ``(block, writeback, leftover epilogue blocks)``.
     """
     block = info.block
-    a_copy = sch.reindex(block, ("read", 1 - info.b_index)) if pad_rows else None
+    # pad_einsum wants every operand indexed by plain iterators: with padding, B is copied to the
+    # normalized layout too (a batched B[s0, s1, k, n] would be read at [s // S1, s % S1, k, n])
+    a_copy = sch.reindex(block, ("read", 0)) if pad_rows else None
+    b_copy = sch.reindex(block, ("read", 1)) if pad_rows else None
     writeback = sch.reindex(block, ("write", 0))
-    matmul_map, a_map, _b_map, c_map = get_index_map(sch.get(block))
+    matmul_map, a_map, b_map, c_map = get_index_map(sch.get(block))
     sch.transform_layout(block, ("write", 0), c_map)
     sch.transform_block_layout(writeback, c_map)
     if a_copy is not None:
         sch.transform_layout(a_copy, ("write", 0), a_map)
+        sch.transform_layout(b_copy, ("write", 0), b_map)
     sch.transform_block_layout(block, matmul_map)
     leftover = []
     for b in epilogue:
@@ -328,6 +336,7 @@ def _normalize(sch: s_tir.Schedule, info: MatmulInfo, epilogue: list, target: Ta
         (a_pad,) = [p for p in sch.get_producers(block) if not sch.get(p).same_as(sch.get(a_copy))
                     and any(sch.get(q).same_as(sch.get(a_copy)) for q in sch.get_producers(p))]
         sch.compute_inline(a_copy)
+        sch.compute_inline(b_copy)  # read in place again: the packed panel copies it where it pays
         (crop,) = sch.get_consumers(block)
         sch.compute_inline(crop)
         schedule_spatial_block(sch, a_pad, target)

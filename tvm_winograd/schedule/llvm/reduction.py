@@ -118,13 +118,17 @@ class Reduction(LlvmRule):
         extent = extent_of(sch, inner)
         if extent >= lanes and extent % lanes == 0:
             # ``lanes`` partial results, one per vector lane: rf[s, l] += x[s, ro * lanes + l]
+            # compute_at makes the partial block's loops in its iterators' order, which rfactor
+            # starts with the new (spatial) lane axis: (outer, lane, ro); the lane must be innermost
+            # to be vectorized
             ro, ri = sch.split(inner, [None, lanes])
             partial = sch.rfactor(ri, factor_axis=len(sch.get(red).writes[0].region))
-            sch.compute_at(partial, outer, preserve_unit_loops=True)
+            sch.compute_at(partial, outer, preserve_unit_loops=False)
             sch.set_scope(partial, 0, "local")
-            loops = sch.get_loops(partial)
-            sch.vectorize(loops[-1])
-            init = sch.decompose_reduction(partial, loops[-2])
+            lane, red_outer = sch.get_loops(partial)[-2:]
+            sch.reorder(red_outer, lane)
+            sch.vectorize(lane)
+            init = sch.decompose_reduction(partial, red_outer)
             sch.vectorize(sch.get_loops(init)[-1])
         for b in epilogue:
             sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
