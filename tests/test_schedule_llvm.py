@@ -451,3 +451,23 @@ def test_schedule_failure_falls_through_and_is_reported():
         new = ApplyLlvmRules([Broken(), *default_rules()]).schedule("f", func, TARGET)
     assert str(new.attrs["tvm_winograd.scheduled_by"]) == "injective"
     assert "broken: broken on purpose" in str(new.attrs["tvm_winograd.rule_errors"])
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 300), (5, 3, 48)])
+def test_fallback_alone_on_a_reduction(signed, shape):
+    """The catch-all on its own schedules a plain reduction (parallel over the kept axes) correctly;
+    the larger one is big enough to run in parallel (its extents are read before the loops are fused)."""
+    x = signed(shape)
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(
+            _function({"x": x.shape}, lambda p: relax.op.sum(p["x"], axis=[2])))
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    from tvm_winograd.schedule.llvm.fallback import Fallback
+
+    sch = Fallback().apply(func, TARGET, False)
+    assert ("T.parallel" in sch.mod["main"].script()) == (math.prod(shape) >= 16384)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.empty(shape[:2], "float32")
+    lib["main"](tvm.runtime.tensor(x), out)
+    x64 = x.astype(np.float64)
+    assert np.all(np.abs(out.numpy() - x64.sum(axis=2)) <= _sum_bound(x64, (2,)))

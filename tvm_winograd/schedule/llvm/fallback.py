@@ -45,10 +45,10 @@ class Fallback(LlvmRule):
             reduce = [lp for lp, k in zip(loops, kinds) if k == tirx.IterVar.CommReduce]
             if not spatial:
                 continue
+            extents = [extent_of(sch, lp) for lp in loops]  # before the fuse removes these loops
+            work = math.prod(extents) if None not in extents else None
             sch.reorder(*spatial, *reduce)
             outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-            extents = [extent_of(sch, lp) for lp in loops]
-            work = math.prod(extents) if None not in extents else None
             if num_cores(target) > 1 and (work is None or work >= MIN_PARALLEL_ELEMENTS):
                 sch.parallel(outer)
         return sch
