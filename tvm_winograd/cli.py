@@ -200,7 +200,13 @@ def cmd_compile(args) -> int:
                           for n in info.input_names},
                "winograd_layers": n_wino, "conv_layers": len(reports),
                "layout_transforms": library_metadata(ex)["layout_transforms"],
-               "layers": [r.as_dict() for r in reports]}
+               "layers": [r.as_dict() for r in reports],
+               "functions": [f.as_dict() for f in reports.functions],
+               "function_counts": reports.counts(), "unscheduled": reports.unscheduled()}
+    unscheduled = reports.unscheduled()
+    if unscheduled:  # on stderr, also with --json: these run as scalar, single-threaded loops
+        print(f"warning: {len(unscheduled)} functions are unscheduled (scalar, one thread): "
+              + ", ".join(unscheduled), file=sys.stderr)
     if args.json:
         _emit_json(summary)
     else:
@@ -208,6 +214,8 @@ def cmd_compile(args) -> int:
               f"{n_wino} of {len(reports)} convolutions use Winograd, {summary['layout_transforms']} layout transforms")
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
         print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
+        print(f"{len(reports.functions)} functions, scheduled by: "
+              + ", ".join(f"{by} {n}" for by, n in reports.counts().items()))
     return 0
 
 

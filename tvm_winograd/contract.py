@@ -30,7 +30,7 @@ __all__ = [
     "BGEMM", "INVERSE_ROWS", "INVERSE", "OUTPUT", "DIRECT_EPILOGUE", "MATRIX_A", "MATRIX_G", "MATRIX_B",
     "CONSTANT_MATRICES", "STAGES", "rule_attrs",
     "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "is_scheduled",
-    "mark_scheduled",
+    "mark_scheduled", "SCHEDULED_BY_ATTR", "UNSCHEDULED", "RULE_ERRORS_ATTR", "scheduled_by",
 ]
 
 #: PrimFunc attributes of the functions made by tvm_winograd.
@@ -41,6 +41,13 @@ KINDS = ("winograd", "weight_transform", "direct")
 
 #: The PrimFunc attribute TVM 0.27 sets on scheduled functions; DLight and MetaSchedule skip them.
 SCHEDULED_ATTR = "tirx.is_scheduled"
+#: Which schedule a PrimFunc got: a default rule's name, or what the pipeline set on ours (``winograd``,
+#: ``direct``, ``tuned``); read by the compile report.
+SCHEDULED_BY_ATTR = "tvm_winograd.scheduled_by"
+#: ``scheduled_by`` of a function nothing scheduled (it runs as TVM's plain, scalar loop nest).
+UNSCHEDULED = "unscheduled"
+#: The default rules that were tried on a function and raised (``"rule: message; ..."``), for the report.
+RULE_ERRORS_ATTR = "tvm_winograd.rule_errors"
 
 #: The block annotation MetaSchedule dispatches custom rules on, and its "leave me alone" value.
 SCHEDULE_RULE_ATTR = "schedule_rule"
@@ -130,6 +137,17 @@ def is_scheduled(func: tirx.PrimFunc) -> bool:
     return bool(func_attr(func, SCHEDULED_ATTR, False))
 
 
-def mark_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with the flag DLight and MetaSchedule read, so that they leave it alone."""
-    return func.with_attr(SCHEDULED_ATTR, True)
+def mark_scheduled(func: tirx.PrimFunc, by: str | None = None) -> tirx.PrimFunc:
+    """``func`` with the flag DLight and MetaSchedule read, so that they leave it alone, and (``by``)
+    the name of what scheduled it."""
+    func = func.with_attr(SCHEDULED_ATTR, True)
+    return func if by is None else func.with_attr(SCHEDULED_BY_ATTR, by)
+
+
+def scheduled_by(func: tirx.PrimFunc) -> str:
+    """What scheduled ``func``: the recorded name, ``scheduled`` if only TVM's flag is set (DLight in
+    TVM's own pipeline), or :data:`UNSCHEDULED`."""
+    by = func_attr(func, SCHEDULED_BY_ATTR)
+    if by is not None:
+        return str(by)
+    return "scheduled" if is_scheduled(func) else UNSCHEDULED

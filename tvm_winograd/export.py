@@ -11,9 +11,14 @@
    Winograd on llvm, ``schedule_direct_llvm`` (register-tiled, weights packed) for our direct
    PrimFunc on llvm, whose weight packing ``hoist_weight_packing`` then folds at compile time, and
    ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA (else TVM's dlight defaults);
-5. ``relax.get_default_pipeline(target)`` and ``tvm.compile`` (CUDA: under ``with target:`` with
-   nvcc as the compiler, see DESIGN section 3).  A failure inside TVM raises :class:`CompileError`,
-   one line naming the operator where TVM's message names one.
+5. :func:`build_pipeline` and ``tvm.compile`` (CUDA: under ``with target:`` with nvcc as the
+   compiler, see DESIGN section 3): on llvm TVM's CPU pipeline with our default-schedule rules
+   (:mod:`tvm_winograd.schedule.llvm`) after legalization and fusion, on CUDA TVM's default.  A
+   failure inside TVM raises :class:`CompileError`, one line naming the operator where TVM's message
+   names one.
+
+The returned :class:`~tvm_winograd.compile_report.CompileReport` lists the convolutions' decisions
+and, per PrimFunc, what scheduled it (``unscheduled`` ones are also logged as a warning).
 
 ``export_library`` appends the integrity trailer of :mod:`tvm_winograd.runtime` (format version,
 versions, target, ``main``'s inputs).  Loading and running live in :mod:`tvm_winograd.runtime`
@@ -33,13 +38,15 @@ import tvm
 from tvm import relax, tirx
 
 from . import __version__
+from .compile_report import CompileReport, FunctionReport
 from .frontend import model_signature
-from .contract import is_ours, is_scheduled, kind_of, mark_scheduled
+from .contract import UNSCHEDULED, is_ours, is_scheduled, kind_of, mark_scheduled
 from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import schedule_llvm_default
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
+from .schedule.llvm import ApplyLlvmRules, schedule_table
 from .targets import is_cuda, resolve_target
 from .tune.paths import schedules_dir as schedules_dir_for
 
@@ -107,7 +114,7 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
                 logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
                 new = func
             if new is not func:
-                new = mark_scheduled(new)
+                new = mark_scheduled(new, by=kind)
         if new.attrs is not None and "global_symbol" in new.attrs:
             new = new.without_attr("global_symbol")
         new = new.with_attr("op_pattern", _OPAQUE)
@@ -124,11 +131,14 @@ def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path) ->
         database = open_database(sdir, readonly=True)
     except TypeError:  # an open_database without the readonly option
         database = open_database(sdir)
-    before = {n for n, f in our_prim_funcs(mod).items() if is_scheduled(f)}
+    before = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
     with target, database:
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    tuned = [n for n, f in our_prim_funcs(mod).items() if is_scheduled(f) and n not in before]
-    logger.info("applied tuned schedules from %s to %d of our functions", sdir, len(tuned))
+    tuned = [gv for gv, f in mod.functions.items()
+             if isinstance(f, tirx.PrimFunc) and is_scheduled(f) and gv.name_hint not in before]
+    for gv in tuned:  # the compile report says "tuned" for these
+        mod[gv] = mark_scheduled(mod[gv], by="tuned")
+    logger.info("applied tuned schedules from %s to %d functions", sdir, len(tuned))
     return mod
 
 
@@ -185,30 +195,49 @@ def prepare_model(
     return mod, reports
 
 
-def build_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """The Relax build pipeline: TVM's default, except that on CPUs the operators left to TVM's
-    lowering get schedules after legalization: matrix products (:mod:`.schedule.dense`), then
-    DLight's CPU defaults (GEMV, reductions); TVM's llvm pipeline leaves them unscheduled (VGG-16's
-    25088x4096 fully connected layer alone took ~0.9 s per image, 1.0 s of VGG-16's 1.02 s)."""
-    if target.kind.name != "llvm":
-        return relax.get_default_pipeline(target)
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.s_tir import dlight
+def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> tvm.transform.Pass:
+    """The Relax build pipeline: TVM's default, except that on CPUs every PrimFunc left unscheduled
+    after legalization and fusion gets a default schedule from the llvm rules
+    (:class:`~tvm_winograd.schedule.llvm.ApplyLlvmRules`); TVM's llvm pipeline schedules nothing
+    (VGG-16's fully connected layer alone took ~0.9 s per image, ConvNeXt-T ran at 0.01x onnxruntime).
 
-    from .schedule.dense import ScheduleMatmul
+    ``functions``, if given, is filled with :func:`~tvm_winograd.schedule.llvm.schedule_table` of the
+    scheduled PrimFuncs (what :func:`compile_model` reports)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="TvmWinogradRecordSchedules")
+    def _record(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if functions is not None:
+            functions.update(schedule_table(mod))
+        return mod
+
+    if target.kind.name != "llvm":
+        return tvm.transform.Sequential([relax.get_default_pipeline(target), _record])
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="TvmWinogradCpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential(
                 cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)
-                + [ScheduleMatmul, dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+                + cpu.legalize_passes(target)  # LegalizeOps, FuseOps, FuseTIR: the rules see fused functions
+                + [ApplyLlvmRules(), _record]
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )(mod)
 
     return _pipeline
+
+
+def _function_reports(table: dict, mod: tvm.IRModule) -> list[FunctionReport]:
+    """The compile report's function table; warns naming the functions left unscheduled."""
+    kinds = {name: kind_of(f) for name, f in our_prim_funcs(mod).items()}
+    out = [FunctionReport(name, entry["scheduled_by"], kinds.get(name), entry.get("rule_errors"))
+           for name, entry in table.items()]
+    missing = [f.name for f in out if f.scheduled_by == UNSCHEDULED]
+    if missing:
+        logger.warning("%d functions reach the build unscheduled (scalar, one thread): %s", len(missing),
+                       ", ".join(missing))
+    return out
 
 
 def compile_model(
@@ -220,7 +249,7 @@ def compile_model(
     rewrite: bool = True,
     ineligible: str = "tir",
     layout: str = "auto",
-) -> tuple[tvm.runtime.Executable, list[LayerReport]]:
+) -> tuple[tvm.runtime.Executable, CompileReport]:
     """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
 
     Parameters
@@ -248,9 +277,11 @@ def compile_model(
 
     Returns
     -------
-    (tvm.runtime.Executable, list[LayerReport])
+    (tvm.runtime.Executable, CompileReport)
         The Executable also carries ``main``'s input signature, target and versions (a private
-        attribute) for :func:`export_library`'s trailer.
+        attribute) for :func:`export_library`'s trailer.  The report is the sequence of
+        :class:`~tvm_winograd.relax_pass.LayerReport` (one per convolution) with the table of
+        PrimFuncs and what scheduled each in ``functions`` (:mod:`tvm_winograd.compile_report`).
 
     Raises
     ------
@@ -264,13 +295,14 @@ def compile_model(
     metadata = {"package_version": __version__, "tvm_version": tvm.__version__, "target": str(tgt),
                 "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)],
                 "layout_transforms": count_layout_transforms(mod)}
+    table: dict = {}
     with _cuda_build_env(tgt):
         try:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt))
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt, table))
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
-    setattr(ex, _METADATA_ATTR, metadata)  # for export_library; the return value is unchanged
-    return ex, reports
+    setattr(ex, _METADATA_ATTR, metadata)  # for export_library
+    return ex, CompileReport(reports, _function_reports(table, mod))
 
 
 def describe_compile_failure(err: BaseException, layout: str = "auto") -> str:

@@ -1,0 +1,473 @@
+"""The llvm default-schedule rules (tvm_winograd.schedule.llvm) against float64 numpy.
+
+Each case builds a small Relax function, compiles it with the project's build pipeline (TVM's
+legalization and fusion, then the rules), checks which rule scheduled each PrimFunc (none may stay
+unscheduled) and compares the result with a float64 reference.  Shapes are odd on purpose: extents
+that are no multiple of the vector width (16 fp32), primes, and sizes of 1, in NCHW and NHWC.
+
+Tolerances (u = 2^-24, the fp32 unit roundoff):
+* data movement (transpose, reshape, concatenate, pad, depth-to-space, max pooling): exact;
+* a few fp32 operations per element: ``c u |ref|`` with ``c`` the operation count;
+* the polynomial exp / tanh / erf / sigmoid (tvm_winograd.schedule.llvm.fastmath): ``MAX_ULP`` of
+  the function's value, plus the rounding of the surrounding operations;
+* sums of ``n`` terms (matmul, mean, pooling): ``(n + 2) u sum |terms|`` (any summation order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special as sp
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, te, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+from tvm_winograd.export import build_pipeline
+from tvm_winograd.schedule.llvm import ApplyLlvmRules, default_rules
+from tvm_winograd.schedule.llvm.fastmath import MAX_ULP, approximate_math
+from tvm_winograd.schedule.llvm.matmul import Matmul
+from tvm_winograd.targets import resolve_target
+
+TARGET = resolve_target("llvm")
+U = 2.0**-24
+
+
+def _function(inputs: dict[str, tuple], body, dtype: str = "float32") -> tvm.IRModule:
+    """A Relax module whose ``main`` takes ``inputs`` (name -> shape) and returns ``body(vars)``."""
+    bb = relax.BlockBuilder()
+    params = {n: relax.Var(n, relax.TensorType(s, dtype)) for n, s in inputs.items()}
+    with bb.function("main", list(params.values())):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(body(params)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _compile_run(mod: tvm.IRModule, feed: list[np.ndarray]) -> tuple[np.ndarray, dict]:
+    """Compile with :func:`build_pipeline` and run once: ``(output, {function: scheduled_by})``."""
+    table: dict = {}
+    ex = tvm.compile(mod, target=TARGET, relax_pipeline=build_pipeline(TARGET, table))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in feed))
+    return out.numpy(), {name: entry["scheduled_by"] for name, entry in table.items()}
+
+
+def _check(mod, feed, ref, bound, rules: set[str]) -> dict:
+    """Run, assert every function was scheduled by one of ``rules`` and ``|out - ref| <= bound``."""
+    got, table = _compile_run(mod, feed)
+    assert table and set(table.values()) <= rules, table
+    bound = np.broadcast_to(bound, ref.shape)
+    err = np.abs(got.astype(np.float64) - ref)
+    worst = np.unravel_index(np.argmax(err - bound), ref.shape)
+    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# Injective functions
+# ------------------------------------------------------------------------------------------------
+
+SHAPES = [(1, 13, 7, 19), (1, 1, 1, 1), (2, 3, 5, 17), (1, 64, 67, 3), (37,)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_silu_chain(signed, shape):
+    """SiLU (x * sigmoid(x), EfficientNet) then a bias: sigmoid within MAX_ULP, 2 more roundings."""
+    x = signed(shape) * 4
+    mod = _function({"x": shape}, lambda p: relax.op.add(relax.op.multiply(p["x"], relax.op.sigmoid(p["x"])),
+                                                         relax.const(0.5, "float32")))
+    x64 = x.astype(np.float64)
+    silu = x64 * sp.expit(x64)
+    _check(mod, [x], silu + 0.5, (MAX_ULP["sigmoid"] + 3) * U * (np.abs(silu) + 0.5) + 1e-38, {"injective"})
+
+
+@pytest.mark.parametrize("shape", [(1, 17, 17, 27), (1, 3, 224, 5)])
+def test_tanh(signed, shape):
+    """tanh (the SR net's activation): the polynomial within MAX_ULP of tanh."""
+    x = signed(shape) * 3
+    ref = np.tanh(x.astype(np.float64))
+    _check(_function({"x": shape}, lambda p: relax.op.tanh(p["x"])), [x], ref,
+           (MAX_ULP["tanh"] + 1) * U * np.abs(ref), {"injective"})
+
+
+def test_gelu_erf(signed):
+    """GELU via erf, ConvNeXt's: 0.5 x (1 + erf(x / sqrt 2)); erf's error is relative to erf, so near
+    x -> -inf (1 + erf cancels) the bound is absolute: 0.5 |x| (MAX_ULP + 3) u, plus 3 u |ref|."""
+    shape = (1, 7, 7, 37)
+    x = signed(shape) * 3
+    x64 = x.astype(np.float64)
+    ref = 0.5 * x64 * (1 + sp.erf(x64 / math.sqrt(2)))
+    bound = 0.5 * np.abs(x64) * (MAX_ULP["erf"] + 3) * U + 3 * U * np.abs(ref)
+    _check(_function({"x": shape}, lambda p: relax.op.nn.gelu(p["x"])), [x], ref, bound, {"injective"})
+
+
+def test_hard_swish_and_clip(signed):
+    """hard-swish x * clip(x + 3, 0, 6) / 6 (MobileNetV3): 3 roundings."""
+    shape = (1, 5, 9, 23)
+    x = signed(shape) * 4
+    mod = _function({"x": shape}, lambda p: relax.op.divide(
+        relax.op.multiply(p["x"], relax.op.clip(relax.op.add(p["x"], relax.const(3.0, "float32")), 0, 6)),
+        relax.const(6.0, "float32")))
+    x64 = x.astype(np.float64)
+    ref = x64 * np.clip(x64 + 3, 0, 6) / 6
+    _check(mod, [x], ref, 4 * U * np.abs(ref) + 4 * U * np.abs(x64), {"injective"})
+
+
+@pytest.mark.parametrize("axis", [1, 3])
+def test_concatenate_batch_norm_relu(signed, rng, axis):
+    """DenseNet's concat + (inference) batch norm + ReLU, along channels of NCHW (1) or NHWC (3)."""
+    a_shape, b_shape = ((1, 3, 7, 5), (1, 14, 7, 5)) if axis == 1 else ((1, 7, 5, 3), (1, 7, 5, 14))
+    a, b = signed(a_shape), signed(b_shape)
+    channels = 17
+    scale = rng.uniform(0.5, 2, channels).astype("float32")
+    shift = rng.standard_normal(channels).astype("float32")
+    bshape = [1, 1, 1, 1]
+    bshape[axis] = channels
+
+    def body(p):
+        y = relax.op.concat([p["a"], p["b"]], axis=axis)
+        y = relax.op.add(relax.op.multiply(y, relax.const(scale.reshape(bshape))), relax.const(shift.reshape(bshape)))
+        return relax.op.nn.relu(y)
+
+    cat = np.concatenate([a, b], axis=axis).astype(np.float64)
+    ref = np.maximum(cat * scale.reshape(bshape) + shift.reshape(bshape), 0)
+    _check(_function({"a": a_shape, "b": b_shape}, body), [a, b], ref, 2 * U * (np.abs(cat * scale.reshape(bshape))
+                                                                                 + np.abs(ref)), {"injective"})
+
+
+def test_depth_to_space_both_layouts(signed):
+    """The SR head's pixel shuffle (r = 3) as reshape/transpose/reshape, which is what ONNX's
+    DepthToSpace imports to (relax's own pixel_shuffle has no lowering in TVM 0.27: topi lacks it)."""
+    r, c, h, w = 3, 2, 5, 7
+    x = signed((1, c * r * r, h, w))
+    ref = x.reshape(1, c, r, r, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(1, c, h * r, w * r)
+
+    def nchw(p):
+        y = relax.op.reshape(p["x"], (1, c, r, r, h, w))
+        return relax.op.reshape(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]), (1, c, h * r, w * r))
+
+    _check(_function({"x": x.shape}, nchw), [x], ref, 0.0, {"injective"})
+    xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NHWC, channels (c, r, r)
+
+    def nhwc(p):
+        y = relax.op.reshape(p["x"], (1, h, w, c, r, r))
+        y = relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3])
+        return relax.op.reshape(y, (1, h * r, w * r, c))
+
+    _check(_function({"x": xh.shape}, nhwc), [xh], ref.transpose(0, 2, 3, 1), 0.0, {"injective"})
+
+
+def test_pad_transpose_layout(signed):
+    """Zero padding (odd amounts) and an NCHW -> NHWC transpose: exact."""
+    x = signed((1, 5, 11, 13))
+    mod = _function({"x": x.shape}, lambda p: relax.op.permute_dims(
+        relax.op.nn.pad(p["x"], [0, 0, 0, 0, 1, 2, 3, 0]), [0, 2, 3, 1]))
+    ref = np.pad(x, [(0, 0), (0, 0), (1, 2), (3, 0)]).transpose(0, 2, 3, 1)
+    _check(mod, [x], ref, 0.0, {"injective"})
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_resize_matches_unscheduled(signed, layout):
+    """Bilinear 2x resize (odd sizes): equal to TVM's own unscheduled lowering up to 4 u |ref|."""
+    x = signed((1, 5, 7, 9) if layout == "NCHW" else (1, 7, 9, 5))
+    size = (14, 18)
+    mod = _function({"x": x.shape}, lambda p: relax.op.image.resize2d(p["x"], size, layout=layout))
+    plain = tvm.compile(mod, target=TARGET)  # TVM's llvm pipeline: unscheduled
+    ref = relax.VirtualMachine(plain, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy().astype(np.float64)
+    _check(mod, [x], ref, 4 * U * np.abs(ref) + 1e-7 * U, {"injective"})
+
+
+def test_injective_vectorizes_and_parallelizes():
+    """The schedule's shape: a parallel outer loop and a vectorized inner loop of 16 lanes (a cache
+    line of fp32); the remainder of 67 = 4 x 16 + 3 is a loop of its own, vectorized (3 lanes)."""
+    a = te.placeholder((1, 64, 64, 67), name="a")
+    b = te.compute(a.shape, lambda *i: te.tanh(a(*i)) * a(*i), name="b")
+    func = te.create_prim_func([a, b])
+    with TARGET:
+        new = ApplyLlvmRules().schedule("f", func, TARGET)
+    script = new.script()
+    assert str(new.attrs["tvm_winograd.scheduled_by"]) == "injective"
+    assert "T.parallel" in script and "T.vectorized(16)" in script
+    assert "T.vectorized(64, 67)" in script  # the remainder: lanes 64..66
+    assert "T.tanh" not in script  # the polynomial replaced the libm call
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast math
+# ------------------------------------------------------------------------------------------------
+
+def test_fast_math_is_within_max_ulp():
+    """Each polynomial against float64 over a dense grid of [-12, 12] plus tiny values (relative
+    error in ulp of the true value; sigmoid's tail below 1e-30 is left out: absolute 1e-38)."""
+    grid = np.concatenate([np.linspace(-12, 12, 200001), np.geomspace(1e-30, 1e-3, 1000),
+                           -np.geomspace(1e-30, 1e-3, 1000)]).astype("float32")
+    refs = {"exp": np.exp, "tanh": np.tanh, "erf": sp.erf, "sigmoid": sp.expit}
+    ops = {"exp": te.exp, "tanh": te.tanh, "erf": te.erf, "sigmoid": te.sigmoid}
+    for name, op in ops.items():
+        a = te.placeholder(grid.shape, name="a")
+        b = te.compute(grid.shape, lambda i: op(a[i]), name="b")
+        func = approximate_math(te.create_prim_func([a, b]))
+        assert f"T.{name}(" not in func.script()
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+        out = tvm.runtime.empty(grid.shape, "float32")
+        lib["main"](tvm.runtime.tensor(grid), out)
+        ref = refs[name](grid.astype(np.float64))
+        keep = np.abs(ref) > 1e-30
+        ulps = np.abs(out.numpy() - ref)[keep] / (np.abs(ref[keep]) * U)
+        assert ulps.max() <= MAX_ULP[name], f"{name}: {ulps.max():.1f} ulp"
+
+
+# ------------------------------------------------------------------------------------------------
+# Reductions
+# ------------------------------------------------------------------------------------------------
+
+def _sum_bound(terms: np.ndarray, axes) -> np.ndarray:
+    n = int(np.prod([terms.shape[a] for a in axes]))
+    return (n + 2) * U * np.abs(terms).sum(axis=axes)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_global_mean(signed, layout):
+    """Global average pooling (EfficientNet's squeeze-excite) as mean over H, W, both layouts."""
+    x = signed((1, 37, 7, 9) if layout == "NCHW" else (1, 7, 9, 37))
+    axes = (2, 3) if layout == "NCHW" else (1, 2)
+    mod = _function({"x": x.shape}, lambda p: relax.op.mean(p["x"], axis=list(axes), keepdims=True))
+    x64 = x.astype(np.float64)
+    ref = x64.mean(axis=axes, keepdims=True)
+    bound = _sum_bound(x64, axes).reshape(ref.shape) / 63 + U * np.abs(ref)
+    _check(mod, [x], ref, bound, {"reduction"})
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_max_pool(signed, layout):
+    """3x3 stride-2 max pooling with padding 1 (ResNet's stem) on an odd size: exact."""
+    x = signed((1, 5, 13, 11) if layout == "NCHW" else (1, 13, 11, 19))
+    mod = _function({"x": x.shape}, lambda p: relax.op.nn.max_pool2d(p["x"], 3, 2, 1, layout=layout))
+    xc = x if layout == "NCHW" else x.transpose(0, 3, 1, 2)
+    padded = np.pad(xc, [(0, 0), (0, 0), (1, 1), (1, 1)], constant_values=-np.inf)
+    ho, wo = (xc.shape[2] - 1) // 2 + 1, (xc.shape[3] - 1) // 2 + 1
+    ref = np.full(xc.shape[:2] + (ho, wo), -np.inf)
+    for dh in range(3):
+        for dw in range(3):
+            ref = np.maximum(ref, padded[:, :, dh:dh + 2 * ho:2, dw:dw + 2 * wo:2])
+    ref = ref if layout == "NCHW" else ref.transpose(0, 2, 3, 1)
+    _check(mod, [x], ref, 0.0, {"reduction"})
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_avg_pool(signed, layout):
+    """3x3 stride-1 average pooling, padding 1, padded zeros counted: a 9-term sum and a divide."""
+    x = signed((1, 3, 7, 5) if layout == "NCHW" else (1, 7, 5, 17))
+    mod = _function({"x": x.shape}, lambda p: relax.op.nn.avg_pool2d(p["x"], 3, 1, 1, layout=layout,
+                                                                     count_include_pad=True))
+    xc = (x if layout == "NCHW" else x.transpose(0, 3, 1, 2)).astype(np.float64)
+    padded = np.pad(xc, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    windows = np.stack([padded[:, :, dh:dh + xc.shape[2], dw:dw + xc.shape[3]] for dh in range(3) for dw in range(3)])
+    ref, bound = windows.mean(axis=0), 12 * U * np.abs(windows).sum(axis=0) / 9
+    if layout == "NHWC":
+        ref, bound = ref.transpose(0, 2, 3, 1), bound.transpose(0, 2, 3, 1)
+    _check(mod, [x], ref, bound, {"reduction"})
+
+
+@pytest.mark.parametrize("length", [48, 37, 1])
+def test_sum_last_axis(signed, length):
+    """A sum over the contiguous axis: vector partial sums (rfactor) when 16 divides it."""
+    x = signed((5, 3, length))
+    mod = _function({"x": x.shape}, lambda p: relax.op.sum(p["x"], axis=[2]))
+    x64 = x.astype(np.float64)
+    _check(mod, [x], x64.sum(axis=2), _sum_bound(x64, (2,)), {"reduction", "injective"})
+
+
+def test_softmax_and_layer_norm(signed, rng):
+    """Softmax over the last axis and ConvNeXt's layer norm over C (NHWC): DLight's CPU reduction."""
+    x = signed((3, 5, 37)) * 3
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
+    ref = e / e.sum(axis=-1, keepdims=True)
+    # exp (libm) 1 ulp, the 37-term sum, the divide: relative (37 + 4) u
+    _check(_function({"x": x.shape}, lambda p: relax.op.nn.softmax(p["x"], axis=-1)), [x], ref,
+           (37 + 4 + MAX_ULP["exp"]) * U * ref, {"dlight-reduction"})
+    y = signed((1, 7, 5, 37))
+    gamma, beta = rng.standard_normal(37).astype("float32"), rng.standard_normal(37).astype("float32")
+    mod = _function({"y": y.shape}, lambda p: relax.op.nn.layer_norm(p["y"], relax.const(gamma), relax.const(beta),
+                                                                     axes=[-1]))
+    y64 = y.astype(np.float64)
+    z = (y64 - y64.mean(-1, keepdims=True)) / np.sqrt(y64.var(-1, keepdims=True) + 1e-5)
+    # mean and variance: 37-term sums of O(1) terms, rsqrt 1 ulp: ~ 4 x 37 u relative on z
+    _check(mod, [y], z * gamma + beta, 160 * U * (np.abs(z * gamma) + 1) + 2 * U * np.abs(beta),
+           {"dlight-reduction"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Matrix products
+# ------------------------------------------------------------------------------------------------
+
+def _matmul_bound(x64: np.ndarray, w64: np.ndarray, extra: np.ndarray | float = 0.0) -> np.ndarray:
+    k = x64.shape[-1]
+    return (k + 2) * U * (np.abs(x64) @ np.abs(w64)) + extra
+
+
+@pytest.mark.parametrize("batch,k,n", [(1, 200, 64), (2, 96, 48), (1, 64, 1000), (13, 37, 24), (197, 19, 19)])
+def test_fully_connected(rng, batch, k, n):
+    """x @ W + b, ReLU (the VGG/ResNet classifier): batch 1 streams W; more rows tile it (13 and the
+    prime 197 rows pad A to whole tiles; 19 columns are no multiple of a vector)."""
+    w = rng.standard_normal((k, n)).astype("float32")
+    b = rng.standard_normal(n).astype("float32")
+    x = rng.standard_normal((batch, k)).astype("float32")
+    mod = _function({"x": (batch, k)}, lambda p: relax.op.nn.relu(relax.op.add(relax.op.matmul(p["x"], relax.const(w)),
+                                                                               relax.const(b))))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = np.maximum(x64 @ w64 + b, 0)
+    _check(mod, [x], ref, _matmul_bound(x64, w64, np.abs(b) * U), {"matmul"})
+
+
+def test_convnext_mlp_with_gelu(signed, rng):
+    """ConvNeXt's MLP on odd sizes: (1, 5, 7, 37) @ (37, 53) + bias, GELU; then @ (53, 37) * scale."""
+    x = signed((1, 5, 7, 37))
+    w1, b1 = rng.standard_normal((37, 53)).astype("float32") / 6, rng.standard_normal(53).astype("float32")
+    w2, g = rng.standard_normal((53, 37)).astype("float32") / 7, rng.standard_normal(37).astype("float32")
+
+    def body(p):
+        h = relax.op.nn.gelu(relax.op.add(relax.op.matmul(p["x"], relax.const(w1)), relax.const(b1)))
+        return relax.op.multiply(relax.op.matmul(h, relax.const(w2)), relax.const(g))
+
+    x64 = x.astype(np.float64)
+    pre = x64 @ w1 + b1
+    h = 0.5 * pre * (1 + sp.erf(pre / math.sqrt(2)))
+    ref = (h @ w2) * g
+    # error of h: the product's sum bound, propagated (|gelu'| <= 1.13), plus GELU's own (test_gelu_erf)
+    dh = 1.13 * _matmul_bound(x64, w1, np.abs(b1) * U) + 0.5 * np.abs(pre) * (MAX_ULP["erf"] + 3) * U + 3 * U * np.abs(h)
+    bound = (np.abs(dh) @ np.abs(w2) + _matmul_bound(h, w2.astype(np.float64))) * np.abs(g) + U * np.abs(ref)
+    table = _check(_function({"x": x.shape}, body), [x], ref, bound, {"matmul"})
+    assert len(table) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 13])
+def test_transposed_weight_input(signed, rows):
+    """x @ W^T with W a run-time input: FuseOps keeps the transpose a function of its own (injective),
+    the product reads its result as [k, n] (23 columns: no streaming chunk divides them, so
+    the reduction rule takes the one-row product; 13 rows are the tiled GEMM's)."""
+    x, w = signed((rows, 37)), signed((23, 37))
+    mod = _function({"x": x.shape, "w": w.shape}, lambda p: relax.op.matmul(p["x"], relax.op.permute_dims(p["w"])))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64).T
+    table = _check(mod, [x, w], x64 @ w64, _matmul_bound(x64, w64), {"matmul", "reduction", "injective"})
+    assert ("matmul" if rows > 1 else "reduction") in table.values()
+
+
+def test_batched_attention_scores(signed):
+    """q @ k^T per (batch, head), then a softmax: the attention shape with batch axes (2, 3)."""
+    q, k = signed((2, 3, 17, 8)), signed((2, 3, 19, 8))
+    mod = _function({"q": q.shape, "k": k.shape}, lambda p: relax.op.matmul(
+        p["q"], relax.op.permute_dims(p["k"], [0, 1, 3, 2])))
+    q64, k64 = q.astype(np.float64), k.astype(np.float64).transpose(0, 1, 3, 2)
+    table = _check(mod, [q, k], q64 @ k64, _matmul_bound(q64, k64), {"matmul", "injective"})
+    assert "matmul" in table.values()
+
+
+def test_streaming_schedule_shape(rng):
+    """Batch 1 with W[k, n]: the streaming schedule (parallel column chunks, vectorized), marked."""
+    w = rng.standard_normal((200, 64)).astype("float32")
+    mod = _function({"x": (1, 200)}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    sch = Matmul().apply(func, TARGET, False)
+    script = sch.mod["main"].script()
+    assert "T.parallel" in script and "T.vectorized(T.int64(64))" in script
+
+
+def test_matmul_rule_ignores_other_reductions():
+    """A sum is no matrix product: the matmul rule does not take it."""
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(
+            _function({"x": (4, 32)}, lambda p: relax.op.sum(p["x"], axis=1)))
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    assert Matmul().apply(func, TARGET, False) is None
+
+
+def test_matmul_design_space_is_correct(signed):
+    """``tunable=True`` gives one schedule per register tile; every one computes the product."""
+    x, w = signed((1, 5, 7, 19)), signed((19, 40))
+    mod = _function({"x": x.shape, "w": w.shape}, lambda p: relax.op.matmul(p["x"], p["w"]))
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    spaces = Matmul().apply(func, TARGET, True)
+    assert len(spaces) == len(Matmul.TUNABLE_TILES)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref, bound = x64 @ w64, _matmul_bound(x64, w64)
+    for sch in spaces:
+        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=TARGET)
+        out = tvm.runtime.empty(ref.shape, "float32")
+        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
+        assert np.all(np.abs(out.numpy() - ref) <= bound)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration, the catch-all, the report
+# ------------------------------------------------------------------------------------------------
+
+def test_rules_are_one_explicit_list():
+    names = [r.name for r in default_rules()]
+    assert names == ["matmul", "dlight-gemv", "injective", "reduction", "dlight-reduction", "fallback"]
+    assert default_rules()[0] is not default_rules()[0]  # no shared state between pipelines
+
+
+def test_fallback_takes_what_no_other_rule_does(signed):
+    """argmax (a reduction with an index/value pair) is nobody's but the catch-all's; counted."""
+    x = signed((5, 3, 37))
+    mod = _function({"x": x.shape}, lambda p: relax.op.argmax(p["x"], axis=2), "float32")
+    got, table = _compile_run(mod, [x])
+    assert set(table.values()) <= {"fallback", "reduction"} and "unscheduled" not in table.values(), table
+    np.testing.assert_array_equal(got, x.argmax(axis=2))
+
+
+def test_scheduled_functions_are_skipped():
+    """A function already scheduled (ours, a tuning record) is left alone by the pass."""
+    a = te.placeholder((8, 8), name="a")
+    func = te.create_prim_func([a, te.compute((8, 8), lambda i, j: a[i, j] + 1, name="b")])
+    func = func.with_attr("tirx.is_scheduled", True)
+    mod = tvm.IRModule({"f": func})
+    with TARGET:
+        out = ApplyLlvmRules()(mod)
+    assert tvm_ffi.structural_equal(out["f"], func)
+
+
+def test_schedule_failure_falls_through_and_is_reported():
+    """A rule that raises does not stop compilation: the next rule schedules the function and the
+    error is recorded on it for the compile report."""
+
+    class Broken(default_rules()[0].__class__):
+        name = "broken"
+
+        def apply(self, func, target, tunable):
+            raise s_tir.schedule.ScheduleError("broken on purpose")
+
+    a = te.placeholder((8, 40), name="a")
+    func = te.create_prim_func([a, te.compute((8, 40), lambda i, j: a[i, j] * 2, name="b")])
+    with TARGET:
+        new = ApplyLlvmRules([Broken(), *default_rules()]).schedule("f", func, TARGET)
+    assert str(new.attrs["tvm_winograd.scheduled_by"]) == "injective"
+    assert "broken: broken on purpose" in str(new.attrs["tvm_winograd.rule_errors"])
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 300), (5, 3, 48)])
+def test_fallback_alone_on_a_reduction(signed, shape):
+    """The catch-all on its own schedules a plain reduction (parallel over the kept axes) correctly;
+    the larger one is big enough to run in parallel (its extents are read before the loops are fused)."""
+    x = signed(shape)
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(
+            _function({"x": x.shape}, lambda p: relax.op.sum(p["x"], axis=[2])))
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    from tvm_winograd.schedule.llvm.fallback import Fallback
+
+    sch = Fallback().apply(func, TARGET, False)
+    assert ("T.parallel" in sch.mod["main"].script()) == (math.prod(shape) >= 16384)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=TARGET)
+    out = tvm.runtime.empty(shape[:2], "float32")
+    lib["main"](tvm.runtime.tensor(x), out)
+    x64 = x.astype(np.float64)
+    assert np.all(np.abs(out.numpy() - x64.sum(axis=2)) <= _sum_bound(x64, (2,)))
