@@ -1,7 +1,9 @@
 """Level 2: the TE compute, built for llvm with the default schedule, against the float64 reference.
 
-Tolerance: the componentwise worst-case rounding bound of :func:`tvm_winograd.accuracy.error_bound`
-(gamma_n * sum of |terms| + output rounding), computed per output element from the actual inputs.
+Tolerance: :func:`tvm_winograd.accuracy.assess` on the model of :func:`tvm_winograd.accuracy.error_model`
+for the stage dtypes the compute should use: the componentwise worst-case bound (the outer guard) and the
+random-rounding model (RMS, peak and gain statistics), computed per output element from the actual inputs.
+The injected-bug tests show the second check rejects precision bugs the bound alone lets through.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import pytest
 import tvm
 
 import tvm_winograd as tw
-from tvm_winograd.accuracy import error_bound, relative_errors
+from tvm_winograd.accuracy import Precision, assess, error_model, relative_errors
 from tvm_winograd.api import build_winograd
-from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func, weight_transform_func
+from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, winograd_func, weight_transform_func
 from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
 from tvm_winograd.schedule import schedule_llvm_default
 from tvm_winograd.workload import make_spec
@@ -34,12 +36,12 @@ def _check(signed, shape_nchw, k, r, m, layout, dtype, padding, acc_dtype="float
     ref = conv2d_direct(x64, w64, padding=padding, layout=layout)
     assert y.shape == ref.shape and y.dtype == np.dtype(dtype)
     spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype=dtype)
-    pack_dtype = WinogradConfig(m=m, acc_dtype=acc_dtype).resolved_pack_dtype(spec)
-    bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=acc_dtype,
-                        pack_dtype=pack_dtype, out_dtype=dtype)
-    err = np.abs(y.astype("float64") - ref)
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+    config = target_config(spec, m, "llvm", acc_dtype=acc_dtype)
+    precision = Precision(acc_dtype=acc_dtype, pack_dtype=config.resolved_pack_dtype(spec), out_dtype=dtype,
+                          kernel_pack_computed=True, separable=config.separable)
+    model = error_model(x, w, m=m, padding=padding, layout=layout, precision=precision)
+    verdict = assess(y, model)
+    assert verdict.ok, verdict.reason
     return relative_errors(y, ref)
 
 
