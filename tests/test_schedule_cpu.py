@@ -3,8 +3,8 @@
 Each case applies the registered MetaSchedule rules ``s_tir.meta_schedule.cpu.winograd_*`` the way
 MetaSchedule's ``ApplyCustomRule`` does (blocks visited from the last one), on a schedule seeded
 differently per case, so the sampled knobs (tile factors, vector lengths) differ; the result is built for
-llvm and compared with the float64 reference within the derived rounding bound
-(:func:`tvm_winograd.tune.tuner.verify_func`, which uses :func:`tvm_winograd.accuracy.error_bound`).
+llvm and judged against the float64 reference (:func:`tvm_winograd.tune.tuner.verify_func`: the worst-case
+bound and the random-rounding model of :func:`tvm_winograd.accuracy.assess`).
 """
 
 from __future__ import annotations
