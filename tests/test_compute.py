@@ -13,12 +13,11 @@ import pytest
 import tvm
 
 import tvm_winograd as tw
-from tvm_winograd.accuracy import Precision, assess, error_model, relative_errors, unit_roundoff
+from tvm_winograd.accuracy import Precision, assess, error_model, relative_errors, weight_transform_bound
 from tvm_winograd.api import build_winograd
 from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, winograd_func, weight_transform_func
 from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
 from tvm_winograd.schedule import schedule_llvm_default
-from tvm_winograd.transforms import winograd_matrices
 from tvm_winograd.workload import make_spec
 
 
@@ -118,14 +117,7 @@ def test_weight_transform_equals_reference(signed, layout):
     got = compiled.transform_weight(w).numpy()
     ref = winograd_weight_transform(w.astype("float64"), 4, layout)
     assert got.shape == ref.shape == (8, 8, 7, 3)
-    # Each entry is one r^2-term sum of products G[a, i] g[i, j] G[b, j] in fp32: two rounded constants,
-    # two rounded products and r^2 - 1 partial sums on the longest path, gamma_{r^2 + 3} of the sum of
-    # |terms| (Higham §3.1), plus the output rounding.
-    _, g_mat, _ = winograd_matrices(4, 5)
-    terms = np.einsum("ai,ijck,bj->abck", np.abs(g_mat), np.abs(w.astype("float64").transpose(
-        (2, 3, 1, 0) if layout == "NCHW" else (0, 1, 2, 3))), np.abs(g_mat), optimize=True)
-    n, u = 5 * 5 + 3, unit_roundoff("float32")
-    bound = n * u / (1 - n * u) * terms + u * np.abs(ref)
+    bound = weight_transform_bound(w, 4, layout)  # gamma_{r^2 + 3} |G| |g| |G_T| + output rounding
     assert np.all(np.abs(got - ref) <= bound) and np.abs(got - ref).max() > 0
 
 

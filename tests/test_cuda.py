@@ -423,16 +423,16 @@ def test_bench_cuda_exits_without_gpu():
 
 def test_weight_transform_default_schedule(runtime):
     """kernel_pack = G g G_T on the GPU schedule: compiles to a cubin, and run serially equals float64
-    (bound: 9 products summed per entry, in fp32)."""
+    (bound: :func:`tvm_winograd.accuracy.weight_transform_bound`)."""
     import numpy as np
 
+    from tvm_winograd.accuracy import weight_transform_bound
     from tvm_winograd.compute import weight_transform_func
     from tvm_winograd.cuda.build import build_cuda
     from tvm_winograd.cuda.verify import serial_cpu_func
     from tvm_winograd.reference import winograd_weight_transform
     from tvm_winograd.schedule.cuda import schedule_cuda_default
     from tvm_winograd.targets import host_target
-    from tvm_winograd.transforms import winograd_matrices
 
     target = resolve_target("sm_80")
     func = schedule_cuda_default(weight_transform_func(SMALL, WinogradConfig(m=4)), target)
@@ -443,12 +443,7 @@ def test_weight_transform_default_schedule(runtime):
     out = tvm.runtime.empty((6, 6, SMALL.in_channels, SMALL.out_channels), "float32", tvm.cpu(0))
     cpu["main"](tvm.runtime.tensor(w, tvm.cpu(0)), out)
     ref = winograd_weight_transform(w.astype("float64"), 4, "NCHW")
-    _, g_mat, _ = winograd_matrices(4, 3)
-    # sum of |terms| per entry: |G| |g| |G|^T; 9 rounded products (3 roundings each incl. the constants)
-    # accumulated in fp32: gamma_12 of it, plus the final rounding.
-    terms = np.einsum("ei,kcij,nj->enck", np.abs(g_mat), np.abs(w).astype("float64"), np.abs(g_mat))
-    u = np.finfo(np.float32).eps / 2
-    bound = 12 * u / (1 - 12 * u) * terms + u * np.abs(ref) + 1e-30
+    bound = weight_transform_bound(w, 4, "NCHW")  # gamma_{r^2 + 3} |G| |g| |G_T| + the stored rounding
     err = np.abs(out.numpy() - ref)
     assert np.all(err <= bound) and err.max() > 0
 

@@ -57,8 +57,8 @@ from .reference import conv2d_direct, conv2d_winograd_abs, winograd_stages
 from .transforms import exact_matrices
 from .workload import Padding
 
-__all__ = ["unit_roundoff", "rounding_depth", "error_bound", "direct_error_bound", "Precision", "ErrorModel",
-           "error_model", "Assessment", "assess", "rms_limit", "FALSE_ALARM", "relative_errors", "PUBLISHED_FP32", "RHO"]
+__all__ = ["unit_roundoff", "rounding_depth", "error_bound", "direct_error_bound", "weight_transform_bound",
+           "Precision", "ErrorModel", "error_model", "Assessment", "assess", "rms_limit", "FALSE_ALARM", "relative_errors", "PUBLISHED_FP32", "RHO"]
 
 #: Barabasz et al. (arXiv:1803.10986), fp32 errors of F(m, 3) as quoted in TVM's winograd_util.py.
 PUBLISHED_FP32 = {"direct": 4.63e-8, 2: 7.65e-8, 3: 2.35e-7, 4: 3.29e-7, 5: 6.81e-7, 6: 8.79e-7, 7: 3.71e-6, 8: 7.35e-6}
@@ -110,6 +110,23 @@ def error_bound(
     s = conv2d_winograd_abs(x, w, m=m, padding=padding, layout=layout, points=points)
     y_abs = np.abs(conv2d_direct(x, w, padding=padding, layout=layout))
     return (gamma + u_pack) * s + unit_roundoff(out_dtype) * y_abs
+
+
+def weight_transform_bound(w: np.ndarray, m: int, layout: str = "NCHW", *, acc_dtype: str = "float32",
+                           points=None) -> np.ndarray:
+    """Componentwise worst-case bound on a computed ``U = G g G_T`` (``(alpha, alpha, C, K)``).
+
+    Each entry is one ``r^2``-term sum of ``G[a, i] g[i, j] G[b, j]``: on the longest path two rounded
+    constants, two rounded products and ``r^2 - 1`` partial sums, so ``gamma_{r^2 + 3}`` of
+    ``|G| |g| |G_T|`` (Higham §3.1), plus the rounding of the stored result."""
+    w = np.asarray(w, dtype=np.float64)
+    oihw = w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
+    r = oihw.shape[2]
+    g = np.array([[float(v) for v in row] for row in exact_matrices(m, r, points).G])
+    terms = np.einsum("ai,kcij,bj->abck", np.abs(g), np.abs(oihw), np.abs(g), optimize=True)
+    exact = np.einsum("ai,kcij,bj->abck", g, oihw, g, optimize=True)
+    n, u = r * r + 3, unit_roundoff(acc_dtype)
+    return n * u / (1 - n * u) * terms + u * np.abs(exact)
 
 
 def direct_error_bound(x: np.ndarray, w: np.ndarray, *, padding: Padding, layout: str = "NCHW",
