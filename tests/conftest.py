@@ -39,8 +39,7 @@ def inject_transform_bug(monkeypatch):
     cache of built functions is cleared around it."""
     import math
 
-    import tvm_winograd.compute as compute
-    from tvm_winograd import api
+    from tvm_winograd import api, compute
 
     exact = compute.winograd_matrices
 

@@ -15,7 +15,7 @@ import tvm
 import tvm_winograd as tw
 from tvm_winograd.accuracy import Precision, assess, error_model, relative_errors, weight_transform_bound
 from tvm_winograd.api import build_winograd
-from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, winograd_func, weight_transform_func
+from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
 from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
 from tvm_winograd.schedule import schedule_llvm_default
 from tvm_winograd.workload import make_spec

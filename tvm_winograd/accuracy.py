@@ -57,8 +57,23 @@ from .reference import conv2d_direct, conv2d_winograd_abs, winograd_stages
 from .transforms import exact_matrices
 from .workload import Padding
 
-__all__ = ["unit_roundoff", "rounding_depth", "error_bound", "direct_error_bound", "weight_transform_bound",
-           "Precision", "ErrorModel", "error_model", "Assessment", "assess", "rms_limit", "FALSE_ALARM", "relative_errors", "PUBLISHED_FP32", "RHO"]
+__all__ = [
+    "FALSE_ALARM",
+    "PUBLISHED_FP32",
+    "RHO",
+    "Assessment",
+    "ErrorModel",
+    "Precision",
+    "assess",
+    "direct_error_bound",
+    "error_bound",
+    "error_model",
+    "relative_errors",
+    "rms_limit",
+    "rounding_depth",
+    "unit_roundoff",
+    "weight_transform_bound",
+]
 
 #: Barabasz et al. (arXiv:1803.10986), fp32 errors of F(m, 3) as quoted in TVM's winograd_util.py.
 PUBLISHED_FP32 = {"direct": 4.63e-8, 2: 7.65e-8, 3: 2.35e-7, 4: 3.29e-7, 5: 6.81e-7, 6: 8.79e-7, 7: 3.71e-6, 8: 7.35e-6}
@@ -211,7 +226,8 @@ def _product_variance(exact: tuple, dtype: str) -> np.ndarray:
     for i, row in enumerate(exact):
         for j, c in enumerate(row):
             mag = abs(c)
-            if c != 0 and not (mag.numerator & (mag.numerator - 1) == 0 and mag.denominator & (mag.denominator - 1) == 0):
+            power_of_two = mag.numerator & (mag.numerator - 1) == 0 and mag.denominator & (mag.denominator - 1) == 0
+            if c != 0 and not power_of_two:
                 out[i, j] = u2
     return out
 
