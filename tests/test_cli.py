@@ -74,7 +74,8 @@ def test_compile_run_matches_onnxruntime(tiny_lib, tmp_path):
     y = np.load(tmp_path / "y.npy")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"input": x})[0]
-    # fp32 through 8 convs of <= 32x25 taps: errors ~1e-6 relative (see test_relax_pass for the bound)
+    # fp32 through 8 convs of <= 32x25 taps: errors ~1e-6 relative; 1e-4 is a sanity ceiling for the CLI
+    # plumbing, not a precision check (those: accuracy.assess in test_compute, model_tolerance in test_export)
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 

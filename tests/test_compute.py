@@ -1,7 +1,9 @@
 """Level 2: the TE compute, built for llvm with the default schedule, against the float64 reference.
 
-Tolerance: the componentwise worst-case rounding bound of :func:`tvm_winograd.accuracy.error_bound`
-(gamma_n * sum of |terms| + output rounding), computed per output element from the actual inputs.
+Tolerance: :func:`tvm_winograd.accuracy.assess` on the model of :func:`tvm_winograd.accuracy.error_model`
+for the stage dtypes the compute should use: the componentwise worst-case bound (the outer guard) and the
+random-rounding model (RMS, peak and gain statistics), computed per output element from the actual inputs.
+The injected-bug tests show the second check rejects precision bugs the bound alone lets through.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import pytest
 import tvm
 
 import tvm_winograd as tw
-from tvm_winograd.accuracy import error_bound, relative_errors
+from tvm_winograd.accuracy import Precision, assess, error_model, relative_errors, weight_transform_bound
 from tvm_winograd.api import build_winograd
-from tvm_winograd.compute import Epilogue, WinogradConfig, winograd_func, weight_transform_func
+from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
 from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
 from tvm_winograd.schedule import schedule_llvm_default
 from tvm_winograd.workload import make_spec
@@ -34,12 +36,12 @@ def _check(signed, shape_nchw, k, r, m, layout, dtype, padding, acc_dtype="float
     ref = conv2d_direct(x64, w64, padding=padding, layout=layout)
     assert y.shape == ref.shape and y.dtype == np.dtype(dtype)
     spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype=dtype)
-    pack_dtype = WinogradConfig(m=m, acc_dtype=acc_dtype).resolved_pack_dtype(spec)
-    bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=acc_dtype,
-                        pack_dtype=pack_dtype, out_dtype=dtype)
-    err = np.abs(y.astype("float64") - ref)
-    worst = np.unravel_index(np.argmax(err / bound), err.shape)
-    assert np.all(err <= bound), f"error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
+    config = target_config(spec, m, "llvm", acc_dtype=acc_dtype)
+    precision = Precision(acc_dtype=acc_dtype, pack_dtype=config.resolved_pack_dtype(spec), out_dtype=dtype,
+                          kernel_pack_computed=True, separable=config.separable)
+    model = error_model(x, w, m=m, padding=padding, layout=layout, precision=precision)
+    verdict = assess(y, model)
+    assert verdict.ok, verdict.reason
     return relative_errors(y, ref)
 
 
@@ -70,7 +72,8 @@ def test_compute_special_shapes(signed, shape, k, padding, layout, m):
 
 
 def test_selectable_accumulation_dtype(signed):
-    """fp16 accumulation is allowed and stays within the fp16 bound (which is ~8000x the fp32 one)."""
+    """fp16 accumulation is allowed and its errors are those the fp16-accumulation model predicts (the
+    worst-case bound alone passed the output scaled by 0.7)."""
     _check(signed, (1, 8, 10, 10), 4, 3, 2, "NCHW", "float16", 1, acc_dtype="float16")
 
 
@@ -98,9 +101,10 @@ def test_fused_epilogue(signed, layout):
     pack = compiled.transform_weight(w)
     out = tvm.runtime.empty(spec.output_shape, "float32")
     conv["main"](tvm.runtime.tensor(x), pack, tvm.runtime.tensor(bias), tvm.runtime.tensor(res), out)
-    ref = conv2d_direct(x, w, padding=1, layout=layout)
-    ref = np.maximum(ref + (bias[None, :, None, None] if layout == "NCHW" else bias) + res, 0)
-    np.testing.assert_allclose(out.numpy(), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+    model = error_model(x, w, m=4, padding=1, layout=layout, precision=Precision(kernel_pack_computed=True),
+                        bias=bias, residual=res, relu=True)
+    verdict = assess(out.numpy(), model)
+    assert verdict.ok, verdict.reason
     assert (out.numpy() == 0).any() and (out.numpy() > 0).any()  # ReLU did clip something
 
 
@@ -114,7 +118,8 @@ def test_weight_transform_equals_reference(signed, layout):
     got = compiled.transform_weight(w).numpy()
     ref = winograd_weight_transform(w.astype("float64"), 4, layout)
     assert got.shape == ref.shape == (8, 8, 7, 3)
-    np.testing.assert_allclose(got, ref, rtol=0, atol=30 * 2**-24 * np.abs(ref).max())
+    bound = weight_transform_bound(w, 4, layout)  # gamma_{r^2 + 3} |G| |g| |G_T| + output rounding
+    assert np.all(np.abs(got - ref) <= bound) and np.abs(got - ref).max() > 0
 
 
 def test_stages_are_named_and_carry_schedule_rules():
@@ -136,3 +141,38 @@ def test_separable_transforms_add_their_row_passes():
     for stage in ("data_pack_rows", "inverse_rows"):
         assert f'T.sblock("{stage}")' in script and f'T.sblock("{stage}")' not in plain
     assert "v_r_a, v_r_b = T.axis.remap" in plain and "v_r_a, v_r_b = T.axis.remap" not in script
+
+
+# --------------------------------------------------------------------------------------------------
+# The check can fail: injected precision bugs the worst-case bound alone lets through
+# --------------------------------------------------------------------------------------------------
+
+INJECTED = [
+    # (bug, m, dtype): each within the worst-case bound (asserted), each rejected by the model
+    ("scaled_output", 6, "float32"),  # F(6,3): the bound is ~1e-2 of max|y|, the scale error 1e-3
+    ("scaled_output", 4, "float16"),  # fp16 storage: bound ~0.17 of max|y|
+    ("perturbed_entry", 2, "float32"),
+    ("perturbed_entry", 4, "float32"),
+    ("fp16_accumulation", 4, "float16"),  # acc_dtype float16 where the config says float32
+]
+
+
+@pytest.mark.parametrize("bug,m,dtype", INJECTED)
+def test_injected_precision_bug_is_rejected(signed, inject_transform_bug, bug, m, dtype):
+    """A 16-channel 12x12 layer computed with the bug, judged by the model of the intended dtypes and
+    transforms: within the worst-case bound, rejected by the random-rounding model."""
+    x, w = signed((1, 16, 12, 12), dtype), signed((16, 16, 3, 3), dtype)
+    spec = make_spec(x.shape, w.shape, padding=1, dtype=dtype)
+    config = target_config(spec, m, "llvm")
+    model = error_model(x, w, m=m, padding=1, precision=Precision(
+        pack_dtype=config.resolved_pack_dtype(spec), out_dtype=dtype, kernel_pack_computed=True,
+        separable=config.separable))
+    assert assess(tw.conv2d(x, w, m=m, padding=1), model).ok  # the same layer without the bug passes
+    if bug == "fp16_accumulation":
+        y = tw.conv2d(x, w, m=m, padding=1, acc_dtype="float16")
+    else:
+        inject_transform_bug(bug)
+        y = tw.conv2d(x, w, m=m, padding=1)
+    verdict = assess(y, model)
+    assert verdict.bound_ratio <= 1.0, verdict  # the old check alone would pass it
+    assert not verdict.ok, verdict

@@ -2,8 +2,8 @@
 resources, and the numerics of sampled schedules run serially on the CPU against float64.
 
 The driver stand-in (:mod:`tvm_winograd.cuda.driver_stub`) is loaded into this process; the test of the
-source-only fallback runs in a subprocess that never loads it.  Numerics tolerances are the componentwise
-rounding bound of :func:`tvm_winograd.accuracy.error_bound` (see :mod:`tvm_winograd.cuda.verify`).
+source-only fallback runs in a subprocess that never loads it.  Numerics are judged by the shared check of
+:mod:`tvm_winograd.verify` (worst-case bound and random-rounding model of :mod:`tvm_winograd.accuracy`).
 """
 
 from __future__ import annotations
@@ -423,16 +423,16 @@ def test_bench_cuda_exits_without_gpu():
 
 def test_weight_transform_default_schedule(runtime):
     """kernel_pack = G g G_T on the GPU schedule: compiles to a cubin, and run serially equals float64
-    (bound: 9 products summed per entry, in fp32)."""
+    (bound: :func:`tvm_winograd.accuracy.weight_transform_bound`)."""
     import numpy as np
 
+    from tvm_winograd.accuracy import weight_transform_bound
     from tvm_winograd.compute import weight_transform_func
     from tvm_winograd.cuda.build import build_cuda
     from tvm_winograd.cuda.verify import serial_cpu_func
     from tvm_winograd.reference import winograd_weight_transform
     from tvm_winograd.schedule.cuda import schedule_cuda_default
     from tvm_winograd.targets import host_target
-    from tvm_winograd.transforms import winograd_matrices
 
     target = resolve_target("sm_80")
     func = schedule_cuda_default(weight_transform_func(SMALL, WinogradConfig(m=4)), target)
@@ -443,12 +443,7 @@ def test_weight_transform_default_schedule(runtime):
     out = tvm.runtime.empty((6, 6, SMALL.in_channels, SMALL.out_channels), "float32", tvm.cpu(0))
     cpu["main"](tvm.runtime.tensor(w, tvm.cpu(0)), out)
     ref = winograd_weight_transform(w.astype("float64"), 4, "NCHW")
-    _, g_mat, _ = winograd_matrices(4, 3)
-    # sum of |terms| per entry: |G| |g| |G|^T; 9 rounded products (3 roundings each incl. the constants)
-    # accumulated in fp32: gamma_12 of it, plus the final rounding.
-    terms = np.einsum("ei,kcij,nj->enck", np.abs(g_mat), np.abs(w).astype("float64"), np.abs(g_mat))
-    u = np.finfo(np.float32).eps / 2
-    bound = 12 * u / (1 - 12 * u) * terms + u * np.abs(ref) + 1e-30
+    bound = weight_transform_bound(w, 4, "NCHW")  # gamma_{r^2 + 3} |G| |g| |G_T| + the stored rounding
     err = np.abs(out.numpy() - ref)
     assert np.all(err <= bound) and err.max() > 0
 
@@ -484,3 +479,29 @@ def test_metaschedule_builder_ships_a_cubin(runtime):
     (result,) = make_builder(target, max_workers=1).build([ms.builder.BuilderInput(tvm.IRModule({"main": func}), target)])
     assert result.error_msg is None, result.error_msg
     assert [(i.kind, i.sm) for i in file_cuda_images(result.artifact_path)] == [("cubin", 90)]
+
+
+@pytest.mark.parametrize("bug,m,dtype", [
+    ("perturbed_entry", 4, "float32"),
+    ("scaled_output", 4, "float16"),
+    ("fp16_accumulation", 2, "float16"),
+])
+def test_numerics_check_rejects_injected_precision_bug(runtime, inject_transform_bug, bug, m, dtype):
+    """The CPU emulation of the default CUDA schedule passes; with a precision bug the worst-case bound
+    lets through (asserted: the failure is not the bound's), the shared check rejects it."""
+    import dataclasses
+
+    from tvm_winograd.cuda.verify import check_numerics
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+
+    spec = make_spec((1, 16, 10, 10), (16, 16, 3, 3), padding=1, dtype=dtype)
+    config, target = WinogradConfig(m=m), resolve_target("sm_80")
+    assert check_numerics(schedule_cuda_default(winograd_func(spec, config), target), spec, config).ok
+    if bug == "fp16_accumulation":
+        built = dataclasses.replace(config, acc_dtype="float16")
+    else:
+        built = config
+        inject_transform_bug(bug)
+    result = check_numerics(schedule_cuda_default(winograd_func(spec, built), target), spec, config)
+    assert not result.ok and result.worst_ratio > 1.0, result
+    assert "worst-case bound" not in result.reason, result

@@ -58,6 +58,23 @@ def model_tolerance(report: list[LayerReport], ref: np.ndarray) -> float:
     return total * float(np.abs(ref).max())
 
 
+def test_model_tolerance_reads_channels_from_the_weight_in_either_layout():
+    """The reduction length is ``C r^2`` from the weight (OIHW or HWIO), not ``input_shape[1]`` (H after the
+    NHWC conversion): the same layer gives the same tolerance in both layouts, and it scales as
+    ``sqrt(C)``."""
+    def layer(layout, c):
+        nchw = layout == "NCHW"
+        return LayerReport(0, "conv", (1, c, 56, 56) if nchw else (1, 56, 56, c),
+                           (64, c, 3, 3) if nchw else (3, 3, c, 64), "3x3", (1, 1), 1, "winograd", 4, "", "override",
+                           "winograd")
+
+    ref = np.ones(3)
+    tol = {(lay, c): model_tolerance([layer(lay, c)], ref) for lay in ("NCHW", "NHWC") for c in (16, 64)}
+    assert tol["NCHW", 16] == pytest.approx(tol["NHWC", 16]) and tol["NCHW", 64] == pytest.approx(tol["NHWC", 64])
+    assert tol["NHWC", 64] == pytest.approx(2 * tol["NHWC", 16])
+    assert tol["NHWC", 16] == pytest.approx(EPS32 * rms_amplification(4, 3) * np.sqrt(16 * 9))
+
+
 def _ort(info, feed):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2

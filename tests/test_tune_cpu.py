@@ -201,3 +201,39 @@ def test_trials_to_90_counts_the_seeded_default():
     unseeded = _Progress()
     unseeded.apply(scheduler, 0, [], [], runs)
     assert unseeded.history_ms[0] == pytest.approx(14.3) and _trials_to_90(unseeded.history_ms) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_func (what record picking keeps) can fail: injected precision bugs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bug,m,dtype", [
+    ("scaled_output", 4, "float16"),
+    ("perturbed_entry", 4, "float32"),
+    ("fp16_accumulation", 4, "float16"),  # stages in fp16 where the llvm config says fp32
+    ("fp16_storage", 2, "float32"),  # data_pack / kernel_pack stored in fp16 for an fp32 layer
+])
+def test_verify_func_rejects_injected_precision_bug(inject_transform_bug, bug, m, dtype):
+    """The default-scheduled candidate passes; the same candidate with the bug raises ArithmeticError
+    (so ``_pick_verified`` skips the record), from the rounding model, not the worst-case bound,
+    for the bugs the bound lets through."""
+    import dataclasses
+
+    from tvm_winograd.compute import target_config, winograd_func
+    from tvm_winograd.schedule import schedule_llvm_default
+
+    spec = make_spec((1, 16, 12, 12), (16, 16, 3, 3), padding=1, dtype=dtype)
+    config = target_config(spec, m, "llvm")
+    good = schedule_llvm_default(winograd_func(spec, config))
+    assert verify_func(good, spec, Epilogue(), "winograd", m, TARGET, seed=3) > 0.0
+    if bug == "fp16_accumulation":
+        config = dataclasses.replace(config, acc_dtype="float16")
+    elif bug == "fp16_storage":
+        config = dataclasses.replace(config, pack_dtype="float16")
+    else:
+        inject_transform_bug(bug)
+    bad = schedule_llvm_default(winograd_func(spec, config))
+    with pytest.raises(ArithmeticError) as err:
+        verify_func(bad, spec, Epilogue(), "winograd", m, TARGET, seed=3)
+    if bug != "fp16_storage":  # fp32 F(2,3) with fp16 storage also exceeds the bound (~6.6e-5 of max|y|)
+        assert "worst-case bound" not in str(err.value), err.value

@@ -6,6 +6,7 @@ for clarity, not speed: every input is promoted to float64 first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from .transforms import winograd_matrices
 from .workload import Padding, make_spec
 
-__all__ = ["conv2d_direct", "conv2d_winograd", "conv2d_winograd_abs", "winograd_weight_transform"]
+__all__ = ["conv2d_direct", "conv2d_winograd", "conv2d_winograd_abs", "winograd_weight_transform",
+           "WinogradStages", "winograd_stages"]
 
 
 def _to_nchw(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +67,37 @@ def winograd_weight_transform(w: np.ndarray, m: int, layout: str = "NCHW", point
     return np.einsum("ai,kcij,bj->abck", g_mat, oihw, g_mat, optimize=True)
 
 
-def _winograd_nchw(xn: np.ndarray, oihw: np.ndarray, spec, m: int, mats) -> np.ndarray:
+@dataclass(frozen=True)
+class WinogradStages:
+    """The float64 intermediates of ``A_T [ (G g G_T) . (B_T d B) ] A`` in the compute's NCHW tile order
+    (tile ``p = (n * nH + th) * nW + tw``), for the error analysis of :mod:`tvm_winograd.accuracy`."""
+
+    tiles: np.ndarray  # d: (alpha, alpha, C, P), the zero-padded input tiles
+    kernel_pack: np.ndarray  # U: (alpha, alpha, C, K)
+    data_pack: np.ndarray  # V: (alpha, alpha, C, P)
+    bgemm: np.ndarray  # M: (alpha, alpha, K, P)
+    inverse: np.ndarray  # Y: (K, P, m, m)
+    out_shape: tuple[int, int, int, int]  # (N, K, H_out, W_out)
+
+    def to_output(self, tiles: np.ndarray) -> np.ndarray:
+        """A (K, P, m, m) tile-domain array as (N, K, H_out, W_out): the tiles cropped to the output."""
+        n, k, ho, wo = self.out_shape
+        m = tiles.shape[-1]
+        nh, nw = -(-ho // m), -(-wo // m)
+        y = tiles.reshape(k, n, nh, nw, m, m).transpose(1, 0, 2, 4, 3, 5)
+        return y.reshape(n, k, nh * m, nw * m)[:, :, :ho, :wo]
+
+    def to_tiles(self, y: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_output`: (N, K, H_out, W_out) as (K, P, m, m), zero beyond the output."""
+        n, k, ho, wo = self.out_shape
+        m = self.inverse.shape[-1]
+        nh, nw = -(-ho // m), -(-wo // m)
+        full = np.zeros((n, k, nh * m, nw * m))
+        full[:, :, :ho, :wo] = y
+        return full.reshape(n, k, nh, m, nw, m).transpose(1, 0, 2, 4, 3, 5).reshape(k, n * nh * nw, m, m)
+
+
+def _stages_nchw(xn: np.ndarray, oihw: np.ndarray, spec, m: int, mats) -> WinogradStages:
     """Tile-by-tile ``A_T [ (G g G_T) . (B_T d B) ] A`` summed over channels, NCHW float64."""
     a_t, g_mat, b_t = mats
     r = spec.r
@@ -78,14 +110,20 @@ def _winograd_nchw(xn: np.ndarray, oihw: np.ndarray, spec, m: int, mats) -> np.n
     xp = np.zeros((spec.batch, spec.in_channels, hp, wp))
     h_end, w_end = min(spec.height, hp - pt), min(spec.width, wp - pl)
     xp[:, :, pt:pt + h_end, pl:pl + w_end] = xn[:, :, :h_end, :w_end]
-    # tiles[n, c, th, a, tw, b] = xp[n, c, th*m + a, tw*m + b]
+    # tiles[a, b, c, p] = xp[n, c, th*m + a, tw*m + b], p = (n * nh + th) * nw + tw
     idx_h = np.arange(nh)[:, None] * m + np.arange(alpha)[None, :]
     idx_w = np.arange(nw)[:, None] * m + np.arange(alpha)[None, :]
-    tiles = xp[:, :, idx_h[:, :, None, None], idx_w[None, None, :, :]]
-    v = np.einsum("ia,ncxayb,jb->ijncxy", b_t, tiles, b_t, optimize=True)  # B_T d B
-    prod = np.einsum("ijck,ijncxy->ijnkxy", u, v, optimize=True)
-    y = np.einsum("pi,ijnkxy,qj->nkxpyq", a_t, prod, a_t, optimize=True)  # A_T M A
-    return y.reshape(spec.batch, spec.out_channels, nh * m, nw * m)[:, :, :ho, :wo]
+    tiles = xp[:, :, idx_h[:, :, None, None], idx_w[None, None, :, :]]  # (n, c, th, a, tw, b)
+    tiles = tiles.transpose(3, 5, 1, 0, 2, 4).reshape(alpha, alpha, spec.in_channels, -1)
+    v = np.einsum("ia,abcp,jb->ijcp", b_t, tiles, b_t, optimize=True)  # B_T d B
+    prod = np.einsum("ijck,ijcp->ijkp", u, v, optimize=True)
+    y = np.einsum("xi,ijkp,yj->kpxy", a_t, prod, a_t, optimize=True)  # A_T M A
+    return WinogradStages(tiles, u, v, prod, y, (spec.batch, spec.out_channels, ho, wo))
+
+
+def _winograd_nchw(xn: np.ndarray, oihw: np.ndarray, spec, m: int, mats) -> np.ndarray:
+    stages = _stages_nchw(xn, oihw, spec, m, mats)
+    return stages.to_output(stages.inverse)
 
 
 def _winograd_spec(x: np.ndarray, w: np.ndarray, padding: Padding, layout: str):
@@ -126,3 +164,22 @@ def conv2d_winograd_abs(
     spec, xn, oihw = _winograd_spec(np.abs(x), np.abs(w), padding, layout)
     mats = tuple(np.abs(mat) for mat in winograd_matrices(m, spec.r, points))
     return _from_nchw(_winograd_nchw(xn, oihw, spec, m, mats), layout)
+
+
+def winograd_stages(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    m: int = 4,
+    padding: Padding = 0,
+    layout: str = "NCHW",
+    points=None,
+    matrices: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> WinogradStages:
+    """The float64 intermediates (tiles, U, V, M, Y) of :func:`conv2d_winograd`, NCHW tile order.
+
+    ``matrices``: ``(A_T, G, B_T)`` to use instead of the exact ones of ``points`` (e.g. the constants a
+    compute rounded to its dtype), to see what those constants alone change."""
+    spec, xn, oihw = _winograd_spec(x, w, padding, layout)
+    mats = winograd_matrices(m, spec.r, points) if matrices is None else matrices
+    return _stages_nchw(xn, oihw, spec, m, mats)

@@ -8,7 +8,8 @@ decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default sche
     reject are counted as ``rejected`` -- the search never measures them -- and replaced),
 (b) an nvcc build for the target's ``sm_XX`` that must hold a cubin for it,
 (c) ptxas's registers, spills and shared memory per kernel, and a static occupancy estimate,
-(d) numerics: the schedule run serially on the CPU against the float64 reference,
+(d) numerics: the schedule run serially on the CPU against the float64 reference (the shared check of
+    :mod:`tvm_winograd.verify`: worst-case bound and random-rounding model),
 (e) for the ``tensorcore`` / ``tensorcore_pipelined`` spaces: the generated CUDA source really issues
     tensor-core instructions (``wmma::mma_sync`` or ``mma.sync``).
 
@@ -75,7 +76,7 @@ class CandidateCheck:
     shared_bytes: int = 0  # max over the kernels, static (ptxas) + dynamic (launch size)
     occupancy: float | None = None  # min over the kernels
     numerics_ok: bool | None = None
-    error_ratio: float | None = None  # max |err| / bound
+    error_ratio: float | None = None  # the numerics' worst statistic over its limit (<= 1 passes)
     error: str = ""
     #: tensorcore space only: the CUDA source issues wmma::mma_sync / mma.sync (None: not applicable)
     tensor_core: bool | None = None
@@ -243,6 +244,8 @@ def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, 
         try:
             result = check_numerics(cpu_func, spec, config, epilogue, seed=0 if seed is None else seed)
             cand.numerics_ok, cand.error_ratio = result.ok, result.worst_ratio
+            if not result.ok:
+                cand.error = f"numerics: {result.reason[:300]}"
         except Exception as err:
             cand.numerics_ok = False
             cand.error = f"CPU execution failed: {str(err).splitlines()[-1][:300] if str(err) else err}"
@@ -409,7 +412,7 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
 def format_checks(rows: Sequence[LayerCheck]) -> str:
     """The ``cuda-check`` table (markdown) and the overall verdict."""
     lines = ["| layer | m | space | arch | samples | rejected | compile | regs | spills | smem | occupancy "
-             "| numerics (max err/bound) | pass |",
+             "| numerics (worst stat/limit) | pass |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratios = [c.error_ratio for c in r.candidates if c.error_ratio is not None]

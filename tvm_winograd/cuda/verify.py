@@ -5,7 +5,8 @@
 * :func:`occupancy` -- a static occupancy estimate from ptxas's registers / shared memory and the
   kernel's threads per block, with the per-SM limits of the architecture.
 * :func:`serial_cpu_func` / :func:`check_numerics` -- the scheduled TIR with thread-bound loops made
-  serial and GPU storage scopes made global, built for llvm and compared with the float64 reference.
+  serial and GPU storage scopes made global, built for llvm and judged against float64 by the shared
+  check of :mod:`tvm_winograd.verify` (the one the CPU tuner uses).
   TIR's semantics are sequential, so this checks every index and tiling decision of the schedule
   (not races, and not nvcc's code generation).
 """
@@ -22,10 +23,9 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..accuracy import error_bound, unit_roundoff
-from ..compute import Epilogue, WinogradConfig
-from ..reference import conv2d_direct, winograd_weight_transform
+from ..compute import Epilogue, WinogradConfig, kernel_block_of
 from ..targets import host_target
+from ..verify import prepare, run_cpu
 from ..workload import Conv2dSpec
 from .build import KernelResources
 
@@ -137,11 +137,12 @@ def serial_cpu_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
 @dataclass(frozen=True)
 class NumericsResult:
-    """Componentwise comparison with the float64 reference: ``ok`` iff every error is within its bound."""
+    """The verdict of :func:`tvm_winograd.verify` on one schedule run serially on the CPU."""
 
     ok: bool
-    worst_ratio: float  # max |err| / bound (<= 1 passes)
+    worst_ratio: float  # the largest statistic over its limit (bound, RMS, peak, gain; <= 1 passes)
     max_relative_error: float  # max |err| / max |reference|
+    reason: str = ""  # the first failed statistic, "" when ok
 
 
 def _host_target() -> Target:
@@ -196,55 +197,20 @@ def _in_child(fn, *args, **kwargs):
 def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig,
                    epilogue: Epilogue = Epilogue(), seed: int = 0,
                    cpu_module: tvm.runtime.Module | None = None, isolate: bool = True) -> NumericsResult:
-    """Run the GPU-scheduled winograd ``func`` serially on the CPU and compare with float64.
+    """Run the GPU-scheduled winograd ``func`` serially on the CPU and judge it against float64.
 
-    Inputs are signed standard normals from ``np.random.default_rng(seed)``; the kernel pack is the
-    float64 weight transform rounded to the pack dtype.  The bound is
-    :func:`tvm_winograd.accuracy.error_bound` plus the rounding of the bias add.  With ``isolate`` the
-    build and run happen in a forked child, so a schedule that writes out of bounds raises
-    :class:`CPUExecutionCrashed` instead of corrupting this process.
+    The inputs, the kernel pack (the float64 weight transform rounded to the pack dtype) and the
+    verdict are those of :mod:`tvm_winograd.verify` -- the same check the CPU tuner applies -- with the
+    error model of the stage dtypes ``config`` intends.  With ``isolate`` the build and run happen in a
+    forked child, so a schedule that writes out of bounds raises :class:`CPUExecutionCrashed` instead of
+    corrupting this process.
     """
     if isolate and cpu_module is None:
         return _in_child(check_numerics, func, spec, config, epilogue, seed, None, False)
-    rng = np.random.default_rng(seed)
-    nchw = spec.layout == "NCHW"
-    x = rng.standard_normal(spec.input_shape).astype(spec.dtype)
-    w = rng.standard_normal(spec.weight_shape).astype(spec.dtype)
-    pack_dtype = config.resolved_pack_dtype(spec)
-    x64, w64 = x.astype("float64"), w.astype("float64")
-    kernel_pack = winograd_weight_transform(w64, config.m, spec.layout).astype(pack_dtype)
-    args = [x, kernel_pack]
-    conv = conv2d_direct(x64, w64, padding=spec.padding, layout=spec.layout)
-    ref = conv.copy()
-    bias = residual = None
-    if epilogue.bias:
-        bias = rng.standard_normal(spec.out_channels).astype(spec.dtype)
-        args.append(bias)
-        ref = ref + (bias.astype("float64")[None, :, None, None] if nchw else bias.astype("float64"))
-    if epilogue.residual:
-        residual = rng.standard_normal(spec.output_shape).astype(spec.out_dtype)
-        args.append(residual)
-        ref = ref + residual.astype("float64")
-    if epilogue.relu:
-        ref = np.maximum(ref, 0.0)
-
+    case = prepare(spec, epilogue, "winograd", config, seed=seed, kernel_block=kernel_block_of(func),
+                   pack_arg_dtype=str(func.params[1].dtype))
     if cpu_module is None:
         with _host_target():
             cpu_module = tvm.tirx.build(tvm.IRModule({"main": serial_cpu_func(func)}), target=_host_target())
-    dev = tvm.cpu(0)
-    tensors = [tvm.runtime.tensor(a, dev) for a in args]
-    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
-    cpu_module["main"](*tensors, out)
-    y = out.numpy().astype("float64")
-
-    bound = error_bound(x64, w64, m=config.m, padding=spec.padding, layout=spec.layout, acc_dtype=config.acc_dtype,
-                        pack_dtype=pack_dtype, out_dtype=spec.out_dtype, points=config.points)
-    extra = np.zeros_like(bound)
-    u = unit_roundoff(config.acc_dtype)
-    if bias is not None or residual is not None:  # one rounding per add, on the running sum
-        extra += 2 * u * (np.abs(conv) + np.abs(ref))
-    bound = bound + extra + np.finfo(np.float64).tiny
-    err = np.abs(y - ref)
-    ratio = float(np.max(err / bound))
-    rel = float(err.max() / max(np.abs(ref).max(), np.finfo(np.float64).tiny))
-    return NumericsResult(bool(np.all(err <= bound)), ratio, rel)
+    verdict = case.assess(run_cpu(cpu_module["main"], case))
+    return NumericsResult(verdict.ok, verdict.worst, verdict.max_relative_error, verdict.reason)

@@ -8,7 +8,7 @@ evolutionary search and the XGBoost cost model; every measurement goes to the fu
 (``tuning_logs/<target-dir>/``, via :func:`~tvm_winograd.tune.database.open_database`).
 
 Then, per candidate, the best records are re-applied, compiled and checked against the float64
-reference (:func:`tvm_winograd.reference.conv2d_direct`) with a derived rounding bound; the first one
+reference (:mod:`tvm_winograd.verify`: the worst-case bound and the random-rounding model); the first one
 that passes is the candidate's schedule and its median measured time is the candidate's time.  The
 fastest candidate wins (:func:`choose_by_times`, a pure function); the decision and all times go to
 ``schedules/<target-dir>/choices.json`` and each candidate's verified best record to the JSON database
@@ -47,9 +47,9 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
-from ..compute import Epilogue, block_kernel_pack, direct_func, kernel_block_of, target_config, winograd_func
-from ..reference import conv2d_direct, winograd_weight_transform
+from ..compute import Epilogue, direct_func, kernel_block_of, target_config, winograd_func
 from ..targets import resolve_target
+from ..verify import Case, prepare, run_cpu
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice, save_choices
 from .database import open_database, skip_measured
@@ -67,6 +67,7 @@ __all__ = [
     "tune_layer",
     "apply_best",
     "verify_func",
+    "verification_case",
     "format_results",
 ]
 
@@ -245,90 +246,34 @@ def _trials_to_90(history: Sequence[float | None]) -> int | None:
 # Verification
 # --------------------------------------------------------------------------------------------------
 
-def _unit_roundoff(dtype: str) -> float:
-    return {"float16": 2.0**-11, "float32": 2.0**-24, "float64": 2.0**-53}[dtype]
-
-
-def _inputs(spec: Conv2dSpec, epilogue: Epilogue, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {"x": rng.standard_normal(spec.input_shape).astype(spec.dtype),
-           "w": rng.standard_normal(spec.weight_shape).astype(spec.dtype)}
-    if epilogue.bias:
-        out["bias"] = rng.standard_normal((spec.out_channels,)).astype(spec.dtype)
-    if epilogue.residual:
-        out["residual"] = rng.standard_normal(spec.output_shape).astype(spec.out_dtype)
-    return out
-
-
-def _reference_and_bound(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, m: int | None,
-                         data: dict[str, np.ndarray], pack_dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """float64 result and a componentwise rounding bound (transform norms, reduction depth, dtypes:
-    ``pack_dtype`` is the storage dtype of the transformed tiles, e.g. fp16 for fp16 layers)."""
-    from ..accuracy import error_bound
-
-    x64, w64 = data["x"].astype(np.float64), data["w"].astype(np.float64)
-    pad = spec.padding
-    conv = conv2d_direct(x64, w64, padding=pad, layout=spec.layout)
-    if algorithm == "winograd":
-        bound = error_bound(x64, w64, m=m, padding=pad, layout=spec.layout, pack_dtype=pack_dtype,
-                            out_dtype=spec.out_dtype)
-    else:
-        u = _unit_roundoff("float32")
-        depth = spec.in_channels * spec.r * spec.r + 1
-        s = conv2d_direct(np.abs(x64), np.abs(w64), padding=pad, layout=spec.layout)
-        bound = depth * u / (1 - depth * u) * s + _unit_roundoff(spec.out_dtype) * np.abs(conv)
-    y = conv
-    extra = np.zeros_like(conv)
-    channel_axis = 1 if spec.layout == "NCHW" else 3
-    if epilogue.bias:
-        b = data["bias"].astype(np.float64)
-        shape = [1, 1, 1, 1]
-        shape[channel_axis] = -1
-        y = y + b.reshape(shape)
-        extra = extra + np.abs(b.reshape(shape))
-    if epilogue.residual:
-        res = data["residual"].astype(np.float64)
-        y = y + res
-        extra = extra + np.abs(res)
-    if epilogue.relu:
-        y = np.maximum(y, 0)  # 1-Lipschitz: the bound carries over
-    u_out = _unit_roundoff(spec.out_dtype)
-    # Each epilogue addition rounds once; the output cast rounds once more.
-    bound = bound + 3 * u_out * (np.abs(conv) + extra + np.abs(y))
-    return y, bound
+def verification_case(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, m: int | None,
+                      target: Target, seed: int = 0) -> Case:
+    """The inputs and error model a candidate's schedules are checked with (:mod:`tvm_winograd.verify`):
+    the model follows the config compilation uses for the target (:func:`target_config`), the kernel
+    pack argument follows ``func``'s parameter (layout and dtype)."""
+    if algorithm != "winograd":
+        return prepare(spec, epilogue, algorithm, seed=seed)
+    return prepare(spec, epilogue, algorithm, target_config(spec, m, target.kind.name), seed=seed,
+                   kernel_block=kernel_block_of(func), pack_arg_dtype=str(func.params[1].dtype))
 
 
 def verify_func(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algorithm: str,
-                m: int | None, target: Target, seed: int = 0) -> float:
+                m: int | None, target: Target, seed: int = 0, case: Case | None = None) -> float:
     """Build ``func`` (a scheduled candidate) for ``target``, run it on seeded signed inputs and return
-    the max error vs the float64 reference; raises ``ArithmeticError`` when any output exceeds the
-    derived bound.  CPU targets only."""
+    the max error vs the float64 reference; raises ``ArithmeticError`` when the output fails the check
+    of :func:`tvm_winograd.accuracy.assess` (worst-case bound, RMS, peak and gain against the
+    random-rounding model).  ``case``: a prepared :func:`verification_case` (the same for every record
+    of a candidate).  CPU targets only."""
     if target.kind.name != "llvm":
         raise NotImplementedError(f"verifying on target {target.kind.name!r}: only llvm runs on this host")
-    data = _inputs(spec, epilogue, seed)
-    dev = tvm.cpu(0)
+    if case is None:
+        case = verification_case(func, spec, epilogue, algorithm, m, target, seed)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
-    if algorithm == "winograd":
-        pack = winograd_weight_transform(data["w"].astype(np.float64), m, spec.layout)
-        pack = block_kernel_pack(pack, kernel_block_of(func)).astype(spec.dtype)
-        args = [data["x"], pack]
-    else:
-        args = [data["x"], data["w"]]
-    if epilogue.bias:
-        args.append(data["bias"])
-    if epilogue.residual:
-        args.append(data["residual"])
-    dev_args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
-    out = tvm.runtime.empty(spec.output_shape, spec.out_dtype, dev)
-    ex["main"](*dev_args, out)
-    got = out.numpy().astype(np.float64)
-    pack_dtype = str(func.params[1].dtype) if algorithm == "winograd" else None
-    ref, bound = _reference_and_bound(spec, epilogue, algorithm, m, data, pack_dtype)
-    err = np.abs(got - ref)
-    if not np.all(np.isfinite(got)) or np.any(err > bound):
-        worst = np.unravel_index(np.argmax(np.where(np.isfinite(err), err - bound, np.inf)), err.shape)
-        raise ArithmeticError(f"{algorithm} (m={m}) output {worst}: error {err[worst]:.3g} > bound {bound[worst]:.3g}")
-    return float(err.max())
+    got = run_cpu(ex["main"], case)
+    verdict = case.assess(got)
+    if not verdict.ok:
+        raise ArithmeticError(f"{algorithm} (m={m}): {verdict.reason}")
+    return float(np.max(np.abs(got - case.model.reference)))
 
 
 def _apply_trace(record: ms.database.TuningRecord) -> tirx.PrimFunc:
@@ -583,14 +528,16 @@ def _pick_verified(db, mod: tvm.IRModule, spec: Conv2dSpec, epilogue: Epilogue, 
     if not db.has_workload(mod):
         return
     workload = db.commit_workload(mod)
+    case = None  # the inputs and the model are the same for every record of the candidate
     for record in db.get_top_k(workload, VERIFY_TOP_K):
         t = _median_ms(record)
         if t is None:
             continue
         if can_verify:
             try:
-                res.max_error = verify_func(_apply_trace(record), spec, epilogue, res.algorithm, res.m,
-                                            target, seed)
+                func = _apply_trace(record)
+                case = case or verification_case(func, spec, epilogue, res.algorithm, res.m, target, seed)
+                res.max_error = verify_func(func, spec, epilogue, res.algorithm, res.m, target, seed, case)
             except ArithmeticError as err:
                 logger.error("%s %s: a measured schedule is numerically wrong, skipped: %s",
                              spec.key(), res.name, err)
