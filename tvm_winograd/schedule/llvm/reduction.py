@@ -103,12 +103,13 @@ class Reduction(LlvmRule):
             sch.reverse_compute_at(b, vo, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(b)[-1])
         sch.vectorize(vi)
-        init = sch.decompose_reduction(red, reduce[0])
-        sch.vectorize(sch.get_loops(init)[-1])
         outer = [*kept, vo]
         work = elements * math.prod(extent_of(sch, lp) for lp in reduce)
         if outer and num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS:
+            # before decompose_reduction: parallel demands a reduction block (with its init) below it
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        init = sch.decompose_reduction(red, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
 
     @staticmethod
     def _reduction_inner(sch, red, spatial, reduce, epilogue, lanes, elements, target) -> None:
