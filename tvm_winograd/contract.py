@@ -30,7 +30,7 @@ __all__ = [
     "BGEMM", "INVERSE_ROWS", "INVERSE", "OUTPUT", "DIRECT_EPILOGUE", "MATRIX_A", "MATRIX_G", "MATRIX_B",
     "CONSTANT_MATRICES", "STAGES", "rule_attrs",
     "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "is_scheduled",
-    "mark_scheduled",
+    "mark_scheduled", "DEFAULT_SCHEDULE_ATTR", "FALLBACK_REASON_ATTR",
 ]
 
 #: PrimFunc attributes of the functions made by tvm_winograd.
@@ -41,6 +41,15 @@ KINDS = ("winograd", "weight_transform", "direct")
 
 #: The PrimFunc attribute TVM 0.27 sets on scheduled functions; DLight and MetaSchedule skip them.
 SCHEDULED_ATTR = "tirx.is_scheduled"
+
+#: Which fixed schedule ``schedule_llvm_default`` gave a PrimFunc (an attribute of the result, so
+#: tests and the compile report can read it): ``"design_space"`` (Winograd: the searched CPU space at
+#: its default decisions, the fast path), ``"simple"`` (weight transforms, by design) or
+#: ``"fallback"`` (Winograd whose design space did not apply: the simple schedule, ~1.8x slower; the
+#: reason is in :data:`FALLBACK_REASON_ATTR` and logged as a warning).  A silent fallback once hid
+#: an fp16 regression.
+DEFAULT_SCHEDULE_ATTR = "tvm_winograd.default_schedule"
+FALLBACK_REASON_ATTR = "tvm_winograd.default_schedule_fallback"
 
 #: The block annotation MetaSchedule dispatches custom rules on, and its "leave me alone" value.
 SCHEDULE_RULE_ATTR = "schedule_rule"
