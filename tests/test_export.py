@@ -89,13 +89,15 @@ def test_tiny_model_matches_onnxruntime(tiny_compiled):
 def test_compiled_module_has_winograd_and_no_weight_transform(tiny_compiled):
     mod, _, ex, _, empty = tiny_compiled
     prepared, _ = prepare_model(mod, "llvm", empty, algo="winograd")
-    kinds = [kind_of(f) for f in our_prim_funcs(prepared).values()]
+    funcs = our_prim_funcs(prepared)
+    kinds = [kind_of(f) for f in funcs.values()]
     assert kinds.count("winograd") == 4 and "weight_transform" not in kinds
-    # The built library exports our Winograd kernels and no weight transform.
-    text = ex.mod.inspect_source("ll") if hasattr(ex.mod, "inspect_source") else None
-    names = str(text) if text is not None else ""
-    if names:
-        assert "winograd_" in names and "weight_transform_" not in names
+    # The built library implements our four Winograd kernels, and its code has no weight transform.
+    winograd = [name for name, f in funcs.items() if kind_of(f) == "winograd"]
+    assert all(ex.mod.implements_function(name, True) for name in winograd), winograd
+    [llvm] = [m for m in ex.mod.imports if m.kind == "llvm"]
+    code = llvm.inspect_source("ll")
+    assert all(f"@{name}" in code for name in winograd) and "weight_transform" not in code
 
 
 def test_export_load_run_in_a_fresh_process(tiny_compiled, tmp_path):
@@ -370,9 +372,14 @@ def _fp16_weights_in_fp32(model):
 def test_fp16_model_through_winograd(tmp_path):
     """tiny_mixed in float16 (weights, input and every activation): the four eligible layers run fp16
     Winograd on the design-space default, and the output matches the fp32 onnxruntime model with the
-    same (fp16-rounded) weights and input.  Bound: the fp32 derivation of :func:`model_tolerance` with
-    eps16 for eps32, plus one fp16 rounding of every layer's stored output (``eps16 / 2`` relative,
-    summed over the layers); wrong results are O(1) errors, far above it."""
+    same (fp16-rounded) weights and input.  Bound: the transforms and the GEMM accumulate in fp32
+    (their error is the fp32 bound's, ~1e-5, negligible), the fp16 roundings dominate: the stored
+    transformed weights U and data V (each element within eps16 / 2, random signs, so the GEMM's sum
+    keeps that relative size; the two independent roundings add to ``sqrt(2) eps16 / 2``) amplified by
+    the transforms' ``kappa`` (:func:`rms_amplification`), and the stored output (eps16 / 2); per layer
+    ``(kappa + 1) eps16 / sqrt(2)`` of the output scale (kappa 1 for direct), summed over the layers
+    (gains near 1): ~14% of the output scale here, against ~0.15% measured (the pooling and the dense
+    layer average the errors); wrong results are O(1) errors."""
     import onnx
 
     from tvm_winograd.schedule.default import default_schedule_path
@@ -393,7 +400,9 @@ def test_fp16_model_through_winograd(tmp_path):
     got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
     assert got.dtype == np.float16
     eps16 = float(np.finfo(np.float16).eps)
-    tol = model_tolerance(report, ref) * eps16 / EPS32 + 0.5 * eps16 * len(report) * float(np.abs(ref).max())
+    kappas = [rms_amplification(r.m, int(r.kernel.split("x")[0])) if r.algorithm == "winograd" else 1.0
+              for r in report]
+    tol = sum((k + 1.0) * eps16 / np.sqrt(2.0) for k in kappas) * float(np.abs(ref).max())
     assert tol < 0.2 * np.abs(ref).max()
     err = np.abs(got.astype(np.float64) - ref).max()
     assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
