@@ -176,6 +176,7 @@ def test_tune_layer_on_two_servers_one_killed_after_the_first_batch(tmp_path, ta
     assert all(0 < float(r.run_secs[0]) < 1.0 for r in records), [r.run_secs for r in records]
 
 
+@pytest.mark.slow
 def test_dead_farm_counts_its_failed_runs_and_burns_the_budget(tmp_path, target, caplog):
     """The farm dies (tracker and servers) after the runner was made: every run fails (each cut at the
     runner's client-side wait, 2 x 1 s + 30 s, both trials at once), each failure is in the tuning log
