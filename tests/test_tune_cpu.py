@@ -269,7 +269,8 @@ def test_corrupt_search_state_is_skipped_and_nothing_is_measured_again(tmp_path,
     """search_state.json cut short: the resumed tuner warns (naming the file), keeps a copy, measures
     nothing already in the log, comes to the same choice, and a bigger budget measures only the rest."""
     spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
-    kwargs = dict(candidates=["direct", "winograd_m2"], work_dir=tmp_path / "logs",
+    # One candidate: three tuner runs are the cost of this test (~250 s with two under load)
+    kwargs = dict(candidates=["winograd_m2"], work_dir=tmp_path / "logs",
                   schedules_dir=tmp_path / "schedules", progress=False, seed=1)
     first = tune_layer(spec, TARGET, trials=2, runner=FakeRunner({4: 1.0e-3}, 2.0e-3), **kwargs)
     state = tmp_path / "logs" / "search_state.json"
@@ -284,4 +285,4 @@ def test_corrupt_search_state_is_skipped_and_nothing_is_measured_again(tmp_path,
     assert (again.choice.algorithm, again.choice.m) == (first.choice.algorithm, first.choice.m) == ("winograd", 2)
     more = FakeRunner({4: 1.0e-3}, 2.0e-3)
     tune_layer(spec, TARGET, trials=3, runner=more, **kwargs)
-    assert more.calls == 2 and json.loads(state.read_text())  # one more per candidate; a valid state again
+    assert more.calls == 1 and json.loads(state.read_text())  # one more; a valid state again
