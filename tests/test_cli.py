@@ -13,12 +13,30 @@ import numpy as np
 import pytest
 
 CLI = [sys.executable, "-m", "tvm_winograd.cli"]
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["layers", "tune", "compile", "run", "bench", "accuracy", "cuda-check"]
 
 
+#: The directory the commands run in unless a test names one: an empty one per module
+#: (:func:`_empty_cwd`), never the repository, whose ./schedules (the default schedules directory,
+#: live from the developer's tuning) would decide what ``layers`` and ``compile`` report.
+_CWD: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _empty_cwd(tmp_path_factory):
+    _CWD[:] = [tmp_path_factory.mktemp("cwd")]
+    yield
+    assert not (_CWD[0] / "schedules").exists() and not (_CWD[0] / "tuning_logs").exists()
+    _CWD.clear()
+
+
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    assert cwd is not None or _CWD, "cli() outside the module's fixture"
+    # The checkout's package first, as when run from the repository root (``-m`` puts the cwd on sys.path).
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd or _CWD[0], timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})})
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,81 @@ def test_bad_arguments(tmp_path):
         open_database(tmp_path, module_equality="")
     with pytest.raises(ValueError, match="IRModule or PrimFunc"):
         measured_count(open_database(tmp_path, readonly=True), "main")
+
+
+# --------------------------------------------------------------------------- the resume budget
+
+class _EvolutionaryAccounting:
+    """A stand-in inner strategy that hands out schedules from a fixed list with the trial accounting of
+    MetaSchedule 0.27's ``EvolutionarySearchNode::State`` (evolutionary_search.cc): a batch ``[st, ed)``,
+    shrunk to the remainder *and* ``ed = max_trials`` when it reaches past the budget; ``st`` and ``ed``
+    advance by the number of results notified."""
+
+    def __init__(self, pool: list) -> None:
+        self.pool = list(pool)
+
+    def _initialize_with_tune_context(self, context) -> None:
+        pass
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
+        self.max_trials, self.st, self.ed, self.per_iter = max_trials, 0, num_trials_per_iter, num_trials_per_iter
+
+    def generate_measure_candidates(self):
+        if self.st >= self.max_trials:
+            return None
+        n = self.per_iter
+        if self.ed > self.max_trials:
+            n, self.ed = self.max_trials - self.st, self.max_trials
+        batch, self.pool = self.pool[:n], self.pool[n:]
+        return batch
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.st += len(results)
+        self.ed += len(results)
+
+
+def test_skip_measured_never_exceeds_the_budget(tmp_path, target):
+    """The flaky resume (11 trials measured for a budget of 8): after 7 trials the search's shrunken batch
+    of 1 was a schedule already in the database, dropped whole; asked again, the evolutionary search,
+    whose batch end had moved to the budget, returned a full batch of 4.  The wrapper now keeps the budget
+    itself (fails without: 11 trials)."""
+    from tvm_winograd.tune.database import _SkipMeasuredSearch
+
+    mod = _module()
+    args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+    schedules = []
+    for k_split in SPLITS:
+        for h_split in SPLITS:
+            sch = tvm.s_tir.Schedule(mod)
+            n, k, h, *_ = sch.get_loops(sch.get_sblock("conv2d_nchw"))
+            sch.split(k, [None, k_split])
+            sch.split(h, [None, h_split])
+            schedules.append(sch)
+    db = open_database(tmp_path)
+    workload = db.commit_workload(mod)
+    for sch in schedules[:2]:  # already measured by an earlier run
+        db.commit_tuning_record(TuningRecord(sch.trace, workload, [1e-3], target, args_info))
+    new = [ms.MeasureCandidate(sch, args_info) for sch in schedules[2:]]
+    old = [ms.MeasureCandidate(sch, args_info) for sch in schedules[:2]]
+    # batches: 3 new + 1 old (st 3, ed 7) | 4 new (st 7, ed 11) | shrunk to 1: old, dropped | 4 new
+    inner = _EvolutionaryAccounting(new[:3] + old[:1] + new[3:7] + old[1:2] + new[7:11])
+    strategy = _SkipMeasuredSearch(inner, 5)._inst
+    # the wrapper reads only the context's module (a TuneContext would import TVM's ~500 tensor intrinsics)
+    strategy._initialize_with_tune_context(types.SimpleNamespace(mod=mod))
+    budget, per_iter = 8, 4
+    strategy.pre_tuning(budget, per_iter, [], db, None)
+    measured = []
+    # MetaSchedule's TaskScheduler::Tune for one task: ask while fewer than max_trials were sent.
+    while len(measured) < budget:
+        candidates = strategy.generate_measure_candidates()
+        if candidates is None:
+            break
+        measured += candidates
+        strategy.notify_runner_results(candidates, [ms.runner.RunnerResult([1e-3], None)] * len(candidates))
+    assert len(measured) == budget
+    assert strategy.generate_measure_candidates() is None
+    assert not any(any(c.sch is o.sch for o in old) for c in measured)  # and nothing measured twice
+    db.close()
 
 
 # --------------------------------------------------------------------------- resume after SIGKILL

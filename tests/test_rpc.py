@@ -174,3 +174,34 @@ def test_tune_layer_on_two_servers_one_killed_after_the_first_batch(tmp_path, ta
     records = db.get_all_tuning_records()
     assert len(records) == 8
     assert all(0 < float(r.run_secs[0]) < 1.0 for r in records), [r.run_secs for r in records]
+
+
+@pytest.mark.slow
+def test_dead_farm_counts_its_failed_runs_and_burns_the_budget(tmp_path, target, caplog):
+    """The farm dies (tracker and servers) after the runner was made: every run fails (each cut at the
+    runner's client-side wait, 2 x 1 s + 30 s, both trials at once), each failure is in the tuning log
+    as a measured trial (MetaSchedule's run_secs 1e10), the search stops at its budget instead of
+    retrying forever, no choice is stored (warned), and a resume with the same budget measures nothing
+    again (failures count as measured: the documented resume rule)."""
+    from tvm_winograd.tune.choices import CHOICES_FILE
+    from tvm_winograd.tune.tuner import tune_layer
+
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    log, schedules = tmp_path / "log", tmp_path / "schedules"
+    with local_rpc_farm(1, key=KEY, log_dir=str(tmp_path)) as farm:
+        runner = make_runner(target, rpc_tracker=farm.address, rpc_key=KEY, retries=0, session_timeout_sec=1,
+                             max_workers=2)
+    assert farm.tracker.poll() is not None and all(s.poll() is not None for s in farm.servers)
+    kwargs = dict(candidates=["direct"], work_dir=log, schedules_dir=schedules, builder=make_builder(target),
+                  runner=runner, progress=False, seed=3, trials_per_iter=2)
+    with caplog.at_level(logging.WARNING, logger="tvm_winograd.tune.tuner"):
+        result = tune_layer(spec, target, trials=2, **kwargs)
+    direct = result.candidates["direct"]
+    assert direct.records == 2 and direct.new_trials == 2, direct
+    assert direct.median_ms is None and not direct.verified and result.choice is None
+    assert "nothing stored" in caplog.text
+    assert not (schedules / CHOICES_FILE).exists()
+    records = ms.database.JSONDatabase(work_dir=str(log)).get_all_tuning_records()
+    assert len(records) == 2 and all(float(r.run_secs[0]) >= 1e9 for r in records), [r.run_secs for r in records]
+    again = tune_layer(spec, target, trials=2, **kwargs)
+    assert again.candidates["direct"].new_trials == 0 and again.candidates["direct"].records == 2

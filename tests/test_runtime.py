@@ -27,9 +27,23 @@ def _env(**extra: str) -> dict:
     return {**env, **extra}
 
 
+#: An empty directory to run the commands in (set per module by :func:`_empty_cwd`): not the
+#: repository, whose live ./schedules (the default schedules directory) would apply its records.
+_CWD: list[Path] = []
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _empty_cwd(tmp_path_factory):
+    _CWD[:] = [tmp_path_factory.mktemp("cwd")]
+    yield
+    _CWD.clear()
+
+
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300,
-                          env=env if env is not None else _env())
+    env = dict(env if env is not None else _env())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300, cwd=_CWD[0], env=env)
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -186,6 +200,68 @@ def test_trailer_metadata_and_output(conv):
     sess = ort.InferenceSession(str(conv["model"]), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"x": conv["x"]})[0]
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def _tvm_without_compiler(root: Path) -> Path:
+    """A copy of TVM's Python package under ``root`` without ``libtvm_compiler.so``: the top-level
+    modules copied (``libinfo`` finds the libraries beside its own ``__file__``), the subpackages
+    linked, ``lib/`` holding links to the runtime libraries only.  Returns the directory to put
+    first on PYTHONPATH."""
+    import shutil
+
+    import tvm
+
+    src = Path(tvm.__file__).parent
+    dst = root / "site" / "tvm"
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.name == "lib":
+            (dst / "lib").mkdir()
+            for lib in entry.iterdir():
+                if "compiler" not in lib.name:
+                    (dst / "lib" / lib.name).symlink_to(lib)
+        elif entry.is_dir():
+            (dst / entry.name).symlink_to(entry, target_is_directory=True)
+        else:
+            shutil.copy2(entry, dst / entry.name)
+    return dst.parent
+
+
+_RUNTIME_ONLY_RUN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tvm
+    from tvm.base import _LOADED_LIBS
+    from tvm_winograd.runtime import load_and_run
+    y = load_and_run(sys.argv[1], {"x": np.load(sys.argv[2])})[0]
+    np.save(sys.argv[3], y)
+    maps = open("/proc/self/maps").read()
+    print(json.dumps({"tvm": tvm.__file__, "libs": sorted(_LOADED_LIBS), "compiler_mapped": "libtvm_compiler" in maps}))
+""")
+
+
+def test_exported_library_runs_where_the_compiler_library_cannot_load(conv, tmp_path):
+    """The exported library in a process whose TVM has no libtvm_compiler.so at all (a copy of TVM's
+    package without it, first on PYTHONPATH, and TVM_USE_RUNTIME_LIB=1): it loads, runs, and gives
+    onnxruntime's output (the bound of test_trailer_metadata_and_output); the compiler library is
+    neither loaded nor mapped."""
+    import onnxruntime as ort
+
+    site = _tvm_without_compiler(tmp_path)
+    assert not list(site.rglob("libtvm_compiler*"))
+    pythonpath = os.pathsep.join([str(site), str(Path(__file__).resolve().parents[1]),
+                                  os.environ.get("PYTHONPATH", "")])
+    out = tmp_path / "y.npy"
+    proc = subprocess.run([sys.executable, "-c", _RUNTIME_ONLY_RUN, str(conv["lib"]), str(conv["x_npy"]), str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env=_env(TVM_USE_RUNTIME_LIB="1", PYTHONPATH=pythonpath), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["tvm"].startswith(str(site)), got
+    assert got["libs"] == ["tvm_runtime"] and not got["compiler_mapped"], got
+    sess = ort.InferenceSession(str(conv["model"]), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"x": conv["x"]})[0]
+    np.testing.assert_allclose(np.load(out), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def test_plain_tvm_library_without_trailer_loads(conv, tmp_path):

@@ -59,8 +59,8 @@ def test_rules_are_registered():
         assert tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}", allow_missing=True) is not None, rule
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m,layout", [(2, "NCHW"), (2, "NHWC"), (4, "NCHW"), (4, "NHWC"),
+                                      (6, "NHWC")])  # F(6,3): one layout (~8 s, ~30 s under load)
 def test_sampled_schedules_are_correct(layout, m):
     """Two seeds per case; bias + ReLU epilogue (residual in the NHWC m=4 case)."""
     spec = _spec(layout)
@@ -186,9 +186,51 @@ def test_default_uses_the_fused_space_where_the_rule_says(shape, m, fused):
 def test_fp16_default_is_the_unfused_space():
     """fp16 (storage-cast stage) has no fused space: the default must not ask for it (it would fall
     back to the simple schedule) even on a layer where fp32 fuses."""
-    from tvm_winograd.schedule.default import _design_space_default, default_decisions
+    from tvm_winograd.schedule.default import default_decisions, default_schedule_path, schedule_llvm_default
 
     spec = make_spec((1, 112, 112, 16), (3, 3, 16, 16), padding=1, layout="NHWC", dtype="float16")
     func = winograd_func(spec, target_config(spec, 4, "llvm"))
     assert "fused.tiles" not in default_decisions(func)
-    assert _design_space_default(func) is not None
+    assert default_schedule_path(schedule_llvm_default(func)) == "design_space"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_default_schedule_takes_the_design_space(layout, dtype, m):
+    """The default schedule of every Winograd layer compilation emits on llvm (fp32 and fp16, both
+    layouts, every candidate tile, batch 2, a K that is not a multiple of 16) is the design space at its
+    default decisions, not the simple fallback (fails when the fallback is taken: the attribute says
+    "fallback")."""
+    from tvm_winograd.contract import DEFAULT_SCHEDULE_ATTR
+    from tvm_winograd.schedule.default import default_schedule_path, schedule_llvm_default
+
+    x, w = ((2, 12, 12, 16), (3, 3, 16, 24)) if layout == "NHWC" else ((2, 16, 12, 12), (24, 16, 3, 3))
+    spec = make_spec(x, w, padding=1, layout=layout, dtype=dtype)
+    scheduled = schedule_llvm_default(winograd_func(spec, target_config(spec, m, "llvm")))
+    assert default_schedule_path(scheduled) == "design_space", scheduled.attrs
+    weights = schedule_llvm_default(weight_transform_func(spec, target_config(spec, m, "llvm")))
+    assert str(weights.attrs[DEFAULT_SCHEDULE_ATTR]) == "simple"  # weight transforms: by design
+
+
+def test_default_schedule_fallback_is_reported(monkeypatch, caplog):
+    """When the design space does not apply, the simple schedule is used, and it says so: the
+    function's attributes carry "fallback" and the reason, and a warning is logged."""
+    import logging
+
+    from tvm_winograd.schedule import default
+    from tvm_winograd.contract import FALLBACK_REASON_ATTR
+    from tvm_winograd.schedule.default import default_schedule_path
+
+    def broken(func):
+        return {**original(func), "bgemm.vector": 3}  # not a power-of-two lane count
+
+    original = default.default_decisions
+    monkeypatch.setattr(default, "default_decisions", broken)
+    spec = _spec("NHWC")
+    with caplog.at_level(logging.WARNING, logger="tvm_winograd.schedule.default"):
+        scheduled = default.schedule_llvm_default(winograd_func(spec, target_config(spec, 2, "llvm")))
+    assert default_schedule_path(scheduled) == "fallback"
+    assert "bgemm.vector=3" in str(scheduled.attrs[FALLBACK_REASON_ATTR])
+    assert "simple default schedule" in caplog.text and "bgemm.vector=3" in caplog.text
+    verify_func(scheduled, spec, Epilogue(), "winograd", 2, TARGET)  # still a correct schedule

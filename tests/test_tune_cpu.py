@@ -237,3 +237,88 @@ def test_verify_func_rejects_injected_precision_bug(inject_transform_bug, bug, m
         verify_func(bad, spec, Epilogue(), "winograd", m, TARGET, seed=3)
     if bug != "fp16_storage":  # fp32 F(2,3) with fp16 storage also exceeds the bound (~6.6e-5 of max|y|)
         assert "worst-case bound" not in str(err.value), err.value
+
+
+# ---------------------------------------------------------------------------------------------
+# The tuner's small files: corrupt, and written concurrently
+# ---------------------------------------------------------------------------------------------
+
+def test_corrupt_choices_file_is_skipped_and_kept(tmp_path, caplog):
+    """A choices.json that is not JSON, or holds a bad entry, is read with a warning naming the file
+    (nothing raises); the next save keeps the original as choices.json.corrupt and the good entries."""
+    from tvm_winograd.tune.choices import save_choices
+
+    path = tmp_path / "choices.json"
+    path.write_text('{"a": {"algorithm": "winograd", "m": 4}, "b": ')  # cut short
+    with caplog.at_level("WARNING", logger="tvm_winograd.tune.choices"):
+        assert load_choices(tmp_path) == {}
+    assert str(path) in caplog.text and "unreadable" in caplog.text
+    save_choices(tmp_path, {"c": AlgorithmChoice("direct")})
+    assert (tmp_path / "choices.json.corrupt").read_text() == '{"a": {"algorithm": "winograd", "m": 4}, "b": '
+    assert set(load_choices(tmp_path)) == {"c"}
+
+    path.write_text(json.dumps({"good": {"algorithm": "winograd", "m": 2}, "bad": {"algorithm": "fft"},
+                                "worse": "direct"}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tvm_winograd.tune.choices"):
+        assert set(load_choices(tmp_path)) == {"good"}
+    assert "'bad'" in caplog.text and "'worse'" in caplog.text
+    save_choices(tmp_path, {"new": AlgorithmChoice("direct")})
+    assert set(load_choices(tmp_path)) == {"good", "new"}
+    assert "fft" in (tmp_path / "choices.json.corrupt.1").read_text()  # the first copy is not overwritten
+    path.write_text("[1, 2]")
+    assert load_choices(tmp_path) == {}  # valid JSON, not an object: also a warning, not a crash
+
+
+def test_concurrent_save_choices_keep_every_entry(tmp_path):
+    """Two processes and two threads each saving their own entries into one choices.json at once: the
+    file stays valid JSON and holds every entry (a read-merge-write without the lock loses some)."""
+    import subprocess
+    import sys
+    import threading
+
+    from tvm_winograd.tune.choices import save_choices
+
+    rounds = 30
+    script = (f"from tvm_winograd.tune.choices import AlgorithmChoice, save_choices\n"
+              f"import sys\n"
+              f"for i in range({rounds}):\n"
+              f"    save_choices({str(tmp_path)!r}, {{f'{{sys.argv[1]}}{{i}}': AlgorithmChoice('direct')}})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("p", "q")]
+
+    def writer(name: str) -> None:
+        for i in range(rounds):
+            save_choices(tmp_path, {f"{name}{i}": AlgorithmChoice("winograd", 2)})
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("t", "u")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    saved = json.loads((tmp_path / "choices.json").read_text())
+    assert set(saved) == {f"{name}{i}" for name in "pqtu" for i in range(rounds)}
+    assert not list(tmp_path.glob(".choices*.tmp"))
+
+
+def test_corrupt_search_state_is_skipped_and_nothing_is_measured_again(tmp_path, caplog):
+    """search_state.json cut short: the resumed tuner warns (naming the file), keeps a copy, measures
+    nothing already in the log, comes to the same choice, and a bigger budget measures only the rest."""
+    spec = make_spec((1, 8, 8, 8), (8, 8, 3, 3), padding=1)
+    # One candidate: three tuner runs are the cost of this test (~250 s with two under load)
+    kwargs = dict(candidates=["winograd_m2"], work_dir=tmp_path / "logs",
+                  schedules_dir=tmp_path / "schedules", progress=False, seed=1)
+    first = tune_layer(spec, TARGET, trials=2, runner=FakeRunner({4: 1.0e-3}, 2.0e-3), **kwargs)
+    state = tmp_path / "logs" / "search_state.json"
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2])
+    runner = FakeRunner({4: 1.0e-3}, 2.0e-3)
+    with caplog.at_level("WARNING", logger="tvm_winograd.tune.tuner"):
+        again = tune_layer(spec, TARGET, trials=2, runner=runner, **kwargs)
+    assert str(state) in caplog.text and "unreadable" in caplog.text
+    assert (tmp_path / "logs" / "search_state.json.corrupt").read_text() == text[: len(text) // 2]
+    assert runner.calls == 0 and all(c.records == 2 for c in again.candidates.values())
+    assert (again.choice.algorithm, again.choice.m) == (first.choice.algorithm, first.choice.m) == ("winograd", 2)
+    more = FakeRunner({4: 1.0e-3}, 2.0e-3)
+    tune_layer(spec, TARGET, trials=3, runner=more, **kwargs)
+    assert more.calls == 1 and json.loads(state.read_text())  # one more; a valid state again

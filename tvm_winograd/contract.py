@@ -31,6 +31,7 @@ __all__ = [
     "CONSTANT_MATRICES", "STAGES", "rule_attrs",
     "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "is_scheduled",
     "mark_scheduled", "SCHEDULED_BY_ATTR", "UNSCHEDULED", "RULE_ERRORS_ATTR", "scheduled_by",
+    "DEFAULT_SCHEDULE_ATTR", "FALLBACK_REASON_ATTR",
 ]
 
 #: PrimFunc attributes of the functions made by tvm_winograd.
@@ -48,6 +49,15 @@ SCHEDULED_BY_ATTR = "tvm_winograd.scheduled_by"
 UNSCHEDULED = "unscheduled"
 #: The default rules that were tried on a function and raised (``"rule: message; ..."``), for the report.
 RULE_ERRORS_ATTR = "tvm_winograd.rule_errors"
+
+#: Which fixed schedule ``schedule_llvm_default`` gave a PrimFunc (an attribute of the result, so
+#: tests and the compile report can read it): ``"design_space"`` (Winograd: the searched CPU space at
+#: its default decisions, the fast path), ``"simple"`` (weight transforms, by design) or
+#: ``"fallback"`` (Winograd whose design space did not apply: the simple schedule, ~1.8x slower; the
+#: reason is in :data:`FALLBACK_REASON_ATTR` and logged as a warning).  A silent fallback once hid
+#: an fp16 regression.
+DEFAULT_SCHEDULE_ATTR = "tvm_winograd.default_schedule"
+FALLBACK_REASON_ATTR = "tvm_winograd.default_schedule_fallback"
 
 #: The block annotation MetaSchedule dispatches custom rules on, and its "leave me alone" value.
 SCHEDULE_RULE_ATTR = "schedule_rule"

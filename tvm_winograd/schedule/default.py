@@ -11,14 +11,15 @@ import logging
 from tvm import s_tir, tirx
 
 from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, INVERSE, INVERSE_ROWS, KERNEL_PACK,
-                        KERNEL_PACK_ACC, OUTPUT, kind_of, layout_of, tile_of)
+                        DEFAULT_SCHEDULE_ATTR, FALLBACK_REASON_ATTR, KERNEL_PACK_ACC, OUTPUT, func_attr, kind_of,
+                        layout_of, tile_of)
 from ..workload import fused_step
 from .common import inline_constants, root_blocks, schedule_inverse_simple, unroll_within, vector_split
 from .cpu import apply_fixed, fusable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["schedule_llvm_default", "default_decisions"]
+__all__ = ["schedule_llvm_default", "default_decisions", "default_schedule_path"]
 
 
 def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes: int = 16) -> tirx.PrimFunc:
@@ -29,11 +30,23 @@ def schedule_llvm_default(func: tirx.PrimFunc, layout: str | None = None, lanes:
     """
     if layout is None:
         layout = layout_of(func)
-    if kind_of(func) == "winograd":
-        fast = _design_space_default(func)
-        if fast is not None:
-            return fast
-    return _schedule_simple(func, layout, lanes)
+    if kind_of(func) != "winograd":
+        return _schedule_simple(func, layout, lanes).with_attr(DEFAULT_SCHEDULE_ATTR, "simple")
+    fast, reason = _design_space_default(func)
+    if fast is not None:
+        return fast.with_attr(DEFAULT_SCHEDULE_ATTR, "design_space")
+    logger.warning("the CPU design space does not apply to this %s F(%s) layer (%s): simple default schedule",
+                   layout, tile_of(func), reason)
+    return (_schedule_simple(func, layout, lanes).with_attr(DEFAULT_SCHEDULE_ATTR, "fallback")
+            .with_attr(FALLBACK_REASON_ATTR, reason))
+
+
+def default_schedule_path(func: tirx.PrimFunc) -> str | None:
+    """``"design_space"``, ``"simple"`` or ``"fallback"`` (see
+    :data:`~tvm_winograd.contract.DEFAULT_SCHEDULE_ATTR`) for a PrimFunc scheduled by
+    :func:`schedule_llvm_default`; ``None`` for any other (tuned, unscheduled)."""
+    path = func_attr(func, DEFAULT_SCHEDULE_ATTR)
+    return None if path is None else str(path)
 
 
 def _largest_divisor(extent: int, options: tuple[int, ...]) -> int:
@@ -100,14 +113,14 @@ def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, v
     }
 
 
-def _design_space_default(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+def _design_space_default(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc | None, str | None]:
     """The searched CPU space at :func:`default_decisions` (measured here ~1.8x faster than
-    :func:`_schedule_simple` on a 64-channel 56x56 layer); ``None`` if the space does not apply."""
+    :func:`_schedule_simple` on a 64-channel 56x56 layer), or ``(None, reason)`` if it does not apply."""
     try:
-        return apply_fixed(func, default_decisions(func), vector_axis="k")
-    except Exception as err:  # noqa: BLE001 - a shape the fixed point does not fit: use the simple one
-        logger.debug("design-space default does not apply (%s): simple schedule", err)
-        return None
+        return apply_fixed(func, default_decisions(func), vector_axis="k"), None
+    except Exception as err:  # noqa: BLE001 - TVM's schedule errors have many types; the caller reports it
+        text = str(err).strip()
+        return None, f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def _schedule_simple(func: tirx.PrimFunc, layout: str, lanes: int = 16) -> tirx.PrimFunc:

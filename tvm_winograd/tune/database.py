@@ -430,6 +430,13 @@ class _SkipMeasuredSearch(PySearchStrategy):
     its population with the database's best records, so a resumed search measures some old schedules
     again.  Dropped candidates are not reported to the inner strategy, so its trial count only advances
     with new measurements.
+
+    The wrapper also keeps the budget itself: it never hands out more than ``max_trials`` candidates per
+    ``pre_tuning``.  The inner count alone does not: when the evolutionary search's batch reaches past the
+    budget it shrinks it to the remainder *and* moves its batch end to the budget (``ed = max_trials`` in
+    ``GenerateMeasureCandidates``), so after a shrunken batch that was dropped whole, asking again gets a
+    full ``num_trials_per_iter`` batch (measured once in CI: 11 trials for a budget of 8, a batch of 4
+    after 7).
     """
 
     def __init__(self, inner: ms.search_strategy.SearchStrategy, max_empty_rounds: int) -> None:
@@ -439,6 +446,8 @@ class _SkipMeasuredSearch(PySearchStrategy):
         self.context = None
         self.known: dict[int, list[tvm.IRModule]] = {}
         self.skipped = 0
+        self.budget: int | None = None  # max_trials of the current pre_tuning
+        self.sent = 0  # candidates handed out since pre_tuning
 
     def _initialize_with_tune_context(self, context) -> None:
         self.context = context
@@ -460,12 +469,16 @@ class _SkipMeasuredSearch(PySearchStrategy):
                 mod = _scheduled_module(record)
                 if mod is not None:
                     self._is_known(mod, add=True)
+        self.budget, self.sent = int(max_trials), 0
         self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
 
     def post_tuning(self) -> None:
         self.inner.post_tuning()
 
     def generate_measure_candidates(self):
+        left = None if self.budget is None else self.budget - self.sent
+        if left is not None and left <= 0:
+            return None
         for _ in range(self.max_empty_rounds):
             candidates = self.inner.generate_measure_candidates()
             if candidates is None:
@@ -476,6 +489,8 @@ class _SkipMeasuredSearch(PySearchStrategy):
                 logger.info("skipped %d candidate(s) already measured in the database",
                             len(candidates) - len(fresh))
             if fresh or not candidates:
+                fresh = fresh if left is None else fresh[:left]
+                self.sent += len(fresh)
                 return fresh
             self.inner.notify_runner_results([], [])
         logger.info("search stopped: %d rounds in a row proposed only measured candidates", self.max_empty_rounds)

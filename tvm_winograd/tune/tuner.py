@@ -28,7 +28,6 @@ here the population, initial sample and genetic iterations are scaled to the tri
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -53,6 +52,7 @@ from ..verify import Case, prepare, run_cpu
 from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice, save_choices
 from .database import open_database, skip_measured
+from .jsonfile import keep_aside, read_object, write_atomic
 from .measure import make_builder, make_runner
 from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
@@ -320,22 +320,26 @@ def _close(db) -> None:
 
 
 def _load_state(work_dir: Path) -> dict:
+    """``search_state.json``: finished search budgets by :func:`_state_key`.  An unreadable file or entry
+    is skipped with a warning (the measurements themselves are in the tuning log, so nothing is
+    re-measured; at worst a search that had stopped early is tried again) and the file is kept as
+    ``search_state.json.corrupt`` before the next save replaces it."""
     path = work_dir / SEARCH_STATE_FILE
-    if not path.exists():
+    raw, problem = read_object(path)
+    if raw is None:
+        logger.warning("%s is unreadable (%s): ignoring it; kept as %s", path, problem, keep_aside(path))
         return {}
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError) as err:
-        logger.warning("%s is unreadable (%s): ignoring it", path, err)
-        return {}
+    state = {}
+    for key, value in raw.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            state[key] = value
+        else:
+            logger.warning("%s: skipping entry %r (budget %r is not a count)", path, key, value)
+    return state
 
 
 def _save_state(work_dir: Path, state: dict) -> None:
-    path = work_dir / SEARCH_STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(work_dir / SEARCH_STATE_FILE, state)
 
 
 def _state_key(spec: Conv2dSpec, epilogue: Epilogue, name: str, mod: tvm.IRModule) -> str:
