@@ -103,6 +103,33 @@ def test_tiny_model_matches_onnxruntime(tiny_compiled):
     assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
 
 
+def test_compile_report_names_every_function_and_each_default_path(tiny_compiled):
+    """Every PrimFunc of the build is in the report with what scheduled it; none unscheduled; our
+    Winograd functions took the design-space default (not the simple fallback)."""
+    _, _, _, report, _ = tiny_compiled
+    assert report.functions and not report.unscheduled(), report.counts()
+    winograd = [f for f in report.functions if f.kind == "winograd"]
+    assert len(winograd) == 4 and all(f.scheduled_by == "winograd" for f in winograd)
+    assert all(f.notes.get("default_schedule") == "design_space" for f in winograd) and not report.fallbacks()
+    assert report.as_dict()["fallbacks"] == []
+
+
+def test_compile_report_counts_and_warns_on_simple_fallbacks(monkeypatch, caplog, tmp_path):
+    """A Winograd default whose design space does not apply (decisions broken on purpose) falls back to
+    the simple schedule: the compile report lists it and compile warns naming it."""
+    from tvm_winograd.schedule import default
+
+    original = default.default_decisions
+    monkeypatch.setattr(default, "default_decisions", lambda func: {**original(func), "bgemm.vector": 3})
+    mod, _ = load_model("tiny_mixed")
+    with caplog.at_level("WARNING", logger="tvm_winograd.export"):
+        _, report = compile_model(mod, "llvm", tmp_path, algo="winograd")
+    fallbacks = report.fallbacks()
+    assert len(fallbacks) == 4 and all(report.function(n).notes["fallback_reason"] for n in fallbacks)
+    assert "4 Winograd functions fell back to the simple schedule" in caplog.text
+    assert all(n in caplog.text for n in fallbacks)
+
+
 def test_compiled_module_has_winograd_and_no_weight_transform(tiny_compiled):
     mod, _, ex, _, empty = tiny_compiled
     prepared, _ = prepare_model(mod, "llvm", empty, algo="winograd")

@@ -202,11 +202,15 @@ def cmd_compile(args) -> int:
                "layout_transforms": library_metadata(ex)["layout_transforms"],
                "layers": [r.as_dict() for r in reports],
                "functions": [f.as_dict() for f in reports.functions],
-               "function_counts": reports.counts(), "unscheduled": reports.unscheduled()}
+               "function_counts": reports.counts(), "unscheduled": reports.unscheduled(),
+               "fallbacks": reports.fallbacks()}
     unscheduled = reports.unscheduled()
     if unscheduled:  # on stderr, also with --json: these run as scalar, single-threaded loops
         print(f"warning: {len(unscheduled)} functions are unscheduled (scalar, one thread): "
               + ", ".join(unscheduled), file=sys.stderr)
+    if reports.fallbacks():
+        print(f"warning: {len(reports.fallbacks())} Winograd functions fell back to the simple schedule (slower): "
+              + ", ".join(reports.fallbacks()), file=sys.stderr)
     if args.json:
         _emit_json(summary)
     else:

@@ -62,6 +62,10 @@ class CompileReport(Sequence):
         """Names of the functions that reach the build unscheduled."""
         return [f.name for f in self.functions if f.scheduled_by == UNSCHEDULED]
 
+    def fallbacks(self) -> list[str]:
+        """Names of our Winograd functions whose default schedule fell back to the simple one."""
+        return [f.name for f in self.functions if f.notes.get("default_schedule") == "fallback"]
+
     def function(self, name: str) -> FunctionReport:
         """The entry of function ``name`` (KeyError naming it if there is none)."""
         for f in self.functions:
@@ -70,6 +74,7 @@ class CompileReport(Sequence):
         raise KeyError(f"no function {name!r} in the compile report")
 
     def as_dict(self) -> dict:
-        """JSON-ready: ``layers``, ``functions``, ``function_counts``, ``unscheduled`` and ``notes``."""
+        """JSON-ready: ``layers``, ``functions``, ``function_counts``, ``unscheduled``, ``fallbacks``, ``notes``."""
         return {"layers": [r.as_dict() for r in self.layers], "functions": [f.as_dict() for f in self.functions],
-                "function_counts": self.counts(), "unscheduled": self.unscheduled(), "notes": dict(self.notes)}
+                "function_counts": self.counts(), "unscheduled": self.unscheduled(), "fallbacks": self.fallbacks(),
+                "notes": dict(self.notes)}

@@ -40,7 +40,8 @@ from tvm import relax, tirx
 from . import __version__
 from .compile_report import CompileReport, FunctionReport
 from .frontend import model_signature
-from .contract import UNSCHEDULED, is_ours, is_scheduled, kind_of, mark_scheduled
+from .contract import (DEFAULT_SCHEDULE_ATTR, FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, is_ours, is_scheduled,
+                       kind_of, mark_scheduled)
 from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
@@ -229,14 +230,28 @@ def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> 
 
 
 def _function_reports(table: dict, mod: tvm.IRModule) -> list[FunctionReport]:
-    """The compile report's function table; warns naming the functions left unscheduled."""
-    kinds = {name: kind_of(f) for name, f in our_prim_funcs(mod).items()}
-    out = [FunctionReport(name, entry["scheduled_by"], kinds.get(name), entry.get("rule_errors"))
-           for name, entry in table.items()]
+    """The compile report's function table (with the path each of our default schedules took, see
+    :data:`~tvm_winograd.contract.DEFAULT_SCHEDULE_ATTR`); warns naming the functions left unscheduled
+    and those whose Winograd default fell back to the simple schedule."""
+    ours = our_prim_funcs(mod)
+    out = []
+    for name, entry in table.items():
+        func = ours.get(name)
+        notes = {}
+        if func is not None and func_attr(func, DEFAULT_SCHEDULE_ATTR) is not None:
+            notes["default_schedule"] = str(func_attr(func, DEFAULT_SCHEDULE_ATTR))
+            if func_attr(func, FALLBACK_REASON_ATTR) is not None:
+                notes["fallback_reason"] = str(func_attr(func, FALLBACK_REASON_ATTR))
+        out.append(FunctionReport(name, entry["scheduled_by"], kind_of(func) if func is not None else None,
+                                  entry.get("rule_errors"), notes))
     missing = [f.name for f in out if f.scheduled_by == UNSCHEDULED]
     if missing:
         logger.warning("%d functions reach the build unscheduled (scalar, one thread): %s", len(missing),
                        ", ".join(missing))
+    slow = [f.name for f in out if f.notes.get("default_schedule") == "fallback"]
+    if slow:
+        logger.warning("%d Winograd functions fell back to the simple schedule (slower): %s", len(slow),
+                       ", ".join(slow))
     return out
 
 
