@@ -316,7 +316,7 @@ def spec_fused_step(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> int 
 
 def winograd_cost(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> float:
     """Estimated cost of F(m, r) on ``spec`` in direct-GEMM multiply-add units."""
-    r, alpha = spec.r, m + spec.r - 1
+    alpha = m + spec.r - 1
     tiles = spec.batch * math.ceil(spec.out_height / m) * math.ceil(spec.out_width / m)
     c, k = spec.in_channels, spec.out_channels
     gemm = tiles * alpha * alpha * c * k

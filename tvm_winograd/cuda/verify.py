@@ -18,7 +18,6 @@ import math
 import re
 from dataclasses import dataclass
 
-import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target

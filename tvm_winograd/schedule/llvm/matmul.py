@@ -40,7 +40,7 @@ from tvm.tirx.analysis import undefined_vars
 from tvm.target import Target
 
 from .base import (LlvmRule, ScheduleError, extent_of, inline_injective, num_cores, vector_bits, vector_lanes)
-from .injective import is_spatial_block, schedule_spatial_block
+from .injective import schedule_spatial_block
 
 __all__ = ["CHUNK", "Matmul", "MatmulConfig", "analyze_matmul"]
 
