@@ -204,13 +204,7 @@ def cmd_compile(args) -> int:
                "functions": [f.as_dict() for f in reports.functions],
                "function_counts": reports.counts(), "unscheduled": reports.unscheduled(),
                "fallbacks": reports.fallbacks()}
-    unscheduled = reports.unscheduled()
-    if unscheduled:  # on stderr, also with --json: these run as scalar, single-threaded loops
-        print(f"warning: {len(unscheduled)} functions are unscheduled (scalar, one thread): "
-              + ", ".join(unscheduled), file=sys.stderr)
-    if reports.fallbacks():
-        print(f"warning: {len(reports.fallbacks())} Winograd functions fell back to the simple schedule (slower): "
-              + ", ".join(reports.fallbacks()), file=sys.stderr)
+    # unscheduled functions and simple-schedule fallbacks: warned (by name) by compile_model's log
     if args.json:
         _emit_json(summary)
     else:

@@ -40,12 +40,11 @@ from tvm import relax, tirx
 from . import __version__
 from .compile_report import CompileReport, FunctionReport
 from .frontend import model_signature
-from .contract import (DEFAULT_SCHEDULE_ATTR, FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, is_ours, is_scheduled,
-                       kind_of, mark_scheduled)
+from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, is_ours, is_scheduled, kind_of, mark_scheduled
 from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
-from .schedule.default import schedule_llvm_default
+from .schedule.default import default_schedule_path, schedule_llvm_default
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .schedule.llvm import ApplyLlvmRules, schedule_table
 from .targets import is_cuda, resolve_target
@@ -231,15 +230,16 @@ def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> 
 
 def _function_reports(table: dict, mod: tvm.IRModule) -> list[FunctionReport]:
     """The compile report's function table (with the path each of our default schedules took, see
-    :data:`~tvm_winograd.contract.DEFAULT_SCHEDULE_ATTR`); warns naming the functions left unscheduled
+    :func:`~tvm_winograd.schedule.default.default_schedule_path`); warns naming the functions left unscheduled
     and those whose Winograd default fell back to the simple schedule."""
     ours = our_prim_funcs(mod)
     out = []
     for name, entry in table.items():
         func = ours.get(name)
         notes = {}
-        if func is not None and func_attr(func, DEFAULT_SCHEDULE_ATTR) is not None:
-            notes["default_schedule"] = str(func_attr(func, DEFAULT_SCHEDULE_ATTR))
+        path = None if func is None else default_schedule_path(func)
+        if path is not None:
+            notes["default_schedule"] = path
             if func_attr(func, FALLBACK_REASON_ATTR) is not None:
                 notes["fallback_reason"] = str(func_attr(func, FALLBACK_REASON_ATTR))
         out.append(FunctionReport(name, entry["scheduled_by"], kind_of(func) if func is not None else None,

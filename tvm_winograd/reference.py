@@ -144,9 +144,8 @@ def conv2d_winograd(
     points=None,
 ) -> np.ndarray:
     """float64 Winograd F(m x m, r x r) conv2d (stride 1, dilation 1, groups 1), tile by tile."""
-    spec, xn, oihw = _winograd_spec(x, w, padding, layout)
-    mats = winograd_matrices(m, spec.r, points)
-    return _from_nchw(_winograd_nchw(xn, oihw, spec, m, mats), layout)
+    stages = winograd_stages(x, w, m=m, padding=padding, layout=layout, points=points)
+    return _from_nchw(stages.to_output(stages.inverse), layout)
 
 
 def conv2d_winograd_abs(

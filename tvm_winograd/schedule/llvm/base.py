@@ -1,8 +1,8 @@
-"""What every llvm rule shares: the rule base class, the function attributes, the target's vector
-width and core count, and the two loop transformations every rule ends with (a parallel outer loop, a
-vectorized contiguous inner loop with a correct remainder).
+"""What every llvm rule shares: the rule base class, the target's vector width and core count, and the
+two loop transformations every rule ends with (a parallel outer loop, a vectorized contiguous inner
+loop with a correct remainder).
 
-The attribute keys and ``is_scheduled`` come from :mod:`tvm_winograd.contract`; nothing in this package
+The attribute keys the rules write come from :mod:`tvm_winograd.contract`; nothing in this package
 imports the pipeline (``tvm_winograd.export``).
 """
 

@@ -69,7 +69,6 @@ class MatmulInfo:
     rows: list  # I
     cols: list  # J
     red: list  # K
-    b_index: int  # which read of the block is B (the operand indexed by J)
     b_dims: list  # per dimension of B: IterKind or None (an expression that is not one iterator)
     m: int
     n: int
@@ -161,7 +160,7 @@ def analyze_matmul(sch: s_tir.Schedule) -> MatmulInfo | None:
         # DLight's index maps (used to normalize) take reads[0] as A; Relax's legalized matmul reads
         # (A, B) in that order, so a product that does not is left to the later rules
         return None
-    b_dims = [_var_kind(d.min, kind_of) for d in stmt.reads[b_index].region]
+    b_dims = [_var_kind(d.min, kind_of) for d in stmt.reads[1].region]
     sizes = []
     for kind in (IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K, IterKind.kIter_S):
         extents = [extent_of(sch, loop) for loop in groups[kind]]
@@ -170,7 +169,7 @@ def analyze_matmul(sch: s_tir.Schedule) -> MatmulInfo | None:
         return None  # symbolic shapes: left to the later rules
     m, n, k, batch_size = sizes
     return MatmulInfo(info.block_rv, groups[IterKind.kIter_S], groups[IterKind.kIter_I], groups[IterKind.kIter_J],
-                      groups[IterKind.kIter_K], b_index, b_dims, m, n, k, batch_size)
+                      groups[IterKind.kIter_K], b_dims, m, n, k, batch_size)
 
 
 def _tile_config(target: Target, dtype: str, m: int) -> MatmulConfig:
