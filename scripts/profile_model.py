@@ -2,6 +2,7 @@
 
     python scripts/profile_model.py                                    # resnet18, algo auto, all cores
     python scripts/profile_model.py --model resnet50 --algo direct --calls 10
+    python scripts/profile_model.py --model mobilenet_v2.onnx                # an ONNX file: its own input shapes
 
 Every VM call instruction is timed by a ``VirtualMachine.set_instrument`` callback (wall clock
 around the call, a few microseconds of overhead per call); the table lists, per function and argument
@@ -36,20 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     from tvm_winograd.export import compile_model
     from tvm_winograd.frontend import load_model
 
-    mod, info = load_model(args.model, {"input": (1, 3, args.image_size, args.image_size)})
-    feed = info.net.input_feed()
+    builtin = not args.model.endswith((".onnx", ".pt2"))
+    mod, info = load_model(args.model, {"input": (1, 3, args.image_size, args.image_size)} if builtin else None)
+    feed = info.net.input_feed() if info.net is not None else info.random_inputs()
     t0 = time.perf_counter()
     ex, _ = compile_model(mod, "llvm", algo=args.algo)
     print(f"compile {time.perf_counter() - t0:.0f} s")
     dev = tvm.cpu(0)
-    x = tvm.runtime.tensor(feed["input"], dev)
+    x = [tvm.runtime.tensor(feed[name], dev) for name in info.input_names]
     vm = relax.VirtualMachine(ex, dev)
     for _ in range(3):
-        vm["main"](x)
+        vm["main"](*x)
     runs = []
     for _ in range(args.calls):
         t0 = time.perf_counter()
-        vm["main"](x)
+        vm["main"](*x)
         runs.append((time.perf_counter() - t0) * 1e3)
 
     times: dict[tuple, list[float]] = collections.defaultdict(list)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     vm.set_instrument(instrument)
     for _ in range(args.calls):
-        vm["main"](x)
+        vm["main"](*x)
     rows = []
     for (symbol, shapes), values in times.items():
         per_run = len(values) // args.calls

@@ -17,7 +17,7 @@ import tvm
 from tvm_winograd.compute import Epilogue, direct_func
 from tvm_winograd.contract import mark_scheduled
 from tvm_winograd.reference import conv2d_direct
-from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, direct_tile, hoist_weight_packing, schedule_direct_llvm
+from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, depthwise_tile, direct_tile, hoist_weight_packing, schedule_direct_llvm
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import make_spec
 
@@ -39,7 +39,19 @@ CASES = [
     pytest.param((1, 8, 11, 11), 16, 3, 1, 2, 1, "NHWC", Epilogue(residual=True), True, id="3x3s2-nhwc"),
     pytest.param((1, 8, 9, 9), 16, 1, 0, 1, 1, "NHWC", Epilogue(), True, id="1x1s1-nhwc"),
     pytest.param((1, 8, 9, 9), 32, 3, 1, 1, 1, "NHWC-packed", Epilogue(bias=True), True, id="3x3s1-nhwc-packed"),
-    pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NHWC", Epilogue(), False, id="grouped-nhwc"),
+    pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NHWC", Epilogue(), True, id="grouped-nhwc-8-per-group"),
+    pytest.param((1, 32, 9, 11), 64, 3, 1, 1, 2, "NHWC-packed", Epilogue(bias=True, relu=True), True,
+                 id="grouped-nhwc-32-per-group"),
+    pytest.param((1, 64, 7, 7), 64, 3, 1, 1, 4, "NHWC-packed", Epilogue(bias=True), True, id="grouped-nhwc-16-per-group"),
+    pytest.param((1, 16, 10, 10), 16, 3, 1, 2, 4, "NHWC", Epilogue(bias=True), True, id="grouped-nhwc-4-per-group-s2"),
+    pytest.param((1, 8, 9, 9), 8, 3, 1, 1, 4, "NHWC", Epilogue(), False, id="grouped-nhwc-2-per-group"),
+    pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 8, "NHWC", Epilogue(), False, id="depthwise-multiplier-2"),
+    pytest.param((1, 48, 13, 13), 48, 3, 1, 1, 48, "NHWC-packed", Epilogue(bias=True, relu=True), True,
+                 id="depthwise-3x3-prime-width"),
+    pytest.param((1, 32, 15, 15), 32, 3, 1, 2, 32, "NHWC", Epilogue(bias=True), True, id="depthwise-3x3s2"),
+    pytest.param((1, 24, 11, 11), 24, 5, 2, 1, 24, "NHWC-packed", Epilogue(residual=True), True, id="depthwise-5x5"),
+    pytest.param((1, 16, 9, 17), 16, 7, 3, 1, 16, "NHWC", Epilogue(bias=True), True, id="depthwise-7x7"),
+    pytest.param((1, 6, 9, 9), 6, 3, 1, 1, 6, "NHWC", Epilogue(), False, id="depthwise-6-channels"),
 ]
 
 
@@ -84,7 +96,7 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
     # NCHW register tile: the weight is packed in a (hoistable) preproc block; the fallback has none
     assert (LAYOUT_REWRITE_PREPROC in script) == (tiled and (layout == "NCHW" or bool(pack_weight)))
     if tiled:  # 16 output channels per zmm register
-        assert "T.vectorized(16)" in script or "T.vectorized(4)" in script
+        assert any(f"T.vectorized({v})" in script for v in (4, 8, 16)), script
 
     x = signed(x_shape)
     w = signed(w_shape)
@@ -114,6 +126,23 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
 ])
 def test_direct_tile(k, width, expected):
     assert direct_tile(k, width) == expected
+
+
+@pytest.mark.parametrize("k, width, group_channels, expected", [
+    (512, 14, 16, (16, 2, 7)),  # one group per vector
+    (1024, 7, 32, (16, 2, 7)),
+    (96, 28, 8, (8, 2, 7)),     # 8 channels per group: 8-lane vectors (each lane reads its group's input)
+    (128, 56, 4, (4, 2, 7)),
+    (16, 8, 2, None),
+])
+def test_direct_tile_grouped(k, width, group_channels, expected):
+    assert direct_tile(k, width, group_channels=group_channels) == expected
+
+
+@pytest.mark.parametrize("c, width, expected", [(144, 56, (16, 1, 8)), (24, 13, (8, 1, 8)), (96, 7, (16, 1, 7)),
+                                                (6, 10, None)])
+def test_depthwise_tile(c, width, expected):
+    assert depthwise_tile(c, width) == expected
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

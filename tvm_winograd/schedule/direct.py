@@ -18,13 +18,20 @@ function's signature:
   (transposed) together with the epilogue. NHWC: HWIO weights are contiguous along the output
   channels already; packing them too (``pack_weight=True``) pays off only when hoisted.
 
-Grouped convolutions and output-channel counts that are not a multiple of 4 use
-:func:`schedule_direct_simple`.
+Grouped NHWC convolutions take the same tile when a vector of output channels lies within one
+group (4, 8 or 16 channels per group or a multiple: each lane then reads the same input channel);
+depthwise NHWC convolutions vectorize over the channels (input and weight both contiguous vectors)
+with the window's columns unrolled inside the tile (:func:`depthwise_tile`). Measured side by side
+on this machine against the simple schedule: ResNeXt's 32-group 3x3 convs 1.6-3x, MobileNet's and
+EfficientNet's depthwise 3x3/5x5 1.1-1.7x, ConvNeXt's depthwise 7x7 1.3-1.5x. NCHW grouped
+convolutions, groups of 1-2 channels, a channel multiplier and output-channel counts that are not a
+multiple of 4 use :func:`schedule_direct_simple`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 import tvm
@@ -33,7 +40,7 @@ from tvm import relax, s_tir, tirx
 from ..contract import DATA_PAD, DIRECT_EPILOGUE, layout_of
 from .common import root_blocks
 
-__all__ = ["schedule_direct_llvm", "schedule_direct_simple", "direct_tile", "hoist_weight_packing"]
+__all__ = ["schedule_direct_llvm", "schedule_direct_simple", "direct_tile", "depthwise_tile", "hoist_weight_packing"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +48,15 @@ logger = logging.getLogger(__name__)
 #: the unrolled window and spills beyond about 14 accumulators (measured: 2 x 7 beats 2 x 8 by 2x, 2 x 14 by 5x).
 ACC_REGISTERS = 14
 
+#: Output columns of a depthwise tile: its accumulators, the row's ``w_tile + s - 1`` input vectors
+#: and the row's weights share the 32 registers.
+DEPTHWISE_COLUMNS = 8
+
 #: The block annotation ``SplitLayoutRewritePreproc`` / ``RemoveWeightLayoutRewriteBlock`` look for.
 LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 _CONV_BLOCKS = {"NCHW": "conv2d_nchw", "NHWC": "conv2d_nhwc"}
+_GROUP_BLOCK = "group_conv2d_nhwc"  # topi's grouped NHWC convolution, depthwise included
 _PAD_BLOCKS = ("pad_temp", DATA_PAD, "PaddedInput")
 _EPILOGUE = DIRECT_EPILOGUE
 
@@ -57,24 +69,44 @@ def _layout(func: tirx.PrimFunc) -> str:
     return layout_of(func, "NCHW")
 
 
-def direct_tile(out_channels: int, out_width: int, lanes: int = 16) -> tuple[int, int, int] | None:
+def direct_tile(out_channels: int, out_width: int, lanes: int = 16,
+                group_channels: int | None = None) -> tuple[int, int, int] | None:
     """The register tile ``(vector, k_vectors, w_tile)`` for ``out_channels`` x ``out_width``.
 
     ``vector`` output channels per register (``lanes``, else 8 or 4), ``k_vectors`` registers along
     the output channels and ``w_tile`` output columns, a divisor of ``out_width`` (no tail): two
     channel vectors x up to 7 columns (one vector x up to 14 if the channel blocks are odd).
     Measured on Zen 5 (AVX-512): larger tiles (2 x 14, 4 x 7) make LLVM spill accumulators and run
-    2-5x slower. ``None`` if ``out_channels`` is not a multiple of 4.
+    2-5x slower. ``group_channels`` (a grouped convolution's output channels per group): the
+    vector must lie within one group, so that each lane reads the same input channel (a broadcast).
+    ``None`` if no vector of 4 or more fits.
     """
-    vector = _largest_divisor(out_channels, (lanes, 8, 4))
-    if out_channels % vector or vector < 4:
+    fits = out_channels if group_channels is None else math.gcd(out_channels, group_channels)
+    vector = _largest_divisor(fits, (lanes, 8, 4))
+    if fits % vector or vector < 4:
         return None
     k_vectors = 2 if (out_channels // vector) % 2 == 0 else 1
     cap = ACC_REGISTERS // k_vectors
+    return vector, k_vectors, _width_tile(out_width, cap)
+
+
+def depthwise_tile(channels: int, out_width: int, lanes: int = 16) -> tuple[int, int, int] | None:
+    """The register tile ``(vector, 1, w_tile)`` of a depthwise convolution: one channel vector x
+    up to 8 output columns, the window's columns unrolled inside so that LLVM loads each input
+    vector of a row once for all the columns that use it (``w_tile + s - 1`` loads instead of
+    ``w_tile * s``); the accumulators, the row's inputs and the weights stay in registers.
+    ``None`` if ``channels`` is not a multiple of 4."""
+    vector = _largest_divisor(channels, (lanes, 8, 4))
+    if channels % vector or vector < 4:
+        return None
+    return vector, 1, _width_tile(out_width, DEPTHWISE_COLUMNS)
+
+
+def _width_tile(out_width: int, cap: int) -> int:
     w_tile = _largest_divisor(out_width, range(cap, 0, -1))
     if 2 * w_tile < min(cap, out_width):  # e.g. a prime width: a full tile and a masked tail instead
         w_tile = min(cap, out_width)
-    return vector, k_vectors, w_tile
+    return w_tile
 
 
 def schedule_direct_llvm(func: tirx.PrimFunc, lanes: int = 16, pack_weight: bool | None = None) -> tirx.PrimFunc:
@@ -83,7 +115,8 @@ def schedule_direct_llvm(func: tirx.PrimFunc, lanes: int = 16, pack_weight: bool
     Parameters
     ----------
     func
-        A direct PrimFunc (``tvm_winograd.kind == "direct"``), NCHW/OIHW or NHWC/HWIO.
+        A direct PrimFunc (``tvm_winograd.kind == "direct"``), NCHW/OIHW or NHWC/HWIO; grouped and
+        depthwise NHWC convolutions too.
     lanes
         float32 lanes of one vector register (16: AVX-512).
     pack_weight
@@ -111,25 +144,48 @@ class _NotApplicable(Exception):
     pass
 
 
+def _conv_block(sch: s_tir.Schedule, blocks: dict, layout: str):
+    """The convolution block and its groups: ``(block, groups, depthwise)``."""
+    if layout == "NHWC" and _GROUP_BLOCK in blocks:
+        conv = blocks[_GROUP_BLOCK]
+        data, weight = (region.source for region in sch.get(conv).reads[:2])
+        in_channels, group_in = int(data.shape[-1]), int(weight.shape[2])
+        groups = in_channels // group_in
+        out_channels = int(weight.shape[3])
+        return conv, groups, group_in == 1 and out_channels == groups
+    conv_name = _CONV_BLOCKS.get(layout)
+    if conv_name not in blocks:
+        raise _NotApplicable(f"no {conv_name} block (an NCHW grouped convolution)")
+    return blocks[conv_name], 1, False
+
+
 def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, int, int] | None = None,
                              pack_weight: bool | None = None) -> tirx.PrimFunc:
     layout = _layout(func)
+    nchw = layout == "NCHW"
     sch = s_tir.Schedule(func)
     blocks = root_blocks(sch)
-    conv_name = _CONV_BLOCKS.get(layout)
-    if conv_name not in blocks:
-        raise _NotApplicable(f"no {conv_name} block (grouped convolution?)")
-    conv = blocks[conv_name]
-    epilogue = blocks.get(_EPILOGUE)
-    pad = next((blocks[n] for n in _PAD_BLOCKS if n in blocks), None)
+    conv, groups, depthwise = _conv_block(sch, blocks, layout)
     out_shape = [int(sch.get(loop).extent) for loop in sch.get_loops(conv)[:4]]
-    nchw = layout == "NCHW"
     out_channels, out_width = (out_shape[1], out_shape[3]) if nchw else (out_shape[3], out_shape[2])
-    tile = tile or direct_tile(out_channels, out_width, lanes)
     if tile is None:
-        raise _NotApplicable(f"{out_channels} output channels")
-    vector, k_vectors, w_tile = tile
+        tile = depthwise_tile(out_channels, out_width, lanes) if depthwise else direct_tile(
+            out_channels, out_width, lanes, out_channels // groups if groups > 1 else None)
+    if tile is None:
+        raise _NotApplicable(f"{out_channels} output channels in {groups} groups")
+    if pack_weight is None:
+        pack_weight = nchw
+    if nchw and not pack_weight:
+        raise _NotApplicable("NCHW needs the packed weight")
+    pad = next((blocks[n] for n in _PAD_BLOCKS if n in blocks), None)
+    _prepare_operands(sch, conv, pad, nchw, pack_weight, tile[0])
+    _tile_accumulate(sch, conv, blocks.get(_EPILOGUE), nchw, tile, depthwise)
+    return sch.mod["main"]
 
+
+def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: bool, vector: int) -> None:
+    """Copy NCHW's input channels-last (with the padding), parallelize the padding, and pack the
+    weight to ``(K / vector, R, S, C, vector)`` in a hoistable preproc block."""
     if nchw:
         # The input, padded or not, is copied channels-last: the reduction then reads it (and the
         # packed weight) contiguously; NCHW's channel stride of H * W floats costs a page per channel.
@@ -142,39 +198,39 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
     elif pad is not None:
         p_loops = sch.get_loops(pad)
         sch.parallel(sch.fuse(p_loops[0], p_loops[1]))
-    if pack_weight is None:
-        pack_weight = nchw
-    if nchw and not pack_weight:
-        raise _NotApplicable("NCHW needs the packed weight")
     if pack_weight:
-        # OIHW (HWIO) -> (K / vector, R, S, C, vector) in a preproc block (hoistable to compile time)
         pack = sch.cache_read(conv, 1, "global")
         if nchw:
             sch.transform_layout(pack, ("write", 0), lambda o, i, h, w: (o // vector, h, w, i, o % vector))
         else:
             sch.transform_layout(pack, ("write", 0), lambda h, w, i, o: (o // vector, h, w, i, o % vector))
         sch.annotate(pack, LAYOUT_REWRITE_PREPROC, True)
-        pk = sch.get_loops(pack)
-        sch.parallel(pk[0])
+        sch.parallel(sch.get_loops(pack)[0])
 
+
+def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tuple[int, int, int],
+                     depthwise: bool) -> None:
+    """The register tile: accumulate in a local buffer over the whole reduction, then write it back
+    through the epilogue. Dense and grouped: the window, then the input channels, inside the tile
+    (weight vectors x broadcast inputs). Depthwise: the window's rows outside, its columns unrolled
+    inside (each input vector loaded once per row for every column that reads it)."""
+    vector, k_vectors, w_tile = tile
     # The accumulator tile lives in a local buffer that LLVM keeps in registers (fully unrolled).
     acc = sch.cache_write(conv, 0, "local")
     if nchw:  # output channels innermost in the tile too: whole-vector accumulator accesses
         sch.transform_layout(conv, ("write", 0), lambda n, k, h, w: (n, k // vector, h, w, k % vector))
     loops = sch.get_loops(conv)
     n, a, b, c = loops[:4]
-    reduce = loops[4:]
-    if nchw:
-        k_loop, h_loop, w_loop = a, b, c
-    else:
-        h_loop, w_loop, k_loop = a, b, c
+    k_loop, h_loop, w_loop = (a, b, c) if nchw else (c, a, b)
     ko, kt, ki = sch.split(k_loop, [None, k_vectors, vector])
     wo, wi = sch.split(w_loop, [None, w_tile])
-    rc, ry, rx = reduce if nchw else (reduce[2], reduce[0], reduce[1])
-    reduce = [ry, rx, rc]
-    sch.reorder(n, ko, h_loop, wo, *reduce, kt, wi, ki)
-    outer = sch.fuse(n, ko, h_loop)
-    sch.parallel(outer)
+    rc, ry, rx = loops[4:] if nchw else (loops[6], loops[4], loops[5])
+    if depthwise:
+        sch.reorder(n, ko, h_loop, wo, ry, rc, rx, kt, wi, ki)
+        sch.unroll(rx)
+    else:
+        sch.reorder(n, ko, h_loop, wo, ry, rx, rc, kt, wi, ki)
+    sch.parallel(sch.fuse(n, ko, h_loop))
     sch.reverse_compute_at(acc, wo)
     if epilogue is not None:
         # conv -> local tile -> (copy) -> epilogue: read the local tile directly in the epilogue
@@ -186,7 +242,7 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
     sch.vectorize(ki)  # before decompose_reduction: the update block alone fails vectorize's checks
     sch.unroll(wi)
     sch.unroll(kt)
-    init = sch.decompose_reduction(conv, reduce[0])
+    init = sch.decompose_reduction(conv, ry)
     i_loops = sch.get_loops(init)
     if sch.get(i_loops[-1]).kind != tirx.ForKind.VECTORIZED:
         sch.vectorize(i_loops[-1])
@@ -196,7 +252,6 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
     for loop in sch.get_loops(writer)[2:]:
         if sch.get(loop).kind == tirx.ForKind.SERIAL:
             sch.unroll(loop)
-    return sch.mod["main"]
 
 
 def schedule_direct_simple(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFunc:
