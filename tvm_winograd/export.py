@@ -45,6 +45,7 @@ from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .schedule.default import default_schedule_path, schedule_llvm_default
+from .relax_channels import pad_output_channels
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .schedule.llvm import ApplyLlvmRules, schedule_table
 from .targets import is_cuda, resolve_target
@@ -180,6 +181,8 @@ def prepare_model(
     tgt = resolve_target(target)
     reports: list[LayerReport] = []
     mod = convert_conv_layout(mod, tgt, layout)
+    if rewrite and not is_cuda(tgt):  # whole vectors of output channels for the CPU tiles
+        mod = pad_output_channels(relax.transform.FoldConstant()(mod))
     if rewrite:
         mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo, ineligible=ineligible)
     mod = relax.transform.FoldConstant()(mod)
