@@ -77,6 +77,21 @@ class SRHead(nn.Module):
         return self.shuffle(self.c3(torch.tanh(self.c2(torch.tanh(self.c1(x))))))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand + BN + ReLU6, depthwise 3x3 + BN + ReLU6, 1x1 project + BN, residual."""
+
+    def __init__(self, c: int = 16, expand: int = 6):
+        super().__init__()
+        h = c * expand
+        self.body = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
 class DenseLayer(nn.Module):
     def __init__(self, c: int = 16, growth: int = 8):
         super().__init__()
@@ -89,12 +104,14 @@ class DenseLayer(nn.Module):
 
 
 #: name -> (module, input shape, dot-product lengths on the path, polynomial functions on the path,
-#: rules that must appear in the report)
+#: rules that must appear in the report, epilogues the convolutions must have fused (report tags:
+#: b bias, a residual, r ReLU, 6 ReLU6, s SiLU, g sigmoid, t tanh))
 BLOCKS = {
-    "mbconv": (MBConv, (1, 16, 15, 15), [16, 9, 225, 64, 4, 64], 4, {"reduction", "injective"}),
-    "convnext": (ConvNeXtBlock, (1, 24, 14, 14), [49, 24, 24, 24, 96], 1, {"matmul", "dlight-reduction"}),
-    "sr_head": (SRHead, (1, 3, 17, 17), [75, 144, 72], 2, {"injective"}),
-    "dense": (DenseLayer, (1, 16, 13, 13), [16, 288], 0, {"injective"}),
+    "mbconv": (MBConv, (1, 16, 15, 15), [16, 9, 225, 64, 4, 64], 4, {"reduction"}, {"bs", "bg"}),
+    "convnext": (ConvNeXtBlock, (1, 24, 14, 14), [49, 24, 24, 24, 96], 1, {"matmul", "dlight-reduction"}, {"b"}),
+    "sr_head": (SRHead, (1, 3, 17, 17), [75, 144, 72], 2, {"injective"}, {"bt"}),
+    "inverted_residual": (InvertedResidual, (1, 16, 14, 14), [16, 9, 96], 0, set(), {"b6"}),
+    "dense": (DenseLayer, (1, 16, 13, 13), [16, 288], 0, {"injective"}, {"br"}),
 }
 
 
@@ -116,7 +133,7 @@ def _onnx(name: str):
 
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_block_matches_onnxruntime_and_is_fully_scheduled(name, rng):
-    _, shape, dots, polynomials, rules = BLOCKS[name]
+    _, shape, dots, polynomials, rules, epilogues = BLOCKS[name]
     model = _onnx(name)
     x = rng.standard_normal(shape).astype("float32")
     opts = ort.SessionOptions()
@@ -127,6 +144,7 @@ def test_block_matches_onnxruntime_and_is_fully_scheduled(name, rng):
     assert report.unscheduled() == [], report.counts()
     assert rules <= set(report.counts()), report.counts()
     assert {f.scheduled_by for f in report.functions if f.kind == "direct"} <= {"direct"}
+    assert epilogues <= {layer.epilogue for layer in report}, [layer.epilogue for layer in report]
     got = run(relax.VirtualMachine(ex, tvm.cpu()), {"input": x})[0]
     tol = U * (sum(4 * math.sqrt(n) for n in dots) + polynomials * max(MAX_ULP.values()) + 8) * np.abs(ref).max()
     assert tol < 0.01 * np.abs(ref).max()

@@ -18,6 +18,12 @@ from tvm_winograd.api import build_winograd
 from tvm_winograd.compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
 from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
 from tvm_winograd.schedule import schedule_llvm_default
+from tvm_winograd.activations import ACTIVATIONS
+from tvm_winograd.compute import direct_func
+from tvm_winograd.schedule.direct import schedule_direct_llvm
+from tvm_winograd.schedule.llvm.fastmath import approximate_math
+from tvm_winograd.targets import resolve_target
+from tvm_winograd.verify import prepare, run_cpu
 from tvm_winograd.workload import make_spec
 
 
@@ -176,3 +182,27 @@ def test_injected_precision_bug_is_rejected(signed, inject_transform_bug, bug, m
     verdict = assess(y, model)
     assert verdict.bound_ratio <= 1.0, verdict  # the old check alone would pass it
     assert not verdict.ok, verdict
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("algorithm, layout", [("winograd", "NHWC"), ("winograd", "NCHW"), ("direct", "NHWC")])
+def test_activation_epilogue(activation, algorithm, layout):
+    """``f(conv + bias)`` in the output stage, with exp/tanh swapped for the polynomials as the llvm
+    pipeline does, passes :func:`assess` on the activation's error model; the wrong activation, and
+    the output scaled by (1 + 1e-4), do not (the checks see an error the size of the polynomials')."""
+    spec = make_spec((1, 16, 10, 11) if layout == "NCHW" else (1, 10, 11, 16),
+                     (16, 16, 3, 3) if layout == "NCHW" else (3, 3, 16, 16), padding=1, layout=layout)
+    epilogue = Epilogue(bias=True, activation=activation)
+    config = WinogradConfig(m=4) if algorithm == "winograd" else None
+    case = prepare(spec, epilogue, algorithm, config, seed=3)
+    if algorithm == "winograd":
+        func = schedule_llvm_default(winograd_func(spec, config, epilogue))
+    else:
+        func = schedule_direct_llvm(direct_func(spec, epilogue))
+    lib = tvm.compile(tvm.IRModule({"main": approximate_math(func)}), target=resolve_target("llvm"))
+    got = run_cpu(lib["main"], case)
+    verdict = case.assess(got)
+    assert verdict.ok, verdict.reason
+    wrong = [a for a in ACTIVATIONS if a != activation][0]
+    assert not prepare(spec, Epilogue(bias=True, activation=wrong), algorithm, config, seed=3).assess(got).ok
+    assert not case.assess(got * (1 + 1e-4)).ok

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import activations
 from .reference import conv2d_direct, conv2d_winograd_abs, winograd_stages
 from .transforms import exact_matrices
 from .workload import Padding
@@ -331,9 +332,18 @@ def error_model(
     bias: np.ndarray | None = None,
     residual: np.ndarray | None = None,
     relu: bool = False,
+    activation: str | None = None,
 ) -> ErrorModel:
-    """Reference, worst-case bound and random-rounding model of ``relu(conv(x, w) + bias + residual)``
-    computed by Winograd F(m, r) (``m``) or directly (``m=None``) with the stages' dtypes in ``precision``.
+    """Reference, worst-case bound and random-rounding model of ``f(conv(x, w) + bias + residual)``
+    computed by Winograd F(m, r) (``m``) or directly (``m=None``) with the stages' dtypes in ``precision``;
+    ``f`` is ReLU (``relu``), one of :data:`tvm_winograd.activations.ACTIVATIONS` or the identity.
+
+    A smooth activation carries the convolution's error to first order, scaled by ``|f'(y)|`` (both
+    the bound and sigma: the error is ~1e-6 relative, far inside f's linear range), relu6 at most
+    unchanged (1-Lipschitz, as ReLU); each adds its own
+    evaluation error ``ULP[f] u |f(y)|``: to the bound, and to sigma as if uniform over that width
+    (its polynomial error need not be zero-mean, so the gain's spread gets it as a worst case,
+    ``sum |y| ULP u |f(y)|``, added to its standard deviation).
 
     ``x``, ``w`` (OIHW for NCHW, HWIO for NHWC), ``bias`` (K,) and ``residual`` (output shape) are the
     actual inputs, in their own dtype (whether products of inputs are exact depends on it).
@@ -361,10 +371,21 @@ def error_model(
             bound = bound + u_acc * np.abs(y)
     if relu:  # 1-Lipschitz: neither model grows
         y, expected = np.maximum(y, 0.0), np.maximum(expected, 0.0)
+    act_width = np.zeros_like(y)
+    if activation is not None:
+        if activation not in activations.PIECEWISE_LINEAR:
+            slope = activations.derivative(activation, y)
+            var, var_epi, bound = var * slope**2, var_epi * slope**2, bound * slope
+        y, expected = activations.apply(activation, y), activations.apply(activation, expected)
+        act_width = activations.ULP[activation] * u_acc * np.abs(y)
+        bound = bound + act_width
+        var_epi = var_epi + act_width**2 / 3.0
     if prec.out_dtype != prec.acc_dtype:
         var_epi = var_epi + _ulp_variance(y, prec.out_dtype)
     bound = bound + unit_roundoff(prec.out_dtype) * np.abs(y)
     gain_var = gain_variance(expected) + float(np.sum(var_epi * expected**2))
+    if activation is not None:  # a systematic evaluation error: its worst case, added to the spread
+        gain_var = (math.sqrt(gain_var) + float(np.sum(np.abs(expected) * act_width))) ** 2
     back = (lambda a: a) if layout == "NCHW" else (lambda a: a.transpose(0, 2, 3, 1))
     return ErrorModel(back(y), back(expected), back(bound), back(np.sqrt(var + var_epi)), math.sqrt(gain_var),
                       1 if m is None else m * m)

@@ -36,6 +36,8 @@ import numpy as np
 from tvm import te, tirx, topi
 from tvm.topi.utils import const_matrix
 
+from .activations import ACTIVATIONS
+from .activations import TAGS as ACTIVATION_TAGS
 from .contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, DATA_PAD, DIRECT_EPILOGUE, INPUT_TILE,
                        INVERSE, INVERSE_ROWS, KERNEL_PACK, KERNEL_PACK_ACC, MATRIX_A, MATRIX_B, MATRIX_G, NO_RULE,
                        OUTPUT, SCHEDULE_RULE_ATTR, rule_attrs, tag)
@@ -65,14 +67,41 @@ FP16_PACK_MAX_ALPHA = 6
 
 @dataclass(frozen=True)
 class Epilogue:
-    """What the output stage applies after the convolution: ``relu(conv + bias + residual)``."""
+    """What the output stage applies after the convolution: ``f(conv + bias + residual)`` with ``f``
+    ReLU (``relu``) or one of :data:`tvm_winograd.activations.ACTIVATIONS` (``activation``), or none."""
 
     bias: bool = False
     residual: bool = False
     relu: bool = False
+    activation: str | None = None
+
+    def __post_init__(self):
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.activation is not None and self.relu:
+            raise ValueError(f"an epilogue has one activation: relu and {self.activation}")
 
     def tag(self) -> str:
-        return "".join(t for t, on in (("b", self.bias), ("a", self.residual), ("r", self.relu)) if on) or "none"
+        letters = "".join(t for t, on in (("b", self.bias), ("a", self.residual), ("r", self.relu)) if on)
+        letters += ACTIVATION_TAGS[self.activation] if self.activation else ""
+        return letters or "none"
+
+
+def _activate(y: tirx.PrimExpr, acc: str, relu: bool, activation: str | None) -> tirx.PrimExpr:
+    """``relu(y)`` or ``activation(y)`` in ``acc`` (exp/tanh as TVM intrinsics: on llvm the pipeline
+    swaps them for vectorizable polynomials, :func:`~tvm_winograd.schedule.llvm.fastmath.approximate_math`)."""
+    zero = tirx.const(0, acc)
+    if relu:
+        return tirx.max(y, zero)
+    if activation == "relu6":
+        return tirx.min(tirx.max(y, zero), tirx.const(6, acc))
+    if activation == "silu":
+        return y * tirx.sigmoid(y)
+    if activation == "sigmoid":
+        return tirx.sigmoid(y)
+    if activation == "tanh":
+        return tirx.tanh(y)
+    return y
 
 
 @dataclass(frozen=True)
@@ -360,11 +389,13 @@ def conv2d_winograd(
     bias: te.Tensor | None = None,
     residual: te.Tensor | None = None,
     relu: bool = False,
+    activation: str | None = None,
 ) -> te.Tensor:
     """The Winograd convolution of ``data`` with pre-transformed weights ``kernel_pack``.
 
     ``bias`` has shape ``(K,)``; ``residual`` has the output's shape; the epilogue is
-    ``relu(conv + bias + residual)``, computed in the output stage (no extra pass over memory).
+    ``f(conv + bias + residual)`` with ``f`` ReLU or ``activation`` (:func:`_activate`), computed in
+    the output stage (no extra pass over memory).
     """
     check_winograd(spec, config.m)
     acc = config.acc_dtype
@@ -381,9 +412,7 @@ def conv2d_winograd(
             y = y + bias[k].astype(acc)
         if residual_at is not None:
             y = y + residual_at(n, k, h, w).astype(acc)
-        if relu:
-            y = tirx.max(y, tirx.const(0, acc))
-        return y.astype(spec.out_dtype)
+        return _activate(y, acc, relu, activation).astype(spec.out_dtype)
 
     out_shape = (spec.batch, spec.out_channels, spec.out_height, spec.out_width)
     return store[OUTPUT].compute(out_shape, output_value, OUTPUT, rule_attrs(OUTPUT))
@@ -411,11 +440,13 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
                           name=KERNEL_PACK)
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, pack, bias, residual) if t is not None]
-    out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu)
+    out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu,
+                          activation=epilogue.activation)
     return tag(te.create_prim_func(args + [out]), "winograd", spec.layout, config.m)
 
 
-def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bool, name: str) -> te.Tensor:
+def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bool, activation: str | None,
+              name: str) -> te.Tensor:
     nchw = spec.layout == "NCHW"
 
     def value(*idx):
@@ -425,9 +456,7 @@ def _epilogue(y: te.Tensor, spec: Conv2dSpec, acc: str, bias, residual, relu: bo
             v = v + bias[k].astype(acc)
         if residual is not None:
             v = v + residual[idx].astype(acc)
-        if relu:
-            v = tirx.max(v, tirx.const(0, acc))
-        return v.astype(spec.out_dtype)
+        return _activate(v, acc, relu, activation).astype(spec.out_dtype)
 
     return te.compute(y.shape, value, name=name)
 
@@ -441,6 +470,7 @@ def direct_conv2d(
     bias: te.Tensor | None = None,
     residual: te.Tensor | None = None,
     relu: bool = False,
+    activation: str | None = None,
 ) -> te.Tensor:
     """Direct convolution (TVM topi's conv2d, any stride/dilation/groups) with the same epilogue as
     :func:`conv2d_winograd`: the baseline every Winograd candidate is measured against."""
@@ -453,9 +483,9 @@ def direct_conv2d(
         conv = topi.nn.group_conv2d_nchw(data, weight, spec.stride, pad, spec.dilation, spec.groups,
                                          out_dtype=acc_dtype) if nchw else topi.nn.group_conv2d_nhwc(
             data, weight, spec.stride, pad, spec.dilation, spec.groups, out_dtype=acc_dtype)
-    if bias is None and residual is None and not relu and spec.out_dtype == acc_dtype:
+    if bias is None and residual is None and not relu and activation is None and spec.out_dtype == acc_dtype:
         return conv
-    return _epilogue(conv, spec, acc_dtype, bias, residual, relu, DIRECT_EPILOGUE)
+    return _epilogue(conv, spec, acc_dtype, bias, residual, relu, activation, DIRECT_EPILOGUE)
 
 
 def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: str = "float32") -> tirx.PrimFunc:
@@ -464,5 +494,6 @@ def direct_func(spec: Conv2dSpec, epilogue: Epilogue = Epilogue(), acc_dtype: st
     weight = te.placeholder(spec.weight_shape, spec.dtype, name="weight")
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, weight, bias, residual) if t is not None]
-    out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu)
+    out = direct_conv2d(data, weight, spec, acc_dtype=acc_dtype, bias=bias, residual=residual, relu=epilogue.relu,
+                        activation=epilogue.activation)
     return tag(te.create_prim_func(args + [out]), "direct", spec.layout)

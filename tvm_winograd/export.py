@@ -48,6 +48,7 @@ from .schedule.default import default_schedule_path, schedule_llvm_default
 from .relax_channels import pad_output_channels
 from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
 from .schedule.llvm import ApplyLlvmRules, schedule_table
+from .schedule.llvm.fastmath import approximate_math
 from .targets import is_cuda, resolve_target
 from .tune.paths import schedules_dir as schedules_dir_for
 
@@ -116,6 +117,8 @@ def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMo
                 new = func
             if new is not func:
                 new = mark_scheduled(new, by=kind)
+        if not is_cuda(target):  # an epilogue's sigmoid/tanh: vectorizable polynomials, not libm per lane
+            new = approximate_math(new)
         if new.attrs is not None and "global_symbol" in new.attrs:
             new = new.without_attr("global_symbol")
         new = new.with_attr("op_pattern", _OPAQUE)

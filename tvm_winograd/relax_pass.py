@@ -6,8 +6,10 @@ For each ``conv2d`` binding (in dataflow blocks, after the frontend):
    a dynamic shape, a non-constant weight or an unsupported layout leaves it as it is, with the
    reason in the report.
 2. The epilogue is fused when the intermediate value has no other user: ``conv (+ bias) (+ residual)
-   (+ relu)``, where bias is an ``add`` of a constant of shape (K,), (K,1,1) or (1,K,1,1) (NCHW) /
-   (K,), (1,1,1,K) (NHWC), and residual is an ``add`` of another tensor of the output's shape.
+   (+ activation)``, where bias is an ``add`` of a constant of shape (K,), (K,1,1) or (1,K,1,1) (NCHW) /
+   (K,), (1,1,1,K) (NHWC), residual is an ``add`` of another tensor of the output's shape, and the
+   activation is ``relu`` or one of :data:`tvm_winograd.activations.ACTIVATIONS` (ReLU6 as
+   ``minimum(maximum(y, 0), 6)``, SiLU as ``y * sigmoid(y)``, ``sigmoid``, ``tanh``).
 3. The algorithm: ``algo="winograd"`` / ``"direct"`` force it (ineligible layers stay direct);
    ``"auto"`` takes the measured choice from ``choices.json`` (keyed by :meth:`Conv2dSpec.key`) when
    there is one, else :func:`~tvm_winograd.workload.choose_algorithm` (the one heuristic).
@@ -120,6 +122,58 @@ def format_report(reports: list[LayerReport]) -> str:
 _CONV = tvm.ir.Op.get("relax.nn.conv2d")
 _ADD = tvm.ir.Op.get("relax.add")
 _RELU = tvm.ir.Op.get("relax.nn.relu")
+
+
+_MAXIMUM = tvm.ir.Op.get("relax.maximum")
+_MINIMUM = tvm.ir.Op.get("relax.minimum")
+_MULTIPLY = tvm.ir.Op.get("relax.multiply")
+_SIGMOID = tvm.ir.Op.get("relax.sigmoid")
+_TANH = tvm.ir.Op.get("relax.tanh")
+
+
+def _scalar(expr: relax.Expr) -> float | None:
+    """The value of a constant with one element, else None."""
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    value = expr.value.numpy()
+    return float(value.reshape(())) if value.size == 1 else None
+
+
+def _activation_after(var: relax.Var, bindings: dict, users: dict, counts: dict, claimed: set):
+    """``(name, bindings)`` of an activation of :mod:`tvm_winograd.activations` applied to ``var``
+    and to nothing else: ``tanh``, ``sigmoid``, ``max(min(y, 6), 0)`` in either order (ONNX Clip(0, 6),
+    as :func:`~tvm_winograd.relax_layout.prepare_for_layout` raises it), ``y * sigmoid(y)`` (SiLU);
+    None if there is none. Every intermediate must have no other user."""
+
+    def only_users(v, n):
+        us = users.get(v, [])
+        return us if len(us) == n and counts.get(v, 0) == n and not set(us) & claimed else None
+
+    def call(v):
+        value = bindings.get(v)
+        return value if isinstance(value, relax.Call) else None
+
+    one = only_users(var, 1)
+    first = call(one[0]) if one else None
+    if first is not None and first.op in (_TANH, _SIGMOID):
+        return ("tanh" if first.op == _TANH else "sigmoid"), [one[0]]
+    if first is not None and first.op in (_MAXIMUM, _MINIMUM) and first.args[0].same_as(var):
+        second_var = only_users(one[0], 1)
+        second = call(second_var[0]) if second_var else None
+        if second is not None and {first.op, second.op} == {_MAXIMUM, _MINIMUM} and second.args[0].same_as(one[0]):
+            bounds = {first.op: _scalar(first.args[1]), second.op: _scalar(second.args[1])}
+            if bounds[_MAXIMUM] == 0.0 and bounds[_MINIMUM] == 6.0:
+                return "relu6", [one[0], second_var[0]]
+    two = only_users(var, 2)
+    if two:
+        gate = next((u for u in two if call(u) is not None and call(u).op == _SIGMOID), None)
+        product = next((u for u in two if gate is None or not u.same_as(gate)), None)
+        value = call(product)
+        if gate is not None and value is not None and value.op == _MULTIPLY and only_users(gate, 1):
+            a, b = value.args
+            if (a.same_as(var) and b.same_as(gate)) or (a.same_as(gate) and b.same_as(var)):
+                return "silu", [gate, product]
+    return None
 
 
 def _dtype(expr: relax.Expr) -> str:
@@ -367,11 +421,18 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
                 residual, end = other, nxt
                 chain.append(nxt)
                 nxt = sole_user(end)
+        activation = None
         if is_call(nxt, _RELU):
             relu, end = True, nxt
             chain.append(nxt)
+        else:
+            found = _activation_after(end, bindings, users, counts, claimed)
+            if found is not None:
+                activation, steps = found
+                end = steps[-1]
+                chain.extend(steps)
         claimed.update(chain)
-        epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu)
+        epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu, activation=activation)
         data, weight = value.args
         plan[end] = dict(spec=spec, algorithm=algorithm, m=m, epilogue=epi, data=data, weight=weight, bias=bias,
                          residual=residual, report_index=index)

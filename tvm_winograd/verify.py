@@ -81,7 +81,8 @@ def prepare(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, config: Winogr
         raise ValueError(f"algorithm {algorithm!r}: expected 'winograd' or 'direct'")
     args += [data[k] for k in ("bias", "residual") if k in data]
     model = error_model(data["x"], data["w"], m=m, padding=spec.padding, layout=spec.layout, precision=precision,
-                        points=points, bias=data.get("bias"), residual=data.get("residual"), relu=epilogue.relu)
+                        points=points, bias=data.get("bias"), residual=data.get("residual"), relu=epilogue.relu,
+                        activation=epilogue.activation)
     return Case(spec, algorithm, m, tuple(np.ascontiguousarray(a) for a in args), model)
 
 
