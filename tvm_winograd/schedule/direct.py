@@ -195,6 +195,8 @@ def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: b
         p_loops = sch.get_loops(pad)
         sch.reorder(p_loops[0], p_loops[2], p_loops[3], p_loops[1])
         sch.parallel(sch.fuse(p_loops[0], p_loops[2]))
+    elif pad is not None and _is_copy(sch, pad):  # topi's pad_temp of a conv without padding: read the input
+        sch.compute_inline(pad)
     elif pad is not None:
         p_loops = sch.get_loops(pad)
         sch.parallel(sch.fuse(p_loops[0], p_loops[1]))
@@ -206,6 +208,12 @@ def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: b
             sch.transform_layout(pack, ("write", 0), lambda h, w, i, o: (o // vector, h, w, i, o % vector))
         sch.annotate(pack, LAYOUT_REWRITE_PREPROC, True)
         sch.parallel(sch.get_loops(pack)[0])
+
+
+def _is_copy(sch: s_tir.Schedule, pad) -> bool:
+    """Whether the padding block pads nothing (its buffer has the input's shape)."""
+    block = sch.get(pad)
+    return [int(v) for v in block.writes[0].source.shape] == [int(v) for v in block.reads[0].source.shape]
 
 
 def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tuple[int, int, int],
