@@ -28,6 +28,8 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm_winograd.export import build_pipeline
 from tvm_winograd.schedule.llvm import ApplyLlvmRules, default_rules
 from tvm_winograd.schedule.llvm.fastmath import MAX_ULP, approximate_math
+from tvm_winograd.schedule.llvm.base import vector_lanes
+from tvm_winograd.schedule.llvm.injective import switch_points
 from tvm_winograd.schedule.llvm.matmul import Matmul
 from tvm_winograd.targets import resolve_target
 
@@ -179,9 +181,31 @@ def test_resize_matches_unscheduled(signed, layout):
     _check(mod, [x], ref, 4 * U * np.abs(ref) + 1e-7 * U, {"injective"})
 
 
+@pytest.mark.parametrize("channels", [(64, 32, 32, 32), (3, 17, 32, 5), (1, 1, 48)])
+def test_concat_is_partitioned_per_input(signed, channels):
+    """A concatenate along the contiguous axis, with batch norm-like scale + shift and ReLU fused
+    after it (DenseNet): within two roundings, and the channel loop is partitioned at the inputs' boundaries (each
+    part reads one input: no select among all of them per lane)."""
+    xs = [signed((1, 5, 7, c)) for c in channels]
+    scale, shift = signed((sum(channels),)), signed((sum(channels),))
+
+    def body(p):
+        y = relax.op.concat([p[f"x{i}"] for i in range(len(xs))], axis=3)
+        return relax.op.nn.relu(relax.op.add(relax.op.multiply(y, relax.const(scale)), relax.const(shift)))
+
+    mod = _function({f"x{i}": x.shape for i, x in enumerate(xs)}, body)
+    ref = np.maximum(np.concatenate(xs, 3).astype(np.float64) * scale + shift, 0)
+    _check(mod, xs, ref, 2 * U * np.abs(ref) + 1e-30, {"injective"})  # a product and a sum in fp32
+    func = te.create_prim_func([te.placeholder((1, 5, 7, 4), name="a")] + [te.compute(
+        (1, 5, 7, 8), lambda n, h, w, c: te.if_then_else(c >= 4, 1.0, 0.0), name="b")])
+    sch = tvm.s_tir.Schedule(func)
+    assert switch_points(sch, sch.get_sblock("b")) == [4]
+
+
 def test_injective_vectorizes_and_parallelizes():
-    """The schedule's shape: a parallel outer loop and a vectorized inner loop of 16 lanes (a cache
-    line of fp32); the remainder of 67 = 4 x 16 + 3 is a loop of its own, vectorized (3 lanes)."""
+    """The schedule's shape: a parallel outer loop and a vectorized inner loop of two SIMD registers
+    (32 fp32 lanes with AVX-512, 16 with AVX2); the remainder of 67 (64 + 3) is a loop of its own,
+    vectorized (3 lanes)."""
     a = te.placeholder((1, 64, 64, 67), name="a")
     b = te.compute(a.shape, lambda *i: te.tanh(a(*i)) * a(*i), name="b")
     func = te.create_prim_func([a, b])
@@ -189,7 +213,9 @@ def test_injective_vectorizes_and_parallelizes():
         new = ApplyLlvmRules().schedule("f", func, TARGET)
     script = new.script()
     assert str(new.attrs["tvm_winograd.scheduled_by"]) == "injective"
-    assert "T.parallel" in script and "T.vectorized(16)" in script
+    lanes = vector_lanes("float32", TARGET)
+    assert lanes in (16, 32)
+    assert "T.parallel" in script and f"T.vectorized({lanes})" in script
     assert "T.vectorized(64, 67)" in script  # the remainder: lanes 64..66
     assert "T.tanh" not in script  # the polynomial replaced the libm call
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import math
 
+import tvm_ffi
+
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import LlvmRule, extent_of, inline_injective, num_cores, parallelize, vector_lanes, vectorize_inner
+from .base import (MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, parallelize, vector_lanes,
+                   vectorize_inner)
 
 __all__ = ["Injective", "is_spatial_block", "schedule_spatial_block"]
 
@@ -29,8 +32,46 @@ def _output_dtype(sch: s_tir.Schedule, block) -> str:
     return str(writes[0].source.dtype) if writes else "float32"
 
 
+#: The shortest part worth a loop of its own (shorter parts: the whole axis is vectorized as usual).
+MIN_PART = 4
+
+
+def switch_points(sch: s_tir.Schedule, block) -> list[int]:
+    """Where the innermost axis of ``block`` crosses a condition of its body: the boundaries of a
+    concatenate along that axis (``if_then_else(48 <= c, C[c - 48], if_then_else(32 <= c, ...))``),
+    or of a pad. Sorted, strictly inside the axis."""
+    loops = sch.get_loops(block)
+    stmt = sch.get(block)
+    if not loops or not stmt.iter_vars:
+        return []
+    extent = extent_of(sch, loops[-1])
+    axis = stmt.iter_vars[-1].var
+    if extent is None:
+        return []
+    points: set[int] = set()
+    # (op, constant on the left?) -> the switch point's offset from the constant: t <= v and v >= t
+    # switch at t, t < v and v > t at t + 1, v < t and t > v at t, v <= t and t >= v at t + 1
+    offsets = {(tirx.LE, True): 0, (tirx.LT, True): 1, (tirx.LT, False): 0, (tirx.LE, False): 1,
+               (tirx.GE, False): 0, (tirx.GT, False): 1, (tirx.GT, True): 0, (tirx.GE, True): 1}
+
+    def visit(node) -> None:
+        for const_left in (True, False):
+            const, var = (node.a, node.b) if const_left else (node.b, node.a)
+            if isinstance(const, tirx.IntImm) and isinstance(var, tirx.Var) and var.same_as(axis):
+                points.add(int(const.value) + offsets[(type(node), const_left)])
+
+    tvm_ffi.structural_walk(stmt.body, [(kind, visit) for kind in (tirx.LT, tirx.LE, tirx.GT, tirx.GE)], order="post")
+    return sorted(p for p in points if 0 < p < extent)
+
+
 def schedule_spatial_block(sch: s_tir.Schedule, block, target: Target, lanes: int | None = None) -> None:
-    """Vectorize the inner axis and parallelize the outer loops of one spatial block (in place)."""
+    """Vectorize the inner axis and parallelize the outer loops of one spatial block (in place).
+
+    Where the inner axis crosses conditions (a concatenate along it, e.g. DenseNet's channel
+    concatenations of up to 32 inputs), it is first partitioned at them (``sch.loop_partition``):
+    each part reads one input and its vectors are plain loads, instead of every lane selecting
+    among all the inputs (measured, one thread: a 16-input concat + scale + ReLU at 14x14x736,
+    DenseNet's, 0.30 -> 0.05 ms)."""
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -38,6 +79,18 @@ def schedule_spatial_block(sch: s_tir.Schedule, block, target: Target, lanes: in
     elements = math.prod(extents) if all(e is not None for e in extents) else None
     if lanes is None:
         lanes = vector_lanes(_output_dtype(sch, block), target)
+    points = switch_points(sch, block) if len(loops) > 1 else []
+    bounds = [0] + points + [extents[-1]]
+    if points and min(b - a for a, b in zip(bounds, bounds[1:])) >= MIN_PART:
+        inner = loops[-1]
+        sizes = [b - a for a, b in zip([0] + points, points)] + [None]
+        outer = loops[:-1]
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if num_cores(target) > 1 and (elements is None or elements >= MIN_PARALLEL_ELEMENTS):
+            sch.parallel(fused)
+        for part in sch.loop_partition(inner, sizes):
+            vectorize_inner(sch, [part], lanes)
+        return
     plan = vectorize_inner(sch, loops, lanes)
     parallelize(sch, plan, elements, num_cores(target))
 
