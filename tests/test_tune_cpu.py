@@ -316,9 +316,41 @@ def test_corrupt_search_state_is_skipped_and_nothing_is_measured_again(tmp_path,
     with caplog.at_level("WARNING", logger="tvm_winograd.tune.tuner"):
         again = tune_layer(spec, TARGET, trials=2, runner=runner, **kwargs)
     assert str(state) in caplog.text and "unreadable" in caplog.text
-    assert (tmp_path / "logs" / "search_state.json.corrupt").read_text() == text[: len(text) // 2]
+    # nothing was searched, so nothing was saved: the file stays as it was and no copy is made yet
+    assert state.read_text() == text[: len(text) // 2]
+    assert not list(state.parent.glob("search_state.json.corrupt*"))
     assert runner.calls == 0 and all(c.records == 2 for c in again.candidates.values())
     assert (again.choice.algorithm, again.choice.m) == (first.choice.algorithm, first.choice.m) == ("winograd", 2)
     more = FakeRunner({4: 1.0e-3}, 2.0e-3)
     tune_layer(spec, TARGET, trials=3, runner=more, **kwargs)
     assert more.calls == 1 and json.loads(state.read_text())  # one more; a valid state again
+    # the save that replaced the unreadable file kept it, once
+    assert [p.name for p in state.parent.glob("search_state.json.corrupt*")] == ["search_state.json.corrupt"]
+    assert (tmp_path / "logs" / "search_state.json.corrupt").read_text() == text[: len(text) // 2]
+
+
+def test_unusable_search_state_is_kept_once_when_replaced(tmp_path, caplog):
+    """Loading an unreadable search_state.json copies nothing; the save that replaces it keeps one
+    ``.corrupt`` copy, and meeting the same bytes again reuses that copy instead of adding ``.1``."""
+    from tvm_winograd.tune.jsonfile import keep_aside
+    from tvm_winograd.tune.tuner import _load_state, _save_state
+
+    path = tmp_path / "search_state.json"
+    path.write_text('{"a": 4, "b": ')
+    for _ in range(3):  # three loads of the corrupt file: no copy
+        with caplog.at_level("WARNING", logger="tvm_winograd.tune.tuner"):
+            assert _load_state(tmp_path) == ({}, True)
+        assert "unreadable" in caplog.text and not list(tmp_path.glob("*.corrupt*"))
+    for _ in range(3):  # the same corrupt bytes replaced three times: one copy
+        path.write_text('{"a": 4, "b": ')
+        state, unusable = _load_state(tmp_path)
+        _save_state(tmp_path, {"c": 2}, keep_original=unusable)
+        assert json.loads(path.read_text()) == {"c": 2}
+    assert [p.name for p in tmp_path.glob("*.corrupt*")] == ["search_state.json.corrupt"]
+    path.write_text(json.dumps({"ok": 3, "bad": -1}))  # a bad entry: unusable too, the good one kept
+    assert _load_state(tmp_path) == ({"ok": 3}, True)
+    assert keep_aside(path).name == "search_state.json.corrupt.1"  # different bytes: a second copy
+    assert keep_aside(path).name == "search_state.json.corrupt.1"
+    assert _load_state(tmp_path) == ({"ok": 3}, True)
+    path.write_text(json.dumps({"ok": 3}))
+    assert _load_state(tmp_path) == ({"ok": 3}, False)

@@ -319,27 +319,35 @@ def _close(db) -> None:
         close()
 
 
-def _load_state(work_dir: Path) -> dict:
-    """``search_state.json``: finished search budgets by :func:`_state_key`.  An unreadable file or entry
-    is skipped with a warning (the measurements themselves are in the tuning log, so nothing is
-    re-measured; at worst a search that had stopped early is tried again) and the file is kept as
-    ``search_state.json.corrupt`` before the next save replaces it."""
+def _load_state(work_dir: Path) -> tuple[dict, bool]:
+    """``search_state.json``: finished search budgets by :func:`_state_key`, and whether the file held
+    something unusable.  An unreadable file or entry is skipped with a warning (the measurements
+    themselves are in the tuning log, so nothing is re-measured; at worst a search that had stopped
+    early is tried again); :func:`_save_state` keeps the file as ``search_state.json.corrupt`` when it
+    replaces it (as ``save_choices`` does for ``choices.json``), so a run that saves nothing copies
+    nothing."""
     path = work_dir / SEARCH_STATE_FILE
     raw, problem = read_object(path)
     if raw is None:
-        logger.warning("%s is unreadable (%s): ignoring it; kept as %s", path, problem, keep_aside(path))
-        return {}
-    state = {}
+        logger.warning("%s is unreadable (%s): ignoring it (kept as a .corrupt copy when it is replaced)",
+                       path, problem)
+        return {}, True
+    state, clean = {}, True
     for key, value in raw.items():
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             state[key] = value
         else:
             logger.warning("%s: skipping entry %r (budget %r is not a count)", path, key, value)
-    return state
+            clean = False
+    return state, not clean
 
 
-def _save_state(work_dir: Path, state: dict) -> None:
-    write_atomic(work_dir / SEARCH_STATE_FILE, state)
+def _save_state(work_dir: Path, state: dict, keep_original: bool = False) -> None:
+    """Write ``search_state.json``; ``keep_original``: first keep the unusable file on disk aside."""
+    path = work_dir / SEARCH_STATE_FILE
+    if keep_original and path.exists():
+        logger.warning("%s: kept the unreadable original as %s", path, keep_aside(path))
+    write_atomic(path, state)
 
 
 def _state_key(spec: Conv2dSpec, epilogue: Epilogue, name: str, mod: tvm.IRModule) -> str:
@@ -422,7 +430,7 @@ def tune_layer(
     results: dict[str, CandidateResult] = {}
     db = open_database(work_dir)
     try:
-        state = _load_state(work_dir)
+        state, state_unusable = _load_state(work_dir)
         for index, name in enumerate(names):
             algorithm, m = _parse_candidate(name)
             func = candidate_func(spec, name, epilogue, tgt.kind.name)
@@ -461,7 +469,8 @@ def tune_layer(
                 res.history_ms = list(callback.history_ms)
                 res.trials_to_90 = _trials_to_90(res.history_ms)
                 state[key] = trials
-                _save_state(work_dir, state)
+                _save_state(work_dir, state, keep_original=state_unusable)
+                state_unusable = False
             else:
                 logger.info("%s %s: %d records already measured (budget %d): not searched again",
                             spec.key(), name, done, trials)
