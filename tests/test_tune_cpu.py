@@ -343,7 +343,7 @@ def test_unusable_search_state_is_kept_once_when_replaced(tmp_path, caplog):
         assert "unreadable" in caplog.text and not list(tmp_path.glob("*.corrupt*"))
     for _ in range(3):  # the same corrupt bytes replaced three times: one copy
         path.write_text('{"a": 4, "b": ')
-        state, unusable = _load_state(tmp_path)
+        _, unusable = _load_state(tmp_path)
         _save_state(tmp_path, {"c": 2}, keep_original=unusable)
         assert json.loads(path.read_text()) == {"c": 2}
     assert [p.name for p in tmp_path.glob("*.corrupt*")] == ["search_state.json.corrupt"]
