@@ -50,7 +50,7 @@ from ..targets import is_cuda, resolve_target
 from ..workload import Conv2dSpec, choose_algorithm, check_winograd
 from .build import SourceOnlyModuleError, build_cuda, target_sm
 from .driver_stub import ensure_cuda_runtime
-from .verify import check_numerics, occupancy
+from .verify import check_numerics, occupancy, verify_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +351,26 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
     list[LayerCheck]
         One row per (layer, design space); see :func:`passed` and :func:`format_checks`.
     """
+    tgt = _checked_target(target, samples, seed)
+    rows: list[LayerCheck] = []
+    for li, (spec, tile, ep) in enumerate(_layers(model_or_spec, tgt, m, epilogue)):
+        config = WinogradConfig(m=tile)
+        func = winograd_func(spec, config, ep)
+        if include_default:
+            rows.append(_default_row(func, tgt, spec, config, ep, numerics))
+        generated = design_spaces(func, tgt)
+        if spaces is not None:
+            rows.extend(_missing_rows(generated, spaces, spec, tile, tgt, samples))
+        for si, (name, space) in enumerate(generated):
+            if spaces is not None and name not in spaces:
+                continue
+            draw_base = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009
+            rows.append(_space_row(name, space, func, tgt, spec, config, ep, samples, draw_base, numerics))
+    return rows
+
+
+def _checked_target(target: object, samples: int, seed: int) -> Target:
+    """The CUDA target after checking the arguments; loads TVM's CUDA runtime (with the driver stand-in)."""
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples {samples!r} must be a positive integer")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -360,53 +380,62 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
         raise ValueError(f"cuda_check needs a CUDA target, not {tgt.kind.name!r} ({target!r})")
     target_sm(tgt)
     ensure_cuda_runtime()
-    rows: list[LayerCheck] = []
-    arch = str(tgt.attrs["arch"])
-    for li, (spec, tile, ep) in enumerate(_layers(model_or_spec, tgt, m, epilogue)):
-        config = WinogradConfig(m=tile)
-        func = winograd_func(spec, config, ep)
-        mod = tvm.IRModule({"main": func})
-        if include_default:
-            start = time.perf_counter()
-            row = LayerCheck(spec.key(), tile, "default", arch, requested=1)
-            sch = tvm.s_tir.Schedule(cuda_schedule.schedule_cuda_default(func, tgt))
-            from .verify import verify_gpu
+    return tgt
 
-            row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, None, numerics, verify_gpu(sch, tgt)))
-            row.seconds = time.perf_counter() - start
-            rows.append(row)
-        generated = design_spaces(func, tgt)
-        if spaces is not None:
-            missing = [name for name in spaces if name not in {n for n, _ in generated}]
-            for name in missing:
-                logger.warning("%s: no %s design space generated for %s", spec.key(), name, arch)
-                rows.append(LayerCheck(spec.key(), tile, name, arch, requested=samples))
-        for si, (name, space) in enumerate(generated):
-            if spaces is not None and name not in spaces:
-                continue
-            start = time.perf_counter()
-            row = LayerCheck(spec.key(), tile, name, arch, requested=samples)
-            postprocs = cuda_schedule.postprocs_for(tgt, mod)
-            for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
-                if len(row.candidates) >= samples:
-                    break
-                draw_seed = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009 + draw
-                sch = sample_space(space, mod, draw_seed)
-                rejected_by, pre_tensorize = apply_postprocs_keep_pre_tensorize(sch, tgt, postprocs)
-                if rejected_by is not None:
-                    logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
-                    row.rejected += 1
-                    continue
-                tensor_core = name in cuda_schedule.TENSORCORE_SPACES
-                if tensor_core and pre_tensorize is None:
-                    raise RuntimeError(f"{spec.key()}: a tensorcore candidate had no block to tensorize")
-                row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, draw_seed, numerics, True,
-                                                       numerics_sch=pre_tensorize, tensor_core=tensor_core))
-            row.seconds = time.perf_counter() - start
-            logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
-                        sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)
-            rows.append(row)
+
+def _default_row(func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec, config: WinogradConfig,
+                 epilogue: Epilogue, numerics: bool) -> LayerCheck:
+    """The row of :func:`~tvm_winograd.schedule.cuda.schedule_cuda_default` (space ``"default"``)."""
+    start = time.perf_counter()
+    row = LayerCheck(spec.key(), config.m, "default", str(target.attrs["arch"]), requested=1)
+    sch = tvm.s_tir.Schedule(cuda_schedule.schedule_cuda_default(func, target))
+    row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, None, numerics,
+                                           verify_gpu(sch, target)))
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def _missing_rows(generated: Sequence[tuple[str, tvm.s_tir.Schedule]], spaces: Sequence[str], spec: Conv2dSpec,
+                  tile: int, target: Target, samples: int) -> list[LayerCheck]:
+    """A failed row (no candidates) for each requested space the generator did not produce."""
+    arch = str(target.attrs["arch"])
+    rows = []
+    for name in spaces:
+        if name not in {n for n, _ in generated}:
+            logger.warning("%s: no %s design space generated for %s", spec.key(), name, arch)
+            rows.append(LayerCheck(spec.key(), tile, name, arch, requested=samples))
     return rows
+
+
+def _space_row(name: str, space: tvm.s_tir.Schedule, func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec,
+               config: WinogradConfig, epilogue: Epilogue, samples: int, draw_base: int,
+               numerics: bool) -> LayerCheck:
+    """``samples`` seeded samples of one design space (seeds ``draw_base + draw``), each through the
+    postprocessors (rejected ones are counted and replaced, up to :data:`MAX_DRAWS_PER_SAMPLE` draws per
+    sample) and :func:`_check_candidate`."""
+    start = time.perf_counter()
+    mod = tvm.IRModule({"main": func})
+    row = LayerCheck(spec.key(), config.m, name, str(target.attrs["arch"]), requested=samples)
+    postprocs = cuda_schedule.postprocs_for(target, mod)
+    tensor_core = name in cuda_schedule.TENSORCORE_SPACES
+    for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
+        if len(row.candidates) >= samples:
+            break
+        draw_seed = draw_base + draw
+        sch = sample_space(space, mod, draw_seed)
+        rejected_by, pre_tensorize = apply_postprocs_keep_pre_tensorize(sch, target, postprocs)
+        if rejected_by is not None:
+            logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
+            row.rejected += 1
+            continue
+        if tensor_core and pre_tensorize is None:
+            raise RuntimeError(f"{spec.key()}: a tensorcore candidate had no block to tensorize")
+        row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, draw_seed, numerics, True,
+                                               numerics_sch=pre_tensorize, tensor_core=tensor_core))
+    row.seconds = time.perf_counter() - start
+    logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
+                sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)
+    return row
 
 
 def format_checks(rows: Sequence[LayerCheck]) -> str:

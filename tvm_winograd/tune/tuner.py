@@ -411,17 +411,9 @@ def tune_layer(
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")
     tgt = resolve_target(target)
-    allowed = layer_candidates(spec)
-    names = list(allowed if candidates is None else candidates)
-    for name in names:
-        if name not in allowed:
-            raise ValueError(f"candidate {name!r} is not available for {spec.key()}: choose from {allowed}")
-    if not names:
-        raise ValueError("candidates is empty")
+    names = _checked_candidates(spec, candidates)
     work_dir = Path(work_dir) if work_dir is not None else tuning_logs_dir(tgt)  # a given one: exactly there
     schedules_dir = Path(schedules_dir) if schedules_dir is not None else schedules_dir_for(tgt)
-    per_iter = int(trials_per_iter or min(16, trials))
-    can_verify = verify and tgt.kind.name == "llvm"
     start = time.perf_counter()
 
     builder = builder if builder is not None else _fast_builder(tgt)
@@ -431,73 +423,124 @@ def tune_layer(
     db = open_database(work_dir)
     try:
         state, state_unusable = _load_state(work_dir)
+        run = _LayerRun(spec, epilogue, tgt, trials, int(trials_per_iter or min(16, trials)), seed, work_dir,
+                        builder, runner, display, verify and tgt.kind.name == "llvm", db, state, state_unusable)
         for index, name in enumerate(names):
-            algorithm, m = _parse_candidate(name)
-            func = candidate_func(spec, name, epilogue, tgt.kind.name)
-            mod = _as_module(func)
-            res = CandidateResult(name, algorithm, m)
-            t0 = time.perf_counter()
-            done = _record_count(db, mod, tgt)
-            key = _state_key(spec, epilogue, name, mod)
-            finished_budget = int(state.get(key, 0))
-            seeded, seed_ms = 0, None
-            if done == 0 and finished_budget < trials:
-                seed_ms = _seed_default(db, mod, func, tgt, builder, runner, algorithm)
-                seeded = int(seed_ms is not None)
-                done += seeded
-            remaining = trials - done
-            if seeded or (remaining > 0 and finished_budget < trials):
-                callback = _Progress(display.updater(name) if display else None, seed_ms)
-                if remaining > 0:
-                    if display:
-                        display.start(name, done)
-                    ctx = ms.TuneContext(
-                        mod=mod, target=tgt, space_generator=_space(algorithm),
-                        search_strategy=skip_measured(make_strategy(trials, per_iter)), task_name=name,
-                        rand_state=seed + 7919 * index, num_threads="physical",
-                        logger=ms.logging.get_loggers_from_work_dir(str(work_dir), [name])[0],
-                    ).clone()
-                    ms.tune.tune_tasks(
-                        tasks=[ctx], task_weights=[1.0], work_dir=str(work_dir),
-                        max_trials_global=remaining, max_trials_per_task=remaining,
-                        num_trials_per_iter=min(per_iter, remaining), builder=builder, runner=runner,
-                        database=db, cost_model="xgb",
-                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
-                        task_scheduler="round-robin",
-                    )
-                res.new_trials = seeded + callback.trials
-                res.history_ms = list(callback.history_ms)
-                res.trials_to_90 = _trials_to_90(res.history_ms)
-                state[key] = trials
-                _save_state(work_dir, state, keep_original=state_unusable)
-                state_unusable = False
-            else:
-                logger.info("%s %s: %d records already measured (budget %d): not searched again",
-                            spec.key(), name, done, trials)
-            res.records = _record_count(db, mod, tgt)
-            _pick_verified(db, mod, spec, epilogue, res, tgt, can_verify, seed)
-            res.wall_s = time.perf_counter() - t0
-            if display:
-                display.finish(name, res)
-            results[name] = res
+            results[name] = _tune_candidate(run, index, name)
     finally:
         if display:
             display.close()
         _close(db)
 
-    times = {name: r.median_ms for name, r in results.items()}
-    choice = None
-    if any(t is not None for t in times.values()):
-        choice = choose_by_times(times)
-        _store_best(schedules_dir, spec, epilogue, results, db_dir=work_dir, target=tgt)
-        save_choices(schedules_dir, {spec.key(): choice})
-    else:
-        logger.warning("%s: no candidate has a verified, measured schedule; nothing stored", spec.key())
+    choice = _choose_and_store(spec, epilogue, results, work_dir, schedules_dir, tgt)
     out = LayerTuneResult(spec, epilogue, str(tgt), results, choice, str(work_dir), str(schedules_dir),
                           trials, time.perf_counter() - start)
     if progress:
         logger.info("\n%s", format_results([out]))
     return out
+
+
+def _checked_candidates(spec: Conv2dSpec, candidates: Iterable[str] | None) -> list[str]:
+    """``candidates`` (default: every :func:`layer_candidates` entry) after checking each is one of them."""
+    allowed = layer_candidates(spec)
+    names = list(allowed if candidates is None else candidates)
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"candidate {name!r} is not available for {spec.key()}: choose from {allowed}")
+    if not names:
+        raise ValueError("candidates is empty")
+    return names
+
+
+@dataclass
+class _LayerRun:
+    """What every candidate of one :func:`tune_layer` call shares."""
+
+    spec: Conv2dSpec
+    epilogue: Epilogue
+    target: Target
+    trials: int
+    per_iter: int
+    seed: int
+    work_dir: Path
+    builder: ms.builder.Builder
+    runner: ms.runner.Runner
+    display: _Display | None
+    can_verify: bool
+    db: ms.database.Database
+    state: dict
+    state_unusable: bool  # search_state.json held something unusable: keep it aside when first replaced
+
+
+def _tune_candidate(run: _LayerRun, index: int, name: str) -> CandidateResult:
+    """One candidate: seed and search it unless its budget is already spent, then pick its verified best."""
+    algorithm, m = _parse_candidate(name)
+    func = candidate_func(run.spec, name, run.epilogue, run.target.kind.name)
+    mod = _as_module(func)
+    res = CandidateResult(name, algorithm, m)
+    t0 = time.perf_counter()
+    done = _record_count(run.db, mod, run.target)
+    key = _state_key(run.spec, run.epilogue, name, mod)
+    finished_budget = int(run.state.get(key, 0))
+    seeded, seed_ms = 0, None
+    if done == 0 and finished_budget < run.trials:
+        seed_ms = _seed_default(run.db, mod, func, run.target, run.builder, run.runner, algorithm)
+        seeded = int(seed_ms is not None)
+        done += seeded
+    remaining = run.trials - done
+    if seeded or (remaining > 0 and finished_budget < run.trials):
+        callback = _Progress(run.display.updater(name) if run.display else None, seed_ms)
+        if remaining > 0:
+            if run.display:
+                run.display.start(name, done)
+            _search(run, mod, algorithm, name, index, remaining, callback)
+        res.new_trials = seeded + callback.trials
+        res.history_ms = list(callback.history_ms)
+        res.trials_to_90 = _trials_to_90(res.history_ms)
+        run.state[key] = run.trials
+        _save_state(run.work_dir, run.state, keep_original=run.state_unusable)
+        run.state_unusable = False
+    else:
+        logger.info("%s %s: %d records already measured (budget %d): not searched again",
+                    run.spec.key(), name, done, run.trials)
+    res.records = _record_count(run.db, mod, run.target)
+    _pick_verified(run.db, mod, run.spec, run.epilogue, res, run.target, run.can_verify, run.seed)
+    res.wall_s = time.perf_counter() - t0
+    if run.display:
+        run.display.finish(name, res)
+    return res
+
+
+def _search(run: _LayerRun, mod: tvm.IRModule, algorithm: str, name: str, index: int, remaining: int,
+            callback: _Progress) -> None:
+    """MetaSchedule's evolutionary search over the candidate's space for ``remaining`` more trials."""
+    ctx = ms.TuneContext(
+        mod=mod, target=run.target, space_generator=_space(algorithm),
+        search_strategy=skip_measured(make_strategy(run.trials, run.per_iter)), task_name=name,
+        rand_state=run.seed + 7919 * index, num_threads="physical",
+        logger=ms.logging.get_loggers_from_work_dir(str(run.work_dir), [name])[0],
+    ).clone()
+    ms.tune.tune_tasks(
+        tasks=[ctx], task_weights=[1.0], work_dir=str(run.work_dir),
+        max_trials_global=remaining, max_trials_per_task=remaining,
+        num_trials_per_iter=min(run.per_iter, remaining), builder=run.builder, runner=run.runner,
+        database=run.db, cost_model="xgb",
+        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [callback],
+        task_scheduler="round-robin",
+    )
+
+
+def _choose_and_store(spec: Conv2dSpec, epilogue: Epilogue, results: dict[str, CandidateResult], work_dir: Path,
+                      schedules_dir: Path, target: Target) -> AlgorithmChoice | None:
+    """The fastest verified candidate, stored with every candidate's best record (``None``: none has one)."""
+    times = {name: r.median_ms for name, r in results.items()}
+    if not any(t is not None for t in times.values()):
+        logger.warning("%s: no candidate has a verified, measured schedule; nothing stored", spec.key())
+        return None
+    choice = choose_by_times(times)
+    _store_best(schedules_dir, spec, epilogue, results, db_dir=work_dir, target=target)
+    save_choices(schedules_dir, {spec.key(): choice})
+    return choice
 
 
 def _seed_default(db, mod: tvm.IRModule, func: tirx.PrimFunc, target: Target, builder, runner,
