@@ -147,7 +147,7 @@ def test_tune_model_tunes_each_workload_once(tiny, tmp_path, monkeypatch):
     reported speedup is direct / chosen candidate."""
     import tvm_winograd.tune.tuner as tuner
     from tvm_winograd.tune.model import model_workloads, tune_model
-    from tvm_winograd.tune.tuner import CandidateResult, LayerTuneResult
+    from tvm_winograd.tune.results import CandidateResult, LayerTuneResult
 
     calls = []
 
