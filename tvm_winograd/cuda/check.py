@@ -45,7 +45,11 @@ from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
 from ..compute import Epilogue, WinogradConfig, winograd_func
-from ..schedule import cuda as cuda_schedule
+from ..schedule.cuda import schedule_cuda_default, space_generator
+from ..schedule.cuda.context import apply_postproc, light_tune_context, postprocs_for
+from ..schedule.cuda.simt import BGEMM_SPACES
+from ..schedule.cuda.tensorcore import (TENSORCORE_PIPELINED_SPACE, TENSORCORE_SPACE, TENSORCORE_SPACES,
+                                        is_tensorcore_schedule)
 from ..targets import is_cuda, resolve_target
 from ..workload import Conv2dSpec, choose_algorithm, check_winograd
 from .build import SourceOnlyModuleError, build_cuda, target_sm
@@ -149,7 +153,7 @@ def passed(rows: Iterable[LayerCheck]) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 #: Order of the rows of one layer.
-_SPACE_ORDER = ("shared", "direct") + cuda_schedule.TENSORCORE_SPACES
+_SPACE_ORDER = BGEMM_SPACES + TENSORCORE_SPACES
 
 #: Instructions that only tensor cores execute, as nvcc sees them in TVM's CUDA source.
 TENSOR_CORE_MARKERS = ("wmma::mma_sync", "mma.sync")
@@ -159,7 +163,7 @@ def _space_name(sch) -> str:
     annotations = [str(inst.attrs) for inst in sch.trace.insts if inst.kind.name == "Annotate"]
     if any("meta_schedule.auto_tensorize" in a for a in annotations):
         pipelined = any("software_pipeline_stage" in a for a in annotations)
-        return cuda_schedule.TENSORCORE_PIPELINED_SPACE if pipelined else cuda_schedule.TENSORCORE_SPACE
+        return TENSORCORE_PIPELINED_SPACE if pipelined else TENSORCORE_SPACE
     return "shared" if any("meta_schedule.cooperative_fetch" in a for a in annotations) else "direct"
 
 
@@ -168,7 +172,7 @@ def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tv
     ``target``, named by their bgemm space (``shared`` / ``direct`` / ``tensorcore`` / ``tensorcore_pipelined``;
     the last two for fp16 packs on sm_75+ only, see :func:`tvm_winograd.schedule.cuda.bgemm_spaces`)."""
     mod = tvm.IRModule({"main": func})
-    ctx = cuda_schedule.light_tune_context(mod, target, cuda_schedule.space_generator())
+    ctx = light_tune_context(mod, target, space_generator())
     with target:  # the custom rules read the arch from the current target
         spaces = ctx.space_generator.generate_design_space(mod)
     named = sorted(((_space_name(s), s) for s in spaces), key=lambda t: _SPACE_ORDER.index(t[0]))
@@ -177,15 +181,15 @@ def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tv
 
 def apply_postprocs_keep_pre_tensorize(sch: tvm.s_tir.Schedule, target: Target, postprocs
                                        ) -> tuple[str | None, tvm.s_tir.Schedule | None]:
-    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.apply_postprocs` (a postprocessor
+    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.context.apply_postprocs` (a postprocessor
     that raises rejects, as in MetaSchedule's search); also return a
     copy of the schedule taken just before ``RewriteTensorize`` when that postprocessor has blocks to
     tensorize (the CPU-runnable form of a tensorcore candidate; None otherwise)."""
     snapshot = None
     for p in postprocs:
-        if type(p).__name__ == "RewriteTensorize" and cuda_schedule.is_tensorcore_schedule(sch):
+        if type(p).__name__ == "RewriteTensorize" and is_tensorcore_schedule(sch):
             snapshot = sch.copy()
-        if not cuda_schedule.apply_postproc(p, sch):
+        if not apply_postproc(p, sch):
             return type(p).__name__, None
     return None, snapshot
 
@@ -388,7 +392,7 @@ def _default_row(func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec, conf
     """The row of :func:`~tvm_winograd.schedule.cuda.schedule_cuda_default` (space ``"default"``)."""
     start = time.perf_counter()
     row = LayerCheck(spec.key(), config.m, "default", str(target.attrs["arch"]), requested=1)
-    sch = tvm.s_tir.Schedule(cuda_schedule.schedule_cuda_default(func, target))
+    sch = tvm.s_tir.Schedule(schedule_cuda_default(func, target))
     row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, None, numerics,
                                            verify_gpu(sch, target)))
     row.seconds = time.perf_counter() - start
@@ -416,8 +420,8 @@ def _space_row(name: str, space: tvm.s_tir.Schedule, func: tvm.tirx.PrimFunc, ta
     start = time.perf_counter()
     mod = tvm.IRModule({"main": func})
     row = LayerCheck(spec.key(), config.m, name, str(target.attrs["arch"]), requested=samples)
-    postprocs = cuda_schedule.postprocs_for(target, mod)
-    tensor_core = name in cuda_schedule.TENSORCORE_SPACES
+    postprocs = postprocs_for(target, mod)
+    tensor_core = name in TENSORCORE_SPACES
     for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
         if len(row.candidates) >= samples:
             break

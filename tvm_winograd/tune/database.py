@@ -361,7 +361,7 @@ def open_database(work_dir: str | os.PathLike, module_equality: str = "structura
     if not isinstance(module_equality, str) or not module_equality:
         raise ValueError(f"module_equality must be a non-empty string, got {module_equality!r}")
     # CUDA tensor-core records name our wmma intrinsics: they must be registered before any trace parses.
-    from ..schedule.cuda import ensure_tensor_intrinsics_for_database
+    from ..schedule.cuda.intrin import ensure_tensor_intrinsics_for_database
 
     ensure_tensor_intrinsics_for_database(work_dir)
     return CrashSafeDatabase(work_dir, module_equality, readonly=readonly, wait=wait, lock_timeout=lock_timeout)
