@@ -13,8 +13,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_winograd.contract import is_scheduled, kind_of
-from tvm_winograd.export import compile_model, our_prim_funcs, prepare_model, run
+from tvm_winograd.contract import is_scheduled, kind_of, our_prim_funcs
+from tvm_winograd.export import compile_model, prepare_model, run
 from tvm_winograd.frontend import load_model
 from tvm_winograd.models import Net, to_onnx
 from tvm_winograd.reference import conv2d_direct
