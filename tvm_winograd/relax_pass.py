@@ -53,6 +53,7 @@ __all__ = [
     "LayerReport",
     "ConvWorkload",
     "conv_workloads",
+    "model_workloads",
     "rewrite_winograd",
     "winograd_pass",
     "format_report",
@@ -477,6 +478,18 @@ def conv_workloads(
         plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
         planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
     return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
+
+
+def model_workloads(mod: tvm.IRModule, target: object = "llvm",
+                    layout: str = "auto") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
+    """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``,
+    in the conv layout compilation uses (``layout``: see :func:`convert_conv_layout`): what
+    :func:`tvm_winograd.tune.model.tune_model` tunes."""
+    found: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
+    for work in conv_workloads(convert_conv_layout(mod, target, layout), target, algo="winograd"):
+        entry = found.setdefault((work.spec, work.epilogue), (work.spec, work.epilogue, []))
+        entry[2].append(work.report.name)
+    return list(found.values())
 
 
 def rewrite_winograd(

@@ -35,7 +35,6 @@ sizing -- those need a GPU.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -59,7 +58,7 @@ from .verify import check_numerics, occupancy, verify_gpu
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
-           "format_checks", "specs_from_model", "cuda_check_command", "apply_postprocs_keep_pre_tensorize",
+           "format_checks", "winograd_layers", "apply_postprocs_keep_pre_tensorize",
            "TENSOR_CORE_MARKERS"]
 
 #: Draw at most this many samples per requested one before giving up on a space.
@@ -260,51 +259,28 @@ def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, 
 # Inputs
 # --------------------------------------------------------------------------------------------------
 
-_KEY = re.compile(r"n(\d+)_c(\d+)_h(\d+)_w(\d+)_k(\d+)_r(\d+)x(\d+)_p(\d+)\.(\d+)\.(\d+)\.(\d+)_(nchw|nhwc)_(\w+?)(?:_o(\w+))?$")
-
-
-def _spec_from_key(key: str) -> Conv2dSpec | None:
-    """Inverse of :meth:`Conv2dSpec.key` for stride-1, dilation-1, groups-1 convolutions."""
-    mt = _KEY.match(key)
-    if mt is None:
-        return None
-    n, c, h, w, k, kh, kw, pt, pl, pb, pr = (int(v) for v in mt.groups()[:11])
-    layout, dtype, out_dtype = mt.group(12).upper(), mt.group(13), mt.group(14) or mt.group(13)
-    return Conv2dSpec(n, c, h, w, k, (kh, kw), (pt, pl, pb, pr), (1, 1), (1, 1), 1, layout, dtype, out_dtype)
-
-
-def specs_from_model(model: object, target: Target) -> list[tuple[Conv2dSpec, int, Epilogue]]:
-    """``(spec, m, epilogue)`` for each distinct Winograd layer of a model (name, file or IRModule), as the
-    Relax pass decides them for ``target``."""
-    from ..frontend import load_model
-    from ..relax_pass import rewrite_winograd
-
-    mod, _ = load_model(model)
-    _, reports = rewrite_winograd(mod, target)
+def winograd_layers(workloads: Iterable) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    """``(spec, m, epilogue)`` of each distinct Winograd layer (the first of each spec) among a model's
+    workloads as :func:`tvm_winograd.relax_pass.conv_workloads` returns them (each with ``spec``,
+    ``epilogue`` and ``report.algorithm`` / ``report.m``): the specs come from the pass itself, with their
+    stride, dilation and groups."""
     out, seen = [], set()
-    for rep in reports:
-        if rep.algorithm != "winograd" or rep.key is None or rep.key in seen:
+    for work in workloads:
+        if work.report.algorithm != "winograd" or work.spec.key() in seen:
             continue
-        spec = _spec_from_key(rep.key)
-        if spec is None:
-            logger.warning("cannot parse layer key %r: skipped", rep.key)
-            continue
-        seen.add(rep.key)
-        tag = rep.epilogue or "none"
-        out.append((spec, int(rep.m), Epilogue(bias="b" in tag, residual="a" in tag, relu="r" in tag)))
+        seen.add(work.spec.key())
+        out.append((work.spec, int(work.report.m), work.epilogue))
     return out
 
 
-def _layers(model_or_spec: object, target: Target, m: int | None,
-            epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
-    if isinstance(model_or_spec, Conv2dSpec):
-        items: Sequence = [model_or_spec]
-    elif isinstance(model_or_spec, (list, tuple)) and all(isinstance(s, Conv2dSpec) for s in model_or_spec):
-        items = list(model_or_spec)
-    else:
-        return specs_from_model(model_or_spec, target)
+def _layers(layers: object, m: int | None, epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    items = [layers] if isinstance(layers, Conv2dSpec) else list(layers)
     if not items:
         raise ValueError("cuda_check needs at least one layer")
+    if not any(isinstance(s, Conv2dSpec) for s in items):
+        return winograd_layers(items)
+    if not all(isinstance(s, Conv2dSpec) for s in items):
+        raise TypeError("cuda_check takes Conv2dSpecs or a model's ConvWorkloads, not a mixture")
     out = []
     for spec in items:
         if m is None:
@@ -322,16 +298,17 @@ def _layers(model_or_spec: object, target: Target, m: int | None,
 # The check
 # --------------------------------------------------------------------------------------------------
 
-def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
+def cuda_check(layers: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
                m: int | None = None, epilogue: Epilogue | None = None, numerics: bool = True,
                include_default: bool = True, spaces: Sequence[str] | None = None) -> list[LayerCheck]:
     """Check the CUDA design spaces of every Winograd layer without a GPU.
 
     Parameters
     ----------
-    model_or_spec
-        A :class:`~tvm_winograd.workload.Conv2dSpec`, a list of them, or a model (built-in name, ``.onnx``
-        / ``.pt2`` path or Relax IRModule: its Winograd layers as the Relax pass chooses them).
+    layers
+        A :class:`~tvm_winograd.workload.Conv2dSpec`, a list of them, or a model's workloads from
+        :func:`tvm_winograd.relax_pass.conv_workloads` (its Winograd layers as the Relax pass chooses them,
+        :func:`winograd_layers`; the caller runs the pass: this module sits below it).
     target
         A CUDA target (``"sm_80"``, ``"sm_90"``, a tag, ...).
     samples
@@ -357,7 +334,7 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
     """
     tgt = _checked_target(target, samples, seed)
     rows: list[LayerCheck] = []
-    for li, (spec, tile, ep) in enumerate(_layers(model_or_spec, tgt, m, epilogue)):
+    for li, (spec, tile, ep) in enumerate(_layers(layers, m, epilogue)):
         config = WinogradConfig(m=tile)
         func = winograd_func(spec, config, ep)
         if include_default:
@@ -462,22 +439,3 @@ def format_checks(rows: Sequence[LayerCheck]) -> str:
     lines.append("")
     lines.append(f"overall: {'PASS' if passed(rows) else 'FAIL'} ({sum(r.passed for r in rows)}/{len(rows)} rows)")
     return "\n".join(lines)
-
-
-def cuda_check_command(args, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
-    """``tvm-winograd cuda-check MODEL --target T [--samples N] [--seed S] [--json]``: 0 iff every row passed.
-
-    ``args`` needs ``model``, ``target``, ``samples``, ``seed`` and optionally ``json``; ``input_shapes``
-    are the fixed input shapes the CLI parsed from ``--input-shape`` (``None``: the model's own).
-    """
-    import json
-
-    from ..frontend import load_model
-
-    mod, _ = load_model(args.model, input_shapes)
-    rows = cuda_check(mod, args.target, samples=args.samples, seed=args.seed)
-    if getattr(args, "json", False):
-        print(json.dumps({"passed": passed(rows), "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
-    else:
-        print(format_checks(rows))
-    return 0 if passed(rows) else 1
