@@ -52,14 +52,14 @@ from ..targets import resolve_target
 from ..workload import Conv2dSpec
 from .candidates import candidate_func, choose_by_times, layer_candidates, parse_candidate
 from .choices import AlgorithmChoice, save_choices
-from .database import open_database, skip_measured
+from .database import open_database
 from .display import Display, format_results
 from .measure import make_builder, make_runner
 from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
 from .records import as_module, record_count, store_best
 from .results import CandidateResult, LayerTuneResult
-from .search import SearchProgress, make_strategy, space_for, trials_to_90
+from .search import SearchProgress, make_strategy, skip_measured, space_for, trials_to_90
 from .state import load_state, save_state, state_key
 from .verification import pick_verified
 
