@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..workload import Conv2dSpec
 from .results import CandidateResult, LayerTuneResult
@@ -14,7 +14,13 @@ class Display:
     """A rich progress bar per candidate: trials done of the budget and the best time so far."""
 
     def __init__(self, spec: Conv2dSpec, names: list[str], trials: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.trials = trials
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import tvm
 import tvm_ffi

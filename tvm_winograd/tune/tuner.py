@@ -37,9 +37,9 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import tvm
 from tvm import tirx
@@ -50,7 +50,12 @@ from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU ru
 from ..compute import Epilogue
 from ..targets import resolve_target
 from ..workload import Conv2dSpec
-from .candidates import candidate_func, choose_by_times, layer_candidates, parse_candidate
+from .candidates import (
+    candidate_func,
+    choose_by_times,
+    layer_candidates,
+    parse_candidate,
+)
 from .choices import AlgorithmChoice, save_choices
 from .database import open_database
 from .display import Display, format_results
@@ -59,7 +64,13 @@ from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
 from .records import as_module, record_count, store_best
 from .results import CandidateResult, LayerTuneResult
-from .search import SearchProgress, make_strategy, skip_measured, space_for, trials_to_90
+from .search import (
+    SearchProgress,
+    make_strategy,
+    skip_measured,
+    space_for,
+    trials_to_90,
+)
 from .state import load_state, save_state, state_key
 from .verification import pick_verified
 

@@ -62,7 +62,7 @@ picks the bgemm spaces and holds the fixed default schedule.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import tvm
 import tvm_ffi
@@ -70,15 +70,35 @@ from tvm import s_tir, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from ...contract import BGEMM, DATA_PACK, DATA_PACK_ACC, INVERSE, KERNEL_PACK, KERNEL_PACK_ACC, OUTPUT, SCHEDULE_RULES, kind_of
+from ...contract import (
+    BGEMM,
+    DATA_PACK,
+    DATA_PACK_ACC,
+    INVERSE,
+    KERNEL_PACK,
+    KERNEL_PACK_ACC,
+    OUTPUT,
+    SCHEDULE_RULES,
+    kind_of,
+)
 from ..common import root_blocks
 from .context import apply_postprocs
 from .intrin import ensure_tensor_intrinsics
 from .knobs import bgemm_operand_dtypes, block_name
-from .simt import (BGEMM_SPACES, schedule_bgemm_simt, schedule_data_pack, schedule_inverse, schedule_kernel_pack,
-                   schedule_output)
-from .tensorcore import (TENSORCORE_PIPELINED_SPACE, TENSORCORE_SPACES, schedule_bgemm_tensorcore,
-                         tensorcore_ineligibility)
+from .simt import (
+    BGEMM_SPACES,
+    schedule_bgemm_simt,
+    schedule_data_pack,
+    schedule_inverse,
+    schedule_kernel_pack,
+    schedule_output,
+)
+from .tensorcore import (
+    TENSORCORE_PIPELINED_SPACE,
+    TENSORCORE_SPACES,
+    schedule_bgemm_tensorcore,
+    tensorcore_ineligibility,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ by the SIMT and tensor-core CUDA spaces."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tvm import s_tir, tirx
 

@@ -5,9 +5,29 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from ...contract import DATA_PACK, DATA_PACK_ACC, DATA_PAD, INPUT_TILE, KERNEL_PACK, KERNEL_PACK_ACC, M_ATTR, MATRIX_A, MATRIX_B, MATRIX_G
-from .knobs import (bind_threads, block_name, cast_consumer, categorical, inline_producers, sch_attr, sch_layout,
-                    thread_tag, tile2)
+from ...contract import (
+    DATA_PACK,
+    DATA_PACK_ACC,
+    DATA_PAD,
+    INPUT_TILE,
+    KERNEL_PACK,
+    KERNEL_PACK_ACC,
+    M_ATTR,
+    MATRIX_A,
+    MATRIX_B,
+    MATRIX_G,
+)
+from .knobs import (
+    bind_threads,
+    block_name,
+    cast_consumer,
+    categorical,
+    inline_producers,
+    sch_attr,
+    sch_layout,
+    thread_tag,
+    tile2,
+)
 
 __all__ = ["BGEMM_SPACES", "THREAD_CHOICES", "schedule_output", "schedule_inverse", "schedule_bgemm_simt",
            "schedule_data_pack", "schedule_kernel_pack"]

@@ -4,7 +4,7 @@ TVM's wmma intrinsics through MetaSchedule's ``MultiLevelTilingTensorCore`` (see
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import tvm
 from tvm import s_tir
