@@ -238,8 +238,10 @@ def test_tensorcore_space_only_for_fp16_on_tensor_core_archs():
     from tvm.target import Target
 
     from tvm_winograd.cuda.check import design_spaces
-    from tvm_winograd.schedule.cuda import (BGEMM_SPACES, INTRIN_PREFIX, TENSORCORE_SPACES, bgemm_spaces,
-                                            ensure_tensor_intrinsics, tensorcore_ineligibility)
+    from tvm_winograd.schedule.cuda import bgemm_spaces
+    from tvm_winograd.schedule.cuda.intrin import INTRIN_PREFIX, ensure_tensor_intrinsics
+    from tvm_winograd.schedule.cuda.simt import BGEMM_SPACES
+    from tvm_winograd.schedule.cuda.tensorcore import TENSORCORE_SPACES, tensorcore_ineligibility
 
     sm80, sm90 = resolve_target("sm_80"), resolve_target("sm_90")
     assert TENSORCORE_SPACES == ("tensorcore", "tensorcore_pipelined")
@@ -305,7 +307,8 @@ def test_tensorcore_candidate_is_fully_tensorized_and_its_cpu_check_can_fail(run
     from tvm_winograd.cuda.build import build_cuda
     from tvm_winograd.cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
     from tvm_winograd.cuda.verify import check_numerics
-    from tvm_winograd.schedule.cuda import ensure_tensor_intrinsics_for_database, postprocs_for
+    from tvm_winograd.schedule.cuda.context import postprocs_for
+    from tvm_winograd.schedule.cuda.intrin import ensure_tensor_intrinsics_for_database
 
     spec = make_spec((1, 16, 6, 6), (16, 16, 3, 3), padding=1, dtype="float16")  # P = 9: padded to 16
     config = WinogradConfig(m=2)
@@ -357,7 +360,7 @@ def test_tensorcore_tiles_are_mutable_knobs():
     from tvm.s_tir import meta_schedule as ms
 
     from tvm_winograd.cuda.check import _decisions, design_spaces, sample_space
-    from tvm_winograd.schedule.cuda import apply_postprocs, light_tune_context, postprocs_for
+    from tvm_winograd.schedule.cuda.context import apply_postprocs, light_tune_context, postprocs_for
 
     spec = make_spec((1, 64, 14, 14), (64, 64, 3, 3), padding=1, dtype="float16")
     target = resolve_target("sm_80")

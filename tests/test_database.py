@@ -303,7 +303,7 @@ def test_skip_measured_never_exceeds_the_budget(tmp_path, target):
     of 1 was a schedule already in the database, dropped whole; asked again, the evolutionary search,
     whose batch end had moved to the budget, returned a full batch of 4.  The wrapper now keeps the budget
     itself (fails without: 11 trials)."""
-    from tvm_winograd.tune.database import _SkipMeasuredSearch
+    from tvm_winograd.tune.search import _SkipMeasuredSearch
 
     mod = _module()
     args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
@@ -349,7 +349,8 @@ import sys, tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm_winograd import compute
 from tvm_winograd.targets import resolve_target
-from tvm_winograd.tune.database import open_database, measured_count, skip_measured
+from tvm_winograd.tune.database import open_database, measured_count
+from tvm_winograd.tune.search import skip_measured
 from tvm_winograd.tune.measure import make_builder, make_runner
 from tvm_winograd.workload import make_spec
 

@@ -25,9 +25,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_winograd.export import (compile_model, export_library, load_and_run, load_vm, our_prim_funcs, prepare_model,
-                                 run)
-from tvm_winograd.contract import kind_of
+from tvm_winograd.contract import kind_of, our_prim_funcs
+from tvm_winograd.export import compile_model, export_library, load_and_run, load_vm, prepare_model, run
 from tvm_winograd.frontend import load_model
 from tvm_winograd.relax_pass import LayerReport
 from tvm_winograd.transforms import winograd_matrices
@@ -344,7 +343,7 @@ def test_cuda_build_of_a_model_carries_a_cubin(tmp_path):
 def _compile_forced(mod, layout: str, sdir):
     """tiny_mixed with every eligible layer forced to Winograd: the built Executable, the report and
     the Winograd PrimFuncs the pass emitted (after the default schedules), by report order."""
-    from tvm_winograd.export import build_pipeline
+    from tvm_winograd.pipeline import build_pipeline
     from tvm_winograd.targets import resolve_target
 
     tgt = resolve_target("llvm")

@@ -13,8 +13,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_winograd.contract import is_scheduled, kind_of
-from tvm_winograd.export import compile_model, our_prim_funcs, prepare_model, run
+from tvm_winograd.contract import is_scheduled, kind_of, our_prim_funcs
+from tvm_winograd.export import compile_model, prepare_model, run
 from tvm_winograd.frontend import load_model
 from tvm_winograd.models import Net, to_onnx
 from tvm_winograd.reference import conv2d_direct
@@ -122,7 +122,7 @@ def test_measured_choices_win_over_the_heuristic(tiny, tmp_path):
 def test_conv_workloads_are_the_rewritten_layers(tiny, no_schedules):
     """conv_workloads lists what rewrite_winograd lowers (same specs, epilogues, reports); the tuner's
     model_workloads groups the Winograd-eligible ones by (spec, epilogue)."""
-    from tvm_winograd.tune.model import model_workloads
+    from tvm_winograd.relax_pass import model_workloads
 
     mod, _ = tiny
     for algo, ineligible in (("winograd", "relax"), ("auto", "tir")):
@@ -146,8 +146,9 @@ def test_tune_model_tunes_each_workload_once(tiny, tmp_path, monkeypatch):
     """tune_model with an injected fake per-layer tuner: one call per distinct (spec, epilogue), and the
     reported speedup is direct / chosen candidate."""
     import tvm_winograd.tune.tuner as tuner
-    from tvm_winograd.tune.model import model_workloads, tune_model
-    from tvm_winograd.tune.tuner import CandidateResult, LayerTuneResult
+    from tvm_winograd.relax_pass import model_workloads
+    from tvm_winograd.tune.model import tune_model
+    from tvm_winograd.tune.results import CandidateResult, LayerTuneResult
 
     calls = []
 
@@ -161,7 +162,8 @@ def test_tune_model_tunes_each_workload_once(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tuner, "tune_layer", fake_tune_layer)
     mod, _ = tiny
-    results = tune_model(mod, "llvm", trials=1, log_dir=tmp_path, schedules_dir=tmp_path, progress=False)
+    results = tune_model(model_workloads(mod), "llvm", trials=1, log_dir=tmp_path, schedules_dir=tmp_path,
+                         progress=False)
     assert calls == [(spec, epi) for spec, epi, _ in model_workloads(mod)]
     assert len(results) == len(calls) == 4
     for r in results:
@@ -295,3 +297,24 @@ def test_module_pass_form(tiny, no_schedules):
     direct, expected = rewrite_winograd(mod, "llvm", no_schedules, algo="winograd")
     assert reports == expected
     tvm.ir.assert_structural_equal(new, direct)
+
+
+def test_cuda_check_layers_are_the_pass_workloads(tiny, no_schedules):
+    """cuda-check's layers come from conv_workloads (the pass's own specs, passed in by the caller), not
+    from a layer key parsed back: each distinct Winograd layer once, with the planned tile and epilogue."""
+    from tvm_winograd.cuda.check import _layers, winograd_layers
+
+    mod, _ = tiny
+    works = conv_workloads(mod, "sm_80", no_schedules, algo="winograd")
+    expected: dict = {}
+    for work in works:
+        if work.report.algorithm == "winograd":
+            expected.setdefault(work.spec.key(), (work.spec, work.report.m, work.epilogue))
+    layers = winograd_layers(works)
+    assert layers and layers == list(expected.values())
+    assert _layers(works, None, None) == layers
+    assert all(any(spec is w.spec for w in works) for spec, _, _ in layers)  # the pass's objects, not re-parsed
+    with pytest.raises(TypeError, match="mixture"):
+        _layers([layers[0][0], works[0]], None, None)
+    with pytest.raises(ValueError, match="at least one layer"):
+        _layers([], None, None)

@@ -3,7 +3,7 @@
 Each case applies the registered MetaSchedule rules ``s_tir.meta_schedule.cpu.winograd_*`` the way
 MetaSchedule's ``ApplyCustomRule`` does (blocks visited from the last one), on a schedule seeded
 differently per case, so the sampled knobs (tile factors, vector lengths) differ; the result is built for
-llvm and judged against the float64 reference (:func:`tvm_winograd.tune.tuner.verify_func`: the worst-case
+llvm and judged against the float64 reference (:func:`tvm_winograd.tune.verification.verify_func`: the worst-case
 bound and the random-rounding model of :func:`tvm_winograd.accuracy.assess`).
 """
 
@@ -20,7 +20,7 @@ from tvm_winograd.compute import (Epilogue, WinogradConfig, block_kernel_pack, k
 from tvm_winograd.reference import winograd_weight_transform
 from tvm_winograd.schedule import cpu
 from tvm_winograd.targets import resolve_target
-from tvm_winograd.tune.tuner import verify_func
+from tvm_winograd.tune.verification import verify_func
 from tvm_winograd.workload import make_spec
 
 TARGET = resolve_target("llvm")

@@ -25,7 +25,7 @@ import tvm_ffi
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
-from tvm_winograd.export import build_pipeline
+from tvm_winograd.pipeline import build_pipeline
 from tvm_winograd.schedule.llvm import ApplyLlvmRules, default_rules
 from tvm_winograd.schedule.llvm.fastmath import MAX_ULP, approximate_math
 from tvm_winograd.schedule.llvm.base import vector_lanes

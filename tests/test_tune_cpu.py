@@ -18,8 +18,11 @@ from tvm_winograd.compute import Epilogue
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.tune.choices import AlgorithmChoice, load_choices
 from tvm_winograd.tune.database import open_database
-from tvm_winograd.tune.tuner import (apply_best, candidate_func, choose_by_times, format_results,
-                                     layer_candidates, tune_layer, verify_func)
+from tvm_winograd.tune.candidates import candidate_func, choose_by_times, layer_candidates
+from tvm_winograd.tune.display import format_results
+from tvm_winograd.tune.records import apply_best
+from tvm_winograd.tune.tuner import tune_layer
+from tvm_winograd.tune.verification import verify_func
 from tvm_winograd.workload import make_spec
 
 TARGET = resolve_target("llvm")
@@ -187,9 +190,9 @@ def test_trials_to_90_counts_the_seeded_default():
     within 90 % of it (measured: conv2_2 F(4,3), seed 7.14 ms, the search's best 7.7 ms at its 22nd)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_winograd.tune.tuner import _Progress, _trials_to_90
+    from tvm_winograd.tune.search import SearchProgress, trials_to_90
 
-    progress = _Progress(seed_ms=7.0)
+    progress = SearchProgress(seed_ms=7.0)
     runs = [ms.runner.RunnerResult(run_secs=None, error_msg="failed") if s is None else
             ms.runner.RunnerResult(run_secs=[tvm.tirx.FloatImm("float64", s)], error_msg=None)
             for s in (0.0143, 0.0619, None, 0.0077)]
@@ -197,10 +200,10 @@ def test_trials_to_90_counts_the_seeded_default():
     progress.apply(scheduler, 0, [], [], runs)
     assert progress.trials == 4
     assert progress.history_ms == [7.0, 7.0, 7.0, 7.0, 7.0]
-    assert _trials_to_90(progress.history_ms) == 1
-    unseeded = _Progress()
+    assert trials_to_90(progress.history_ms) == 1
+    unseeded = SearchProgress()
     unseeded.apply(scheduler, 0, [], [], runs)
-    assert unseeded.history_ms[0] == pytest.approx(14.3) and _trials_to_90(unseeded.history_ms) == 4
+    assert unseeded.history_ms[0] == pytest.approx(14.3) and trials_to_90(unseeded.history_ms) == 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,9 +319,41 @@ def test_corrupt_search_state_is_skipped_and_nothing_is_measured_again(tmp_path,
     with caplog.at_level("WARNING", logger="tvm_winograd.tune.tuner"):
         again = tune_layer(spec, TARGET, trials=2, runner=runner, **kwargs)
     assert str(state) in caplog.text and "unreadable" in caplog.text
-    assert (tmp_path / "logs" / "search_state.json.corrupt").read_text() == text[: len(text) // 2]
+    # nothing was searched, so nothing was saved: the file stays as it was and no copy is made yet
+    assert state.read_text() == text[: len(text) // 2]
+    assert not list(state.parent.glob("search_state.json.corrupt*"))
     assert runner.calls == 0 and all(c.records == 2 for c in again.candidates.values())
     assert (again.choice.algorithm, again.choice.m) == (first.choice.algorithm, first.choice.m) == ("winograd", 2)
     more = FakeRunner({4: 1.0e-3}, 2.0e-3)
     tune_layer(spec, TARGET, trials=3, runner=more, **kwargs)
     assert more.calls == 1 and json.loads(state.read_text())  # one more; a valid state again
+    # the save that replaced the unreadable file kept it, once
+    assert [p.name for p in state.parent.glob("search_state.json.corrupt*")] == ["search_state.json.corrupt"]
+    assert (tmp_path / "logs" / "search_state.json.corrupt").read_text() == text[: len(text) // 2]
+
+
+def test_unusable_search_state_is_kept_once_when_replaced(tmp_path, caplog):
+    """Loading an unreadable search_state.json copies nothing; the save that replaces it keeps one
+    ``.corrupt`` copy, and meeting the same bytes again reuses that copy instead of adding ``.1``."""
+    from tvm_winograd.tune.jsonfile import keep_aside
+    from tvm_winograd.tune.state import load_state, save_state
+
+    path = tmp_path / "search_state.json"
+    path.write_text('{"a": 4, "b": ')
+    for _ in range(3):  # three loads of the corrupt file: no copy
+        with caplog.at_level("WARNING", logger="tvm_winograd.tune.tuner"):
+            assert load_state(tmp_path) == ({}, True)
+        assert "unreadable" in caplog.text and not list(tmp_path.glob("*.corrupt*"))
+    for _ in range(3):  # the same corrupt bytes replaced three times: one copy
+        path.write_text('{"a": 4, "b": ')
+        _, unusable = load_state(tmp_path)
+        save_state(tmp_path, {"c": 2}, keep_original=unusable)
+        assert json.loads(path.read_text()) == {"c": 2}
+    assert [p.name for p in tmp_path.glob("*.corrupt*")] == ["search_state.json.corrupt"]
+    path.write_text(json.dumps({"ok": 3, "bad": -1}))  # a bad entry: unusable too, the good one kept
+    assert load_state(tmp_path) == ({"ok": 3}, True)
+    assert keep_aside(path).name == "search_state.json.corrupt.1"  # different bytes: a second copy
+    assert keep_aside(path).name == "search_state.json.corrupt.1"
+    assert load_state(tmp_path) == ({"ok": 3}, True)
+    path.write_text(json.dumps({"ok": 3}))
+    assert load_state(tmp_path) == ({"ok": 3}, False)

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import activations
-from .reference import conv2d_direct, conv2d_winograd_abs, winograd_stages
-from .transforms import exact_matrices
+from .reference import conv2d_direct, conv2d_winograd_abs, to_nchw, winograd_stages
+from .transforms import as_float_matrix, exact_matrices
 from .workload import Padding
 
 __all__ = [
@@ -138,7 +138,7 @@ def weight_transform_bound(w: np.ndarray, m: int, layout: str = "NCHW", *, acc_d
     w = np.asarray(w, dtype=np.float64)
     oihw = w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
     r = oihw.shape[2]
-    g = np.array([[float(v) for v in row] for row in exact_matrices(m, r, points).G])
+    g = as_float_matrix(exact_matrices(m, r, points).G)
     terms = np.einsum("ai,kcij,bj->abck", np.abs(g), np.abs(oihw), np.abs(g), optimize=True)
     exact = np.einsum("ai,kcij,bj->abck", g, oihw, g, optimize=True)
     n, u = r * r + 3, unit_roundoff(acc_dtype)
@@ -236,7 +236,7 @@ def _product_variance(exact: tuple, dtype: str) -> np.ndarray:
 def _transform_variance(exact: tuple, x: np.ndarray, dtype: str, separable: bool) -> np.ndarray:
     """Variance the rounding of ``Z = T X T^T`` (over the first two axes of ``x``) in ``dtype`` commits
     to each entry of ``Z``: partial sums (``D(nnz)``) and products by the constants of ``T``."""
-    t = np.array([[float(v) for v in row] for row in exact])
+    t = as_float_matrix(exact)
     t2 = t * t
     pi = _product_variance(exact, dtype)
     ru2 = RHO * unit_roundoff(dtype) ** 2
@@ -256,7 +256,7 @@ def _transform_variance(exact: tuple, x: np.ndarray, dtype: str, separable: bool
 
 def _rounded(mat: tuple, dtype: str) -> np.ndarray:
     """A transform matrix as the compute holds it: float64 from the exact value, then cast to ``dtype``."""
-    return np.array([[float(v) for v in row] for row in mat]).astype(dtype).astype(np.float64)
+    return as_float_matrix(mat, dtype).astype(np.float64)
 
 
 def _winograd_variances(x, w, m, padding, layout, prec: Precision, points):
@@ -267,8 +267,7 @@ def _winograd_variances(x, w, m, padding, layout, prec: Precision, points):
     r = w.shape[2] if layout == "NCHW" else w.shape[0]
     mats = exact_matrices(m, r, points)
     exact = winograd_stages(x, w, m=m, padding=padding, layout=layout, points=points)
-    g_used = _rounded(mats.G, acc) if prec.kernel_pack_computed else np.array(
-        [[float(v) for v in row] for row in mats.G])
+    g_used = _rounded(mats.G, acc) if prec.kernel_pack_computed else as_float_matrix(mats.G)
     st = winograd_stages(x, w, m=m, padding=padding, layout=layout, points=points,
                          matrices=(_rounded(mats.A_T, acc), g_used, _rounded(mats.B_T, acc)))
     u, v, mm = st.kernel_pack, st.data_pack, st.bgemm
@@ -303,14 +302,14 @@ def _winograd_variances(x, w, m, padding, layout, prec: Precision, points):
         return float(np.sum(var_v * vbar**2) + np.sum(var_u * ubar**2) + np.sum(var_m_own * mbar**2)
                      + np.sum(var_y_own * ybar**2))
 
-    xn, oihw = (x, w) if layout == "NCHW" else (x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1))
+    xn, oihw = to_nchw(x, w, layout)
     shift = st.to_output(st.inverse) - exact.to_output(exact.inverse)
     return conv2d_direct(xn, oihw, padding=padding), shift, st.to_output(var_y), gain_variance
 
 
 def _direct_variances(x, w, padding, layout, prec: Precision):
     """Direct convolution: one ``C r^2``-term sum per output (products exact when the inputs are narrow)."""
-    xn, wn = (x, w) if layout == "NCHW" else (x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1))
+    xn, wn = to_nchw(x, w, layout)
     terms = wn.shape[1] * wn.shape[2] * wn.shape[3]
     in_bits = _PRECISION_BITS.get(str(x.dtype), 53)
     products = 0.0 if 2 * in_bits <= _PRECISION_BITS[prec.acc_dtype] else 1.0

@@ -148,6 +148,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from .relax_pass import model_workloads
     from .tune.model import tune_model
     from .tune.paths import schedules_dir, tuning_logs_dir
 
@@ -155,9 +156,9 @@ def cmd_tune(args) -> int:
     target = _target(args.target)
     if args.trials < 1:
         raise UsageError(f"--trials {args.trials} must be at least 1")
-    results = tune_model(mod, target, trials=args.trials, log_dir=args.log_dir, schedules_dir=args.schedules,
-                         rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key, progress=not args.json,
-                         layout=args.layout)
+    results = tune_model(model_workloads(mod, target, args.layout), target, trials=args.trials,
+                         log_dir=args.log_dir, schedules_dir=args.schedules, rpc_tracker=args.rpc_tracker,
+                         rpc_key=args.rpc_key, progress=not args.json)
     if args.json:
         _emit_json(results)
         return 0
@@ -302,9 +303,18 @@ def cmd_accuracy(args) -> int:
 
 
 def cmd_cuda_check(args) -> int:
-    from .cuda.check import cuda_check_command
+    """0 iff every row passed; the layers are the model's Winograd layers as the Relax pass chooses them."""
+    from .cuda.check import cuda_check, format_checks, passed
+    from .relax_pass import conv_workloads
 
-    return cuda_check_command(args, _parse_input_shapes(args.input_shape))
+    mod, _info = _load(args)
+    workloads = conv_workloads(mod, args.target)
+    rows = cuda_check(workloads, args.target, samples=args.samples, seed=args.seed) if workloads else []
+    if args.json:
+        _emit_json({"passed": passed(rows), "rows": [r.as_dict() for r in rows]})
+    else:
+        print(format_checks(rows))
+    return 0 if passed(rows) else 1
 
 
 # --------------------------------------------------------------------------------------------------

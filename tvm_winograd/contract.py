@@ -29,7 +29,7 @@ __all__ = [
     "DATA_PAD", "INPUT_TILE", "DATA_PACK_ROWS", "DATA_PACK", "DATA_PACK_ACC", "KERNEL_PACK", "KERNEL_PACK_ACC",
     "BGEMM", "INVERSE_ROWS", "INVERSE", "OUTPUT", "DIRECT_EPILOGUE", "MATRIX_A", "MATRIX_G", "MATRIX_B",
     "CONSTANT_MATRICES", "STAGES", "rule_attrs",
-    "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "is_scheduled",
+    "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "our_prim_funcs", "is_scheduled",
     "mark_scheduled", "SCHEDULED_BY_ATTR", "UNSCHEDULED", "RULE_ERRORS_ATTR", "scheduled_by",
     "DEFAULT_SCHEDULE_ATTR", "FALLBACK_REASON_ATTR",
 ]
@@ -140,6 +140,11 @@ def tile_of(func: tirx.PrimFunc) -> int | None:
 def is_ours(func: object) -> bool:
     """Whether ``func`` is a PrimFunc made by tvm_winograd."""
     return isinstance(func, tirx.PrimFunc) and kind_of(func) is not None
+
+
+def our_prim_funcs(mod: Any) -> dict[str, tirx.PrimFunc]:
+    """``{name: PrimFunc}`` of the PrimFuncs of an IRModule made by tvm_winograd (they carry :data:`KIND_ATTR`)."""
+    return {gv.name_hint: func for gv, func in mod.functions.items() if is_ours(func)}
 
 
 def is_scheduled(func: tirx.PrimFunc) -> bool:

@@ -10,7 +10,7 @@
 4. a default schedule for every still-unscheduled PrimFunc of ours: ``schedule_llvm_default`` for
    Winograd on llvm, ``schedule_direct_llvm`` (register-tiled, weights packed) for our direct
    PrimFunc on llvm, whose weight packing ``hoist_weight_packing`` then folds at compile time, and
-   ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA (else TVM's dlight defaults);
+   ``tvm_winograd.schedule.cuda.schedule_cuda_default`` on CUDA;
 5. :func:`build_pipeline` and ``tvm.compile`` (CUDA: under ``with target:`` with nvcc as the
    compiler, see DESIGN section 3): on llvm TVM's CPU pipeline with our default-schedule rules
    (:mod:`tvm_winograd.schedule.llvm`) after legalization and fusion, on CUDA TVM's default.  A
@@ -22,45 +22,44 @@ and, per PrimFunc, what scheduled it (``unscheduled`` ones are also logged as a 
 
 ``export_library`` appends the integrity trailer of :mod:`tvm_winograd.runtime` (format version,
 versions, target, ``main``'s inputs).  Loading and running live in :mod:`tvm_winograd.runtime`
-(runtime only); ``load_vm``, ``load_and_run`` and ``run`` are re-exported here.
+(runtime only); ``load_vm``, ``load_and_run`` and ``run`` are re-exported here (the documented API).
+
+Steps 3-4 live in :mod:`tvm_winograd.module_schedules`, step 5's pipeline and build environment in
+:mod:`tvm_winograd.pipeline`; this module strings them together, reports and writes the library.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import os
-import re
 from pathlib import Path
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax
 
 from . import __version__
 from .compile_report import CompileReport, FunctionReport
+from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, kind_of, our_prim_funcs
 from .frontend import model_signature
-from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, is_ours, is_scheduled, kind_of, mark_scheduled
+from .module_schedules import apply_database, default_schedules
+from .pipeline import build_pipeline, cuda_build_env, describe_compile_failure
 from .relax_layout import count_layout_transforms, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
-from .schedule.default import default_schedule_path, schedule_llvm_default
 from .relax_channels import pad_output_channels
-from .schedule.direct import hoist_weight_packing, schedule_direct_llvm
-from .schedule.llvm import ApplyLlvmRules, schedule_table
-from .schedule.llvm.fastmath import approximate_math
+from .schedule.default import default_schedule_path
+from .schedule.direct import hoist_weight_packing
 from .targets import is_cuda, resolve_target
 from .tune.paths import schedules_dir as schedules_dir_for
 
 __all__ = [
     "CompileError",
     "compile_model",
+    "prepare_model",
     "export_library",
     "load_and_run",
     "load_vm",
     "run",
-    "our_prim_funcs",
-    "schedule_direct_llvm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,103 +70,6 @@ _METADATA_ATTR = "_tvm_winograd_metadata"
 
 class CompileError(NotImplementedError):
     """TVM could not build the model (e.g. an operator it has no lowering for); one line."""
-
-
-#: ``op_pattern`` kOpaque: FuseOps must not merge our (scheduled) PrimFuncs into others.
-_OPAQUE = 8
-
-
-def our_prim_funcs(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
-    """``{name: PrimFunc}`` of the PrimFuncs made by tvm_winograd (they carry ``tvm_winograd.kind``)."""
-    out = {}
-    for gv, func in mod.functions.items():
-        if is_ours(func):
-            out[gv.name_hint] = func
-    return out
-
-
-def _cuda_default():
-    """``tvm_winograd.schedule.cuda.schedule_cuda_default`` if that module exists (another work item)."""
-    try:
-        module = importlib.import_module("tvm_winograd.schedule.cuda")
-    except ImportError:
-        return None
-    return getattr(module, "schedule_cuda_default", None)
-
-
-def _default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Give each still-unscheduled PrimFunc of ours a fixed schedule; mark all of ours opaque."""
-    cuda_default = _cuda_default() if is_cuda(target) else None
-    for name, func in our_prim_funcs(mod).items():
-        kind = kind_of(func)
-        scheduled = is_scheduled(func)
-        new = func
-        if not scheduled:
-            try:
-                if is_cuda(target):
-                    if cuda_default is not None:
-                        new = cuda_default(func, target)
-                    # else: the CUDA pipeline's dlight defaults schedule it.
-                elif kind in ("winograd", "weight_transform"):
-                    new = schedule_llvm_default(func)
-                elif kind == "direct":
-                    new = schedule_direct_llvm(func, pack_weight=True)  # hoisted in prepare_model
-            except Exception as err:  # a schedule failure must not break compilation: stay correct
-                logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
-                new = func
-            if new is not func:
-                new = mark_scheduled(new, by=kind)
-        if not is_cuda(target):  # an epilogue's sigmoid/tanh: vectorizable polynomials, not libm per lane
-            new = approximate_math(new)
-        if new.attrs is not None and "global_symbol" in new.attrs:
-            new = new.without_attr("global_symbol")
-        new = new.with_attr("op_pattern", _OPAQUE)
-        mod[name] = new
-    return mod
-
-
-def _apply_database(mod: tvm.IRModule, target: tvm.target.Target, sdir: Path) -> tvm.IRModule:
-    if not (sdir / "database_tuning_record.json").is_file():
-        return mod
-    from .tune.database import open_database
-
-    try:  # a reader must not take the tuning run's lock (crash-safe database of issue 7)
-        database = open_database(sdir, readonly=True)
-    except TypeError:  # an open_database without the readonly option
-        database = open_database(sdir)
-    before = {gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
-    with target, database:
-        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    tuned = [gv for gv, f in mod.functions.items()
-             if isinstance(f, tirx.PrimFunc) and is_scheduled(f) and gv.name_hint not in before]
-    for gv in tuned:  # the compile report says "tuned" for these
-        mod[gv] = mark_scheduled(mod[gv], by="tuned")
-    logger.info("applied tuned schedules from %s to %d functions", sdir, len(tuned))
-    return mod
-
-
-@contextlib.contextmanager
-def _cuda_build_env(target: tvm.target.Target):
-    """CUDA: build with nvcc (NVRTC needs the cuda-bindings package) under ``with target:``."""
-    if not is_cuda(target):
-        yield
-        return
-    try:  # without libcuda TVM silently builds CUDA *source* only: load the driver (or its stand-in)
-        from .cuda.driver_stub import ensure_cuda_runtime
-
-        ensure_cuda_runtime()
-    except ImportError:
-        logger.warning("tvm_winograd.cuda is unavailable: without a CUDA driver the module may be source-only")
-    old = os.environ.get("TVM_CUDA_COMPILE_MODE")
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    try:
-        with target:
-            yield
-    finally:
-        if old is None:
-            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
-        else:
-            os.environ["TVM_CUDA_COMPILE_MODE"] = old
 
 
 def prepare_model(
@@ -194,44 +96,11 @@ def prepare_model(
     if leftover:
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
-    mod = _apply_database(mod, tgt, schedules_dir_for(tgt, schedules_dir))
-    mod = _default_schedules(mod, tgt)
+    mod = apply_database(mod, tgt, schedules_dir_for(tgt, schedules_dir))
+    mod = default_schedules(mod, tgt)
     if not is_cuda(tgt):  # the direct convs' weight packing, once at compile time (constant weights)
         mod = hoist_weight_packing(mod)
     return mod, reports
-
-
-def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> tvm.transform.Pass:
-    """The Relax build pipeline: TVM's default, except that on CPUs every PrimFunc left unscheduled
-    after legalization and fusion gets a default schedule from the llvm rules
-    (:class:`~tvm_winograd.schedule.llvm.ApplyLlvmRules`); TVM's llvm pipeline schedules nothing
-    (VGG-16's fully connected layer alone took ~0.9 s per image, ConvNeXt-T ran at 0.01x onnxruntime).
-
-    ``functions``, if given, is filled with :func:`~tvm_winograd.schedule.llvm.schedule_table` of the
-    scheduled PrimFuncs (what :func:`compile_model` reports)."""
-
-    @tvm.transform.module_pass(opt_level=0, name="TvmWinogradRecordSchedules")
-    def _record(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if functions is not None:
-            functions.update(schedule_table(mod))
-        return mod
-
-    if target.kind.name != "llvm":
-        return tvm.transform.Sequential([relax.get_default_pipeline(target), _record])
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    @tvm.transform.module_pass(opt_level=0, name="TvmWinogradCpuPipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
-            return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)  # LegalizeOps, FuseOps, FuseTIR: the rules see fused functions
-                + [ApplyLlvmRules(), _record]
-                + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target)
-            )(mod)
-
-    return _pipeline
 
 
 def _function_reports(table: dict, mod: tvm.IRModule) -> list[FunctionReport]:
@@ -317,39 +186,13 @@ def compile_model(
                 "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)],
                 "layout_transforms": count_layout_transforms(mod)}
     table: dict = {}
-    with _cuda_build_env(tgt):
+    with cuda_build_env(tgt):
         try:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt, table))
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
     setattr(ex, _METADATA_ATTR, metadata)  # for export_library
     return ex, CompileReport(reports, _function_reports(table, mod))
-
-
-def describe_compile_failure(err: BaseException, layout: str = "auto") -> str:
-    """One line for a failure of ``tvm.compile``: TVM's reason (its first sentence) and the operator it
-    failed on, parsed from TVM's message (``Offending call: R.nn.conv2d_transpose(...)``, ``Op(...)``)
-    where it names one."""
-    text = str(err).strip()
-    reason = text.splitlines()[0].strip() if text else type(err).__name__
-    reason = reason.split(". ")[0].rstrip(".")
-    op = None
-    call = re.search(r"\bR\.([A-Za-z_][\w.]*)\(", text)
-    if call:
-        op = "relax." + call.group(1)
-    else:
-        named = re.search(r"Op\((relax\.[\w.]+)\)", text)
-        op = named.group(1) if named else None
-    if op is None:
-        return f"TVM failed to compile the model: {reason}"
-    where = op
-    data_layout = re.search(r'data_layout="(\w+)"', text)
-    if call and data_layout:
-        where += f" (data_layout {data_layout.group(1)})"
-    hint = ""
-    if call and data_layout and data_layout.group(1) == "NHWC" and layout in ("auto", "NHWC"):
-        hint = "; try layout 'keep' (--layout keep), which leaves the model's layout"
-    return f"TVM failed to compile {where}: {reason}{hint}"
 
 
 def export_library(ex: tvm.runtime.Executable, path: str | os.PathLike) -> Path:

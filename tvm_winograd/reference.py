@@ -15,10 +15,11 @@ from .transforms import winograd_matrices
 from .workload import Padding, make_spec
 
 __all__ = ["conv2d_direct", "conv2d_winograd", "conv2d_winograd_abs", "winograd_weight_transform",
-           "WinogradStages", "winograd_stages"]
+           "WinogradStages", "winograd_stages", "to_nchw"]
 
 
-def _to_nchw(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+def to_nchw(x: np.ndarray, w: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, w)`` in NCHW / OIHW: NHWC data and HWIO weights transposed, NCHW ones returned as they are."""
     if layout == "NHWC":
         return x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     return x, w
@@ -41,7 +42,7 @@ def conv2d_direct(
     """float64 cross-correlation, weights OIHW (NCHW) or HWIO (NHWC); padding as in :func:`make_spec`."""
     spec = make_spec(x.shape, w.shape, padding=padding, stride=stride, dilation=dilation,
                      groups=groups, layout=layout, dtype="float64")
-    xn, wn = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
+    xn, wn = to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
     pt, pl, pb, pr = spec.padding
     xp = np.pad(xn, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     (sh, sw), (dh, dw), (kh, kw) = spec.stride, spec.dilation, spec.kernel
@@ -130,7 +131,7 @@ def _winograd_spec(x: np.ndarray, w: np.ndarray, padding: Padding, layout: str):
     spec = make_spec(x.shape, w.shape, padding=padding, layout=layout, dtype="float64")
     if spec.kernel[0] != spec.kernel[1]:
         raise NotImplementedError(f"kernel {spec.kernel[0]}x{spec.kernel[1]} is not square")
-    xn, oihw = _to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
+    xn, oihw = to_nchw(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), layout)
     return spec, xn, oihw
 
 

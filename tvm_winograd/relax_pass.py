@@ -55,6 +55,7 @@ __all__ = [
     "LayerReport",
     "ConvWorkload",
     "conv_workloads",
+    "model_workloads",
     "rewrite_winograd",
     "winograd_pass",
     "format_report",
@@ -344,38 +345,96 @@ def _use_counts(func: relax.Function) -> dict:
     return counts
 
 
+class _Bindings:
+    """The variable bindings of one Relax function: values, users and use counts, in program order."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.values: dict = {}
+        self.users: dict = {}
+        self.order: list = []
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    continue
+                self.values[binding.var] = binding.value
+                self.order.append(binding.var)
+                if isinstance(binding.value, relax.Call):
+                    for arg in binding.value.args:
+                        if isinstance(arg, relax.Var):
+                            self.users.setdefault(arg, []).append(binding.var)
+        # Vars read by the function's result (outside bindings) count as extra users.
+        self.counts = _use_counts(func)
+        self.claimed: set = set()  # bindings already fused into a chain
+
+    def sole_user(self, var):
+        """The one binding using ``var``, if it is used once and no chain has taken that binding."""
+        us = self.users.get(var, [])
+        if len(us) == 1 and self.counts.get(var, 0) == 1 and us[0] not in self.claimed:
+            return us[0]
+        return None
+
+    def is_call(self, var, op) -> bool:
+        return var is not None and isinstance(self.values[var], relax.Call) and self.values[var].op == op
+
+
+def _grow_chain(graph: _Bindings, var, spec: Conv2dSpec, skip: set) -> tuple[list, np.ndarray | None, object, bool,
+                                                                             str | None]:
+    """``(chain, bias, residual, relu, activation)``: the epilogue chain conv (+bias) (+residual)
+    (+relu or an activation of :func:`_activation_after`) from the conv binding ``var``, each step only if the value so far has exactly one user (so nothing else
+    needs the intermediate) and no earlier chain took that binding (add(conv_a, conv_b) is fused into
+    conv_a's call only).  The chain's last Var is the value the fused call replaces."""
+    end, bias, residual, relu = var, None, None, False
+    chain = [var]
+    nxt = graph.sole_user(end)
+    if graph.is_call(nxt, _ADD):
+        a, b = graph.values[nxt].args
+        other = b if a.same_as(end) else a
+        vec = _bias_vector(other, spec)
+        if vec is not None:
+            bias, end = vec, nxt
+            chain.append(nxt)
+            nxt = graph.sole_user(end)
+    if graph.is_call(nxt, _ADD):
+        a, b = graph.values[nxt].args
+        other = b if a.same_as(end) else a
+        if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and other not in skip
+                and static_shape(other) == spec.output_shape and _dtype(other) == spec.out_dtype):
+            residual, end = other, nxt
+            chain.append(nxt)
+            nxt = graph.sole_user(end)
+    activation = None
+    if graph.is_call(nxt, _RELU):
+        relu, end = True, nxt
+        chain.append(nxt)
+    else:
+        found = _activation_after(end, graph.values, graph.users, graph.counts, graph.claimed)
+        if found is not None:
+            activation, steps = found
+            chain.extend(steps)
+    return chain, bias, residual, relu, activation
+
+
+def _report_fields(index: int, var, call: relax.Call, in_shape: tuple, w_shape: tuple) -> dict:
+    """The :class:`LayerReport` fields every conv2d has, planned or not."""
+    attrs = call.attrs
+    kernel = w_shape[2:] if str(attrs.kernel_layout) == "OIHW" else w_shape[:2]
+    return dict(index=index, name=str(var.name), input_shape=tuple(in_shape), weight_shape=tuple(w_shape),
+                kernel="x".join(str(v) for v in kernel), stride=_ints(attrs.strides), groups=int(attrs.groups))
+
+
 def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport],
           ineligible: str = "relax", target_kind: str = "llvm") -> tuple[dict, set]:
     """Find every conv2d of ``func``; decide; record the chains to rewrite."""
-    bindings: dict = {}
-    users: dict = {}
-    order: list = []
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            if not isinstance(binding, relax.VarBinding):
-                continue
-            bindings[binding.var] = binding.value
-            order.append(binding.var)
-            if isinstance(binding.value, relax.Call):
-                for arg in binding.value.args:
-                    if isinstance(arg, relax.Var):
-                        users.setdefault(arg, []).append(binding.var)
-    counts = _use_counts(func)
-    # Vars read by the function's result (outside bindings) count as extra users.
+    graph = _Bindings(func)
     plan: dict = {}
     skip: set = set()
-    claimed: set = set()
-    for var in order:
-        value = bindings[var]
+    for var in graph.order:
+        value = graph.values[var]
         if not (isinstance(value, relax.Call) and value.op == _CONV):
             continue
         index = len(reports)
-        name = str(var.name)
         spec, why_not, in_shape, w_shape = _conv_spec(value)
-        attrs = value.attrs
-        common = dict(index=index, name=name, input_shape=tuple(in_shape), weight_shape=tuple(w_shape),
-                      kernel="x".join(str(v) for v in (w_shape[2:] if str(attrs.kernel_layout) == "OIHW" else w_shape[:2])),
-                      stride=_ints(attrs.strides), groups=int(attrs.groups))
+        common = _report_fields(index, var, value, in_shape, w_shape)
         if spec is None:
             reports.append(LayerReport(**common, algorithm="direct", m=None, reason=why_not, source="ineligible",
                                        lowering="relax"))
@@ -389,53 +448,12 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
             algorithm, m, reason, source = "direct", None, why[1], "ineligible"
         else:
             algorithm, m, reason, source = _decide(spec, algo, choices, target_kind)
-        # Grow the epilogue chain: conv (+bias) (+residual) (+relu), each step only if the value so
-        # far has exactly one user (so nothing else needs the intermediate) and no earlier chain
-        # took that binding (add(conv_a, conv_b) is fused into conv_a's call only).
-        end, bias, residual, relu = var, None, None, False
-        chain = [var]
-
-        def sole_user(v):
-            us = users.get(v, [])
-            if len(us) == 1 and counts.get(v, 0) == 1 and us[0] not in claimed:
-                return us[0]
-            return None
-
-        def is_call(v, op):
-            return v is not None and isinstance(bindings[v], relax.Call) and bindings[v].op == op
-
-        nxt = sole_user(end)
-        if is_call(nxt, _ADD):
-            a, b = bindings[nxt].args
-            other = b if a.same_as(end) else a
-            vec = _bias_vector(other, spec)
-            if vec is not None:
-                bias, end = vec, nxt
-                chain.append(nxt)
-                nxt = sole_user(end)
-        if is_call(nxt, _ADD):
-            a, b = bindings[nxt].args
-            other = b if a.same_as(end) else a
-            if (not a.same_as(b) and not isinstance(other, tvm.ir.expr.Constant) and other not in skip
-                    and static_shape(other) == spec.output_shape and _dtype(other) == spec.out_dtype):
-                residual, end = other, nxt
-                chain.append(nxt)
-                nxt = sole_user(end)
-        activation = None
-        if is_call(nxt, _RELU):
-            relu, end = True, nxt
-            chain.append(nxt)
-        else:
-            found = _activation_after(end, bindings, users, counts, claimed)
-            if found is not None:
-                activation, steps = found
-                end = steps[-1]
-                chain.extend(steps)
-        claimed.update(chain)
+        chain, bias, residual, relu, activation = _grow_chain(graph, var, spec, skip)
+        graph.claimed.update(chain)
         epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu, activation=activation)
         data, weight = value.args
-        plan[end] = dict(spec=spec, algorithm=algorithm, m=m, epilogue=epi, data=data, weight=weight, bias=bias,
-                         residual=residual, report_index=index)
+        plan[chain[-1]] = dict(spec=spec, algorithm=algorithm, m=m, epilogue=epi, data=data, weight=weight,
+                               bias=bias, residual=residual, report_index=index)
         skip.update(chain[:-1])
         reports.append(LayerReport(**common, algorithm=algorithm, m=m if algorithm == "winograd" else None,
                                    reason=reason, source=source,
@@ -521,6 +539,18 @@ def conv_workloads(
         plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
         planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
     return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
+
+
+def model_workloads(mod: tvm.IRModule, target: object = "llvm",
+                    layout: str = "auto") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
+    """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``,
+    in the conv layout compilation uses (``layout``: see :func:`convert_conv_layout`): what
+    :func:`tvm_winograd.tune.model.tune_model` tunes."""
+    found: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
+    for work in conv_workloads(convert_conv_layout(mod, target, layout), target, algo="winograd"):
+        entry = found.setdefault((work.spec, work.epilogue), (work.spec, work.epilogue, []))
+        entry[2].append(work.report.name)
+    return list(found.values())
 
 
 def rewrite_winograd(

@@ -46,6 +46,7 @@ __all__ = [
     "verify_exact_1d",
     "verify_exact_2d",
     "transform_norm",
+    "as_float_matrix",
 ]
 
 #: Output tile sizes and kernel sizes for which matrices can be built.
@@ -190,10 +191,13 @@ class WinogradMatrices:
 
     def as_float(self, dtype: str = "float64") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(A_T, G, B_T)`` as numpy arrays, each entry rounded once from its exact value."""
-        return tuple(
-            np.array([[float(v) for v in row] for row in mat], dtype="float64").astype(dtype)
-            for mat in (self.A_T, self.G, self.B_T)
-        )  # type: ignore[return-value]
+        return tuple(as_float_matrix(mat, dtype) for mat in (self.A_T, self.G, self.B_T))  # type: ignore[return-value]
+
+
+def as_float_matrix(mat: Sequence[Sequence[object]], dtype: str = "float64") -> np.ndarray:
+    """An exact (Fraction) matrix as a numpy array: each entry rounded once to float64, then cast to
+    ``dtype``."""
+    return np.array([[float(v) for v in row] for row in mat], dtype="float64").astype(dtype)
 
 
 @lru_cache(maxsize=None)

@@ -1,6 +1,6 @@
 """The one numerical check of a compiled convolution against float64, shared by every caller.
 
-The CPU tuner (:func:`tvm_winograd.tune.tuner.verify_func`, which picks the records it stores) and the
+The CPU tuner (:func:`tvm_winograd.tune.verification.verify_func`, which picks the records it stores) and the
 CUDA CPU-emulation check (:func:`tvm_winograd.cuda.verify.check_numerics`) both
 
 1. draw the inputs here (:func:`make_inputs`: signed standard normals from a seeded generator),

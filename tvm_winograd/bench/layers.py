@@ -72,7 +72,9 @@ def _ours(spec, args, target):
 
     if args.trials > 0:
         from ..compute import Epilogue
-        from ..tune.tuner import apply_best, candidate_func, tune_layer
+        from ..tune.candidates import candidate_func, candidate_name
+        from ..tune.records import apply_best
+        from ..tune.tuner import tune_layer
 
         start = time.perf_counter()
         result = tune_layer(spec, target, trials=args.trials,
@@ -80,8 +82,8 @@ def _ours(spec, args, target):
                             work_dir=args.work_dir, schedules_dir=args.schedules_dir, progress=not args.no_progress)
         seconds = time.perf_counter() - start
         choice = result.choice
-        cand = "direct" if choice.algorithm == "direct" else f"winograd_m{choice.m}"
-        func = apply_best(candidate_func(spec, cand, Epilogue()), target, result.schedules_dir)
+        func = apply_best(candidate_func(spec, candidate_name(choice.algorithm, choice.m), Epilogue()), target,
+                          result.schedules_dir)
         return func, f"{choice.algorithm} (tuned)", choice.algorithm, choice.m, seconds
     algorithm, m, _why = choose_algorithm(spec, target.kind.name)
     if algorithm == "winograd":

@@ -5,7 +5,8 @@
 * :mod:`.build`        -- ``build_cuda`` (nvcc + ptxas report), ``export_cuda`` / ``require_cubin``
   (refuse source-only modules), ``cuda_builder`` (MetaSchedule);
 * :mod:`.verify`       -- GPU verification, occupancy estimate, serial CPU execution of GPU schedules;
-* :mod:`.check`        -- ``cuda_check(model_or_spec, target, samples, seed)`` -> per-layer rows;
+* :mod:`.check`        -- ``cuda_check(layers, target, samples, seed)`` -> per-layer rows (layers: specs or a
+  model's ``relax_pass.conv_workloads``, passed in by the caller);
 * :mod:`.measure`      -- ``require_gpu_measurement``: tuning refuses without a GPU or an RPC tracker.
 
 Nothing here runs at import time.

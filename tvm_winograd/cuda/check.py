@@ -35,7 +35,6 @@ sizing -- those need a GPU.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -45,17 +44,21 @@ from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
 from ..compute import Epilogue, WinogradConfig, winograd_func
-from ..schedule import cuda as cuda_schedule
+from ..schedule.cuda import schedule_cuda_default, space_generator
+from ..schedule.cuda.context import apply_postproc, light_tune_context, postprocs_for
+from ..schedule.cuda.simt import BGEMM_SPACES
+from ..schedule.cuda.tensorcore import (TENSORCORE_PIPELINED_SPACE, TENSORCORE_SPACE, TENSORCORE_SPACES,
+                                        is_tensorcore_schedule)
 from ..targets import is_cuda, resolve_target
 from ..workload import Conv2dSpec, choose_algorithm, check_winograd
 from .build import SourceOnlyModuleError, build_cuda, target_sm
 from .driver_stub import ensure_cuda_runtime
-from .verify import check_numerics, occupancy
+from .verify import check_numerics, occupancy, verify_gpu
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
-           "format_checks", "specs_from_model", "cuda_check_command", "apply_postprocs_keep_pre_tensorize",
+           "format_checks", "winograd_layers", "apply_postprocs_keep_pre_tensorize",
            "TENSOR_CORE_MARKERS"]
 
 #: Draw at most this many samples per requested one before giving up on a space.
@@ -149,7 +152,7 @@ def passed(rows: Iterable[LayerCheck]) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 #: Order of the rows of one layer.
-_SPACE_ORDER = ("shared", "direct") + cuda_schedule.TENSORCORE_SPACES
+_SPACE_ORDER = BGEMM_SPACES + TENSORCORE_SPACES
 
 #: Instructions that only tensor cores execute, as nvcc sees them in TVM's CUDA source.
 TENSOR_CORE_MARKERS = ("wmma::mma_sync", "mma.sync")
@@ -159,7 +162,7 @@ def _space_name(sch) -> str:
     annotations = [str(inst.attrs) for inst in sch.trace.insts if inst.kind.name == "Annotate"]
     if any("meta_schedule.auto_tensorize" in a for a in annotations):
         pipelined = any("software_pipeline_stage" in a for a in annotations)
-        return cuda_schedule.TENSORCORE_PIPELINED_SPACE if pipelined else cuda_schedule.TENSORCORE_SPACE
+        return TENSORCORE_PIPELINED_SPACE if pipelined else TENSORCORE_SPACE
     return "shared" if any("meta_schedule.cooperative_fetch" in a for a in annotations) else "direct"
 
 
@@ -168,7 +171,7 @@ def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tv
     ``target``, named by their bgemm space (``shared`` / ``direct`` / ``tensorcore`` / ``tensorcore_pipelined``;
     the last two for fp16 packs on sm_75+ only, see :func:`tvm_winograd.schedule.cuda.bgemm_spaces`)."""
     mod = tvm.IRModule({"main": func})
-    ctx = cuda_schedule.light_tune_context(mod, target, cuda_schedule.space_generator())
+    ctx = light_tune_context(mod, target, space_generator())
     with target:  # the custom rules read the arch from the current target
         spaces = ctx.space_generator.generate_design_space(mod)
     named = sorted(((_space_name(s), s) for s in spaces), key=lambda t: _SPACE_ORDER.index(t[0]))
@@ -177,15 +180,15 @@ def design_spaces(func: tvm.tirx.PrimFunc, target: Target) -> list[tuple[str, tv
 
 def apply_postprocs_keep_pre_tensorize(sch: tvm.s_tir.Schedule, target: Target, postprocs
                                        ) -> tuple[str | None, tvm.s_tir.Schedule | None]:
-    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.apply_postprocs` (a postprocessor
+    """Apply ``postprocs`` in order like :func:`~tvm_winograd.schedule.cuda.context.apply_postprocs` (a postprocessor
     that raises rejects, as in MetaSchedule's search); also return a
     copy of the schedule taken just before ``RewriteTensorize`` when that postprocessor has blocks to
     tensorize (the CPU-runnable form of a tensorcore candidate; None otherwise)."""
     snapshot = None
     for p in postprocs:
-        if type(p).__name__ == "RewriteTensorize" and cuda_schedule.is_tensorcore_schedule(sch):
+        if type(p).__name__ == "RewriteTensorize" and is_tensorcore_schedule(sch):
             snapshot = sch.copy()
-        if not cuda_schedule.apply_postproc(p, sch):
+        if not apply_postproc(p, sch):
             return type(p).__name__, None
     return None, snapshot
 
@@ -256,51 +259,28 @@ def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, 
 # Inputs
 # --------------------------------------------------------------------------------------------------
 
-_KEY = re.compile(r"n(\d+)_c(\d+)_h(\d+)_w(\d+)_k(\d+)_r(\d+)x(\d+)_p(\d+)\.(\d+)\.(\d+)\.(\d+)_(nchw|nhwc)_(\w+?)(?:_o(\w+))?$")
-
-
-def _spec_from_key(key: str) -> Conv2dSpec | None:
-    """Inverse of :meth:`Conv2dSpec.key` for stride-1, dilation-1, groups-1 convolutions."""
-    mt = _KEY.match(key)
-    if mt is None:
-        return None
-    n, c, h, w, k, kh, kw, pt, pl, pb, pr = (int(v) for v in mt.groups()[:11])
-    layout, dtype, out_dtype = mt.group(12).upper(), mt.group(13), mt.group(14) or mt.group(13)
-    return Conv2dSpec(n, c, h, w, k, (kh, kw), (pt, pl, pb, pr), (1, 1), (1, 1), 1, layout, dtype, out_dtype)
-
-
-def specs_from_model(model: object, target: Target) -> list[tuple[Conv2dSpec, int, Epilogue]]:
-    """``(spec, m, epilogue)`` for each distinct Winograd layer of a model (name, file or IRModule), as the
-    Relax pass decides them for ``target``."""
-    from ..frontend import load_model
-    from ..relax_pass import rewrite_winograd
-
-    mod, _ = load_model(model)
-    _, reports = rewrite_winograd(mod, target)
+def winograd_layers(workloads: Iterable) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    """``(spec, m, epilogue)`` of each distinct Winograd layer (the first of each spec) among a model's
+    workloads as :func:`tvm_winograd.relax_pass.conv_workloads` returns them (each with ``spec``,
+    ``epilogue`` and ``report.algorithm`` / ``report.m``): the specs come from the pass itself, with their
+    stride, dilation and groups."""
     out, seen = [], set()
-    for rep in reports:
-        if rep.algorithm != "winograd" or rep.key is None or rep.key in seen:
+    for work in workloads:
+        if work.report.algorithm != "winograd" or work.spec.key() in seen:
             continue
-        spec = _spec_from_key(rep.key)
-        if spec is None:
-            logger.warning("cannot parse layer key %r: skipped", rep.key)
-            continue
-        seen.add(rep.key)
-        tag = rep.epilogue or "none"
-        out.append((spec, int(rep.m), Epilogue(bias="b" in tag, residual="a" in tag, relu="r" in tag)))
+        seen.add(work.spec.key())
+        out.append((work.spec, int(work.report.m), work.epilogue))
     return out
 
 
-def _layers(model_or_spec: object, target: Target, m: int | None,
-            epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
-    if isinstance(model_or_spec, Conv2dSpec):
-        items: Sequence = [model_or_spec]
-    elif isinstance(model_or_spec, (list, tuple)) and all(isinstance(s, Conv2dSpec) for s in model_or_spec):
-        items = list(model_or_spec)
-    else:
-        return specs_from_model(model_or_spec, target)
+def _layers(layers: object, m: int | None, epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
+    items = [layers] if isinstance(layers, Conv2dSpec) else list(layers)
     if not items:
         raise ValueError("cuda_check needs at least one layer")
+    if not any(isinstance(s, Conv2dSpec) for s in items):
+        return winograd_layers(items)
+    if not all(isinstance(s, Conv2dSpec) for s in items):
+        raise TypeError("cuda_check takes Conv2dSpecs or a model's ConvWorkloads, not a mixture")
     out = []
     for spec in items:
         if m is None:
@@ -318,16 +298,17 @@ def _layers(model_or_spec: object, target: Target, m: int | None,
 # The check
 # --------------------------------------------------------------------------------------------------
 
-def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
+def cuda_check(layers: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
                m: int | None = None, epilogue: Epilogue | None = None, numerics: bool = True,
                include_default: bool = True, spaces: Sequence[str] | None = None) -> list[LayerCheck]:
     """Check the CUDA design spaces of every Winograd layer without a GPU.
 
     Parameters
     ----------
-    model_or_spec
-        A :class:`~tvm_winograd.workload.Conv2dSpec`, a list of them, or a model (built-in name, ``.onnx``
-        / ``.pt2`` path or Relax IRModule: its Winograd layers as the Relax pass chooses them).
+    layers
+        A :class:`~tvm_winograd.workload.Conv2dSpec`, a list of them, or a model's workloads from
+        :func:`tvm_winograd.relax_pass.conv_workloads` (its Winograd layers as the Relax pass chooses them,
+        :func:`winograd_layers`; the caller runs the pass: this module sits below it).
     target
         A CUDA target (``"sm_80"``, ``"sm_90"``, a tag, ...).
     samples
@@ -351,6 +332,26 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
     list[LayerCheck]
         One row per (layer, design space); see :func:`passed` and :func:`format_checks`.
     """
+    tgt = _checked_target(target, samples, seed)
+    rows: list[LayerCheck] = []
+    for li, (spec, tile, ep) in enumerate(_layers(layers, m, epilogue)):
+        config = WinogradConfig(m=tile)
+        func = winograd_func(spec, config, ep)
+        if include_default:
+            rows.append(_default_row(func, tgt, spec, config, ep, numerics))
+        generated = design_spaces(func, tgt)
+        if spaces is not None:
+            rows.extend(_missing_rows(generated, spaces, spec, tile, tgt, samples))
+        for si, (name, space) in enumerate(generated):
+            if spaces is not None and name not in spaces:
+                continue
+            draw_base = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009
+            rows.append(_space_row(name, space, func, tgt, spec, config, ep, samples, draw_base, numerics))
+    return rows
+
+
+def _checked_target(target: object, samples: int, seed: int) -> Target:
+    """The CUDA target after checking the arguments; loads TVM's CUDA runtime (with the driver stand-in)."""
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise ValueError(f"samples {samples!r} must be a positive integer")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -360,53 +361,62 @@ def cuda_check(model_or_spec: object, target: object = "sm_80", samples: int = 4
         raise ValueError(f"cuda_check needs a CUDA target, not {tgt.kind.name!r} ({target!r})")
     target_sm(tgt)
     ensure_cuda_runtime()
-    rows: list[LayerCheck] = []
-    arch = str(tgt.attrs["arch"])
-    for li, (spec, tile, ep) in enumerate(_layers(model_or_spec, tgt, m, epilogue)):
-        config = WinogradConfig(m=tile)
-        func = winograd_func(spec, config, ep)
-        mod = tvm.IRModule({"main": func})
-        if include_default:
-            start = time.perf_counter()
-            row = LayerCheck(spec.key(), tile, "default", arch, requested=1)
-            sch = tvm.s_tir.Schedule(cuda_schedule.schedule_cuda_default(func, tgt))
-            from .verify import verify_gpu
+    return tgt
 
-            row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, None, numerics, verify_gpu(sch, tgt)))
-            row.seconds = time.perf_counter() - start
-            rows.append(row)
-        generated = design_spaces(func, tgt)
-        if spaces is not None:
-            missing = [name for name in spaces if name not in {n for n, _ in generated}]
-            for name in missing:
-                logger.warning("%s: no %s design space generated for %s", spec.key(), name, arch)
-                rows.append(LayerCheck(spec.key(), tile, name, arch, requested=samples))
-        for si, (name, space) in enumerate(generated):
-            if spaces is not None and name not in spaces:
-                continue
-            start = time.perf_counter()
-            row = LayerCheck(spec.key(), tile, name, arch, requested=samples)
-            postprocs = cuda_schedule.postprocs_for(tgt, mod)
-            for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
-                if len(row.candidates) >= samples:
-                    break
-                draw_seed = 1 + seed * 1_000_003 + li * 10_007 + si * 1_009 + draw
-                sch = sample_space(space, mod, draw_seed)
-                rejected_by, pre_tensorize = apply_postprocs_keep_pre_tensorize(sch, tgt, postprocs)
-                if rejected_by is not None:
-                    logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
-                    row.rejected += 1
-                    continue
-                tensor_core = name in cuda_schedule.TENSORCORE_SPACES
-                if tensor_core and pre_tensorize is None:
-                    raise RuntimeError(f"{spec.key()}: a tensorcore candidate had no block to tensorize")
-                row.candidates.append(_check_candidate(sch, tgt, spec, config, ep, draw_seed, numerics, True,
-                                                       numerics_sch=pre_tensorize, tensor_core=tensor_core))
-            row.seconds = time.perf_counter() - start
-            logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
-                        sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)
-            rows.append(row)
+
+def _default_row(func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec, config: WinogradConfig,
+                 epilogue: Epilogue, numerics: bool) -> LayerCheck:
+    """The row of :func:`~tvm_winograd.schedule.cuda.schedule_cuda_default` (space ``"default"``)."""
+    start = time.perf_counter()
+    row = LayerCheck(spec.key(), config.m, "default", str(target.attrs["arch"]), requested=1)
+    sch = tvm.s_tir.Schedule(schedule_cuda_default(func, target))
+    row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, None, numerics,
+                                           verify_gpu(sch, target)))
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def _missing_rows(generated: Sequence[tuple[str, tvm.s_tir.Schedule]], spaces: Sequence[str], spec: Conv2dSpec,
+                  tile: int, target: Target, samples: int) -> list[LayerCheck]:
+    """A failed row (no candidates) for each requested space the generator did not produce."""
+    arch = str(target.attrs["arch"])
+    rows = []
+    for name in spaces:
+        if name not in {n for n, _ in generated}:
+            logger.warning("%s: no %s design space generated for %s", spec.key(), name, arch)
+            rows.append(LayerCheck(spec.key(), tile, name, arch, requested=samples))
     return rows
+
+
+def _space_row(name: str, space: tvm.s_tir.Schedule, func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec,
+               config: WinogradConfig, epilogue: Epilogue, samples: int, draw_base: int,
+               numerics: bool) -> LayerCheck:
+    """``samples`` seeded samples of one design space (seeds ``draw_base + draw``), each through the
+    postprocessors (rejected ones are counted and replaced, up to :data:`MAX_DRAWS_PER_SAMPLE` draws per
+    sample) and :func:`_check_candidate`."""
+    start = time.perf_counter()
+    mod = tvm.IRModule({"main": func})
+    row = LayerCheck(spec.key(), config.m, name, str(target.attrs["arch"]), requested=samples)
+    postprocs = postprocs_for(target, mod)
+    tensor_core = name in TENSORCORE_SPACES
+    for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
+        if len(row.candidates) >= samples:
+            break
+        draw_seed = draw_base + draw
+        sch = sample_space(space, mod, draw_seed)
+        rejected_by, pre_tensorize = apply_postprocs_keep_pre_tensorize(sch, target, postprocs)
+        if rejected_by is not None:
+            logger.info("%s %s seed %d rejected by %s", spec.key(), name, draw_seed, rejected_by)
+            row.rejected += 1
+            continue
+        if tensor_core and pre_tensorize is None:
+            raise RuntimeError(f"{spec.key()}: a tensorcore candidate had no block to tensorize")
+        row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, draw_seed, numerics, True,
+                                               numerics_sch=pre_tensorize, tensor_core=tensor_core))
+    row.seconds = time.perf_counter() - start
+    logger.info("%s %s: %d/%d passed (%d rejected) in %.1fs", spec.key(), name,
+                sum(c.passed for c in row.candidates), samples, row.rejected, row.seconds)
+    return row
 
 
 def format_checks(rows: Sequence[LayerCheck]) -> str:
@@ -429,22 +439,3 @@ def format_checks(rows: Sequence[LayerCheck]) -> str:
     lines.append("")
     lines.append(f"overall: {'PASS' if passed(rows) else 'FAIL'} ({sum(r.passed for r in rows)}/{len(rows)} rows)")
     return "\n".join(lines)
-
-
-def cuda_check_command(args, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
-    """``tvm-winograd cuda-check MODEL --target T [--samples N] [--seed S] [--json]``: 0 iff every row passed.
-
-    ``args`` needs ``model``, ``target``, ``samples``, ``seed`` and optionally ``json``; ``input_shapes``
-    are the fixed input shapes the CLI parsed from ``--input-shape`` (``None``: the model's own).
-    """
-    import json
-
-    from ..frontend import load_model
-
-    mod, _ = load_model(args.model, input_shapes)
-    rows = cuda_check(mod, args.target, samples=args.samples, seed=args.seed)
-    if getattr(args, "json", False):
-        print(json.dumps({"passed": passed(rows), "rows": [r.as_dict() for r in rows]}, indent=1, default=str))
-    else:
-        print(format_checks(rows))
-    return 0 if passed(rows) else 1

@@ -81,7 +81,7 @@ def verify_gpu(sch: s_tir.Schedule, target: Target) -> bool:
     """TVM's GPU verification of a scheduled module (lowered as MetaSchedule's ``VerifyGPUCode`` does)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..schedule.cuda import light_tune_context
+    from ..schedule.cuda.context import light_tune_context
 
     postproc = ms.postproc.VerifyGPUCode()
     postproc._initialize_with_tune_context(light_tune_context(sch.mod, target))

@@ -43,7 +43,6 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule import _ffi_api
 from tvm.s_tir.meta_schedule.database import PyDatabase, TuningRecord, Workload
-from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 from tvm.target import Target
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "DatabaseLoadWarning",
     "measured_count",
     "workload_records",
-    "skip_measured",
     "WORKLOAD_FILE",
     "RECORD_FILE",
     "LOCK_FILE",
@@ -361,7 +359,7 @@ def open_database(work_dir: str | os.PathLike, module_equality: str = "structura
     if not isinstance(module_equality, str) or not module_equality:
         raise ValueError(f"module_equality must be a non-empty string, got {module_equality!r}")
     # CUDA tensor-core records name our wmma intrinsics: they must be registered before any trace parses.
-    from ..schedule.cuda import ensure_tensor_intrinsics_for_database
+    from ..schedule.cuda.intrin import ensure_tensor_intrinsics_for_database
 
     ensure_tensor_intrinsics_for_database(work_dir)
     return CrashSafeDatabase(work_dir, module_equality, readonly=readonly, wait=wait, lock_timeout=lock_timeout)
@@ -412,107 +410,3 @@ def measured_count(db: ms.database.Database, mod: tvm.IRModule | tvm.tirx.PrimFu
     workload, so a run killed after k measurements and restarted measures ``trials - k`` new candidates.
     """
     return len(workload_records(db, mod, target))
-
-
-def _scheduled_module(record: TuningRecord) -> tvm.IRModule | None:
-    try:
-        return record.as_measure_candidate().sch.mod
-    except Exception:  # noqa: BLE001 - a trace that no longer applies is simply not known as measured
-        return None
-
-
-@derived_object
-class _SkipMeasuredSearch(PySearchStrategy):
-    """Wraps a search strategy; drops candidates whose scheduled module is already measured in the database.
-
-    MetaSchedule 0.27's evolutionary search remembers only what it measured in the current session (its
-    ``measured_workloads_`` is not seeded from the database: a TODO in evolutionary_search.cc), and seeds
-    its population with the database's best records, so a resumed search measures some old schedules
-    again.  Dropped candidates are not reported to the inner strategy, so its trial count only advances
-    with new measurements.
-
-    The wrapper also keeps the budget itself: it never hands out more than ``max_trials`` candidates per
-    ``pre_tuning``.  The inner count alone does not: when the evolutionary search's batch reaches past the
-    budget it shrinks it to the remainder *and* moves its batch end to the budget (``ed = max_trials`` in
-    ``GenerateMeasureCandidates``), so after a shrunken batch that was dropped whole, asking again gets a
-    full ``num_trials_per_iter`` batch (measured once in CI: 11 trials for a budget of 8, a batch of 4
-    after 7).
-    """
-
-    def __init__(self, inner: ms.search_strategy.SearchStrategy, max_empty_rounds: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.max_empty_rounds = max_empty_rounds
-        self.context = None
-        self.known: dict[int, list[tvm.IRModule]] = {}
-        self.skipped = 0
-        self.budget: int | None = None  # max_trials of the current pre_tuning
-        self.sent = 0  # candidates handed out since pre_tuning
-
-    def _initialize_with_tune_context(self, context) -> None:
-        self.context = context
-        self.inner._initialize_with_tune_context(context)  # noqa: SLF001
-
-    def _is_known(self, mod: tvm.IRModule, add: bool) -> bool:
-        key = tvm_ffi.structural_hash(mod)
-        bucket = self.known.setdefault(key, [])
-        if any(tvm_ffi.structural_equal(mod, other) for other in bucket):
-            return True
-        if add:
-            bucket.append(mod)
-        return False
-
-    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
-        self.known = {}
-        if database is not None and self.context is not None and self.context.mod is not None:
-            for record in workload_records(database, self.context.mod):
-                mod = _scheduled_module(record)
-                if mod is not None:
-                    self._is_known(mod, add=True)
-        self.budget, self.sent = int(max_trials), 0
-        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
-
-    def post_tuning(self) -> None:
-        self.inner.post_tuning()
-
-    def generate_measure_candidates(self):
-        left = None if self.budget is None else self.budget - self.sent
-        if left is not None and left <= 0:
-            return None
-        for _ in range(self.max_empty_rounds):
-            candidates = self.inner.generate_measure_candidates()
-            if candidates is None:
-                return None
-            fresh = [c for c in candidates if not self._is_known(c.sch.mod, add=True)]
-            self.skipped += len(candidates) - len(fresh)
-            if len(fresh) < len(candidates):
-                logger.info("skipped %d candidate(s) already measured in the database",
-                            len(candidates) - len(fresh))
-            if fresh or not candidates:
-                fresh = fresh if left is None else fresh[:left]
-                self.sent += len(fresh)
-                return fresh
-            self.inner.notify_runner_results([], [])
-        logger.info("search stopped: %d rounds in a row proposed only measured candidates", self.max_empty_rounds)
-        return None
-
-    def notify_runner_results(self, measure_candidates, results) -> None:
-        self.inner.notify_runner_results(measure_candidates, results)
-
-    def clone(self):
-        return _SkipMeasuredSearch(self.inner.clone(), self.max_empty_rounds)
-
-
-def skip_measured(strategy: ms.search_strategy.SearchStrategy,
-                  max_empty_rounds: int = 5) -> ms.search_strategy.SearchStrategy:
-    """``strategy`` that never sends a schedule already measured in the tuning database for measurement.
-
-    Use it for resumable tuning: ``ms.tune_tir(..., database=db, strategy=skip_measured(strategy))``
-    with ``max_trials_global = trials - measured_count(db, mod, target)``.  Known schedules are those of
-    the database's records for the task's workload (failed measurements included), compared as scheduled
-    modules (structural equality); a search that proposes only known schedules ``max_empty_rounds``
-    times in a row stops.
-    """
-    if max_empty_rounds < 1:
-        raise ValueError(f"max_empty_rounds must be >= 1, got {max_empty_rounds}")
-    return _SkipMeasuredSearch(strategy, max_empty_rounds)

@@ -8,7 +8,7 @@ atomically under a lock, never silently overwritten when unreadable.
 - :func:`locked` holds an exclusive ``flock`` on a lock file beside the target for a read-modify-write,
   so two writers (threads or processes) merging into one file do not lose each other's entries.
 - :func:`keep_aside` copies an unreadable file to ``<name>.corrupt[.N]`` before it is replaced, so
-  nothing that was on disk is lost without a trace.
+  nothing that was on disk is lost without a trace (once: a copy with the same bytes is reused).
 """
 
 from __future__ import annotations
@@ -40,10 +40,16 @@ def read_object(path: Path) -> tuple[dict | None, str | None]:
 
 
 def keep_aside(path: Path) -> Path:
-    """Copy ``path`` to the first free ``<name>.corrupt``, ``<name>.corrupt.1``, ...; return the copy."""
+    """Copy ``path`` to the first free ``<name>.corrupt``, ``<name>.corrupt.1``, ...; return the copy.
+
+    A copy already holding the same bytes is returned instead of making another (the same unreadable
+    file is kept once, however often it is met)."""
+    content = path.read_bytes()
     target = path.with_name(path.name + ".corrupt")
     n = 0
     while target.exists():
+        if target.is_file() and target.read_bytes() == content:
+            return target
         n += 1
         target = path.with_name(f"{path.name}.corrupt.{n}")
     shutil.copy2(path, target)

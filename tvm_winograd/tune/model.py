@@ -1,15 +1,16 @@
 """Tune a whole model: every distinct eligible conv layer (with its fused epilogue), one at a time.
 
-The layers are the ones the Relax pass would rewrite (same eligibility, same epilogue fusion), so the
-tuned PrimFuncs are structurally the ones compilation later looks up in the database.
+The layers come from the caller: :func:`tvm_winograd.relax_pass.model_workloads` gives the ones the Relax
+pass would rewrite (same eligibility, same epilogue fusion), so the tuned PrimFuncs are structurally the
+ones compilation later looks up in the database.  (The tuner sits below the graph pass: it does not
+import it.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-
-import tvm
+from collections.abc import Sequence
 
 from ..compute import Epilogue
 from ..targets import resolve_target
@@ -17,25 +18,13 @@ from ..workload import Conv2dSpec
 from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
 
-__all__ = ["model_workloads", "tune_model"]
+__all__ = ["tune_model"]
 
 logger = logging.getLogger(__name__)
 
-def model_workloads(mod: tvm.IRModule, target: object = "llvm",
-                    layout: str = "auto") -> list[tuple[Conv2dSpec, Epilogue, list[str]]]:
-    """Distinct ``(spec, epilogue, layer names)`` of the Winograd-eligible convolutions of ``mod``,
-    in the conv layout compilation uses (``layout``: see ``relax_pass.convert_conv_layout``)."""
-    from ..relax_pass import conv_workloads, convert_conv_layout
-
-    found: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
-    for work in conv_workloads(convert_conv_layout(mod, target, layout), target, algo="winograd"):
-        entry = found.setdefault((work.spec, work.epilogue), (work.spec, work.epilogue, []))
-        entry[2].append(work.report.name)
-    return list(found.values())
-
 
 def tune_model(
-    mod: tvm.IRModule,
+    workloads: Sequence[tuple[Conv2dSpec, Epilogue, list[str]]],
     target,
     *,
     trials: int = 64,
@@ -44,9 +33,12 @@ def tune_model(
     rpc_tracker: str | None = None,
     rpc_key: str | None = None,
     progress: bool = True,
-    layout: str = "auto",
 ) -> list[dict]:
-    """Tune direct and Winograd candidates for every distinct eligible layer; keep the fastest.
+    """Tune direct and Winograd candidates for every workload; keep the fastest.
+
+    ``workloads`` are distinct ``(spec, epilogue, layer names)``, as
+    :func:`tvm_winograd.relax_pass.model_workloads` returns them for a model (in the conv layout
+    compilation uses).
 
     Returns one dict per workload: ``key``, ``layers``, ``algorithm``, ``m``, ``times_ms`` (median per
     candidate) and ``speedup_vs_direct``.  Records go to ``<log_dir>/<target>/``, best records and
@@ -61,7 +53,7 @@ def tune_model(
         raise ValueError("--rpc-tracker and --rpc-key go together")
     runner = make_runner(tgt, rpc_tracker, rpc_key)
     logs, sched = tuning_logs_dir(tgt, log_dir), schedules_dir_for(tgt, schedules_dir)
-    workloads = model_workloads(mod, tgt, layout)
+    workloads = list(workloads)
     if not workloads:
         logger.warning("the model has no Winograd-eligible convolution: nothing to tune")
     results = []
