@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from tvm_winograd.accuracy import accuracy_markdown, measure_accuracy
+from tvm_winograd.accuracy import accuracy_markdown
+from tvm_winograd.accuracy_report import measure_accuracy
 
 
 def main() -> None:

@@ -284,7 +284,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_accuracy(args) -> int:
-    from .accuracy import accuracy_markdown, measure_accuracy
+    from .accuracy import accuracy_markdown
+    from .accuracy_report import measure_accuracy
 
     if not 2 <= args.r <= 7:
         raise UsageError(f"--r {args.r} must be in 2..7")
