@@ -181,8 +181,9 @@ def test_resize_matches_unscheduled(signed, layout):
     _check(mod, [x], ref, 4 * U * np.abs(ref) + 1e-7 * U, {"injective"})
 
 
-@pytest.mark.parametrize("channels", [(64, 32, 32, 32), (3, 17, 32, 5), (1, 1, 48)])
-def test_concat_is_partitioned_per_input(signed, channels):
+@pytest.mark.parametrize("channels, partitioned", [((64, 32, 32, 32), True), ((64, 128, 32, 32), True),
+                                                   ((8, 24, 8), True), ((8, 24, 4), False), ((3, 17, 32, 5), False), ((1, 1, 48), False)])
+def test_concat_is_partitioned_per_input(signed, channels, partitioned):
     """A concatenate along the contiguous axis, with batch norm-like scale + shift and ReLU fused
     after it (DenseNet): within two roundings, and the channel loop is partitioned at the inputs' boundaries (each
     part reads one input: no select among all of them per lane)."""
@@ -196,6 +197,12 @@ def test_concat_is_partitioned_per_input(signed, channels):
     mod = _function({f"x{i}": x.shape for i, x in enumerate(xs)}, body)
     ref = np.maximum(np.concatenate(xs, 3).astype(np.float64) * scale + shift, 0)
     _check(mod, xs, ref, 2 * U * np.abs(ref) + 1e-30, {"injective"})  # a product and a sum in fp32
+    fused = relax.transform.FuseTIR()(relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(
+        relax.transform.LegalizeOps()(mod))))
+    (name, func), = [(gv.name_hint, f) for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    with TARGET:
+        scheduled = ApplyLlvmRules().schedule(name, func, TARGET)
+    assert ("_partition" in scheduled.script()) == partitioned
     func = te.create_prim_func([te.placeholder((1, 5, 7, 4), name="a")] + [te.compute(
         (1, 5, 7, 8), lambda n, h, w, c: te.if_then_else(c >= 4, 1.0, 0.0), name="b")])
     sch = tvm.s_tir.Schedule(func)
