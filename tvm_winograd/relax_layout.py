@@ -15,16 +15,28 @@ project three things defeat it (TVM 0.27):
    ``emit_te`` makes of that op (structural equality with a freshly emitted one), and also
    rewrites broadcasts TVM's binary rule resolves to the model's layout (a constant first operand
    of a commutative op, a constant of lower rank such as a (C, 1, 1) scale) and decomposes
-   ``nn.pixel_shuffle`` into the reshape/permute/reshape that step 3 handles.
+   ``nn.pixel_shuffle`` into the reshape/permute/reshape that step 3 handles; inference batch
+   norms become elementwise ops (TVM's ``DecomposeOpsForInference``).
 3. Reshape/transpose chains: ``reshape`` has no rule (it cannot have one in general), so a
    depth-to-space (``reshape -> permute_dims -> reshape``) between NHWC convolutions is wrapped in
    a transpose pair, and a model's own ``permute_dims`` (ConvNeXt's NCHW -> NHWC around its layer
    norm) meets the converter's.  :func:`collapse_permutes` rewrites every chain of
    ``permute_dims`` / ``reshape`` into at most ``reshape -> permute_dims -> reshape`` of its source
    (:func:`compose_view`), so inverse pairs vanish and a depth-to-space keeps its one permute.
+4. Layout-agnostic regions: ``ConvertLayout`` is a forward pass that only *desires* layouts for
+   convolutions, so what follows a model's own ``permute_dims`` back to NCHW stays NCHW (ConvNeXt-T:
+   the layer scale and the whole residual stream, 41 transposes, one before every depthwise conv).
+   :func:`collapse_permutes` also finds each region of values linked by layout-agnostic ops
+   (elementwise, broadcasting binary ops with constants, layer norm, softmax, keepdims reductions,
+   concat) and ``permute_dims``, and runs the whole region in the one layout that needs the fewest
+   transposes at its edge (where the choice ties, on the model's inputs and outputs rather than
+   inside); ``permute_dims`` inside a region cost nothing, so inverse pairs cancel and a transpose
+   followed by a permute composes into one, whatever reads the values between them.
+   Inference batch norms are decomposed into elementwise ops first (step 2), so they join regions.
 
 ``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side.
-:func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2.
+:func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2 (1 if its output
+has no spatial axes), and :func:`layout_transform_sites` says where they sit (input, output, inside).
 """
 
 from __future__ import annotations
@@ -291,7 +303,12 @@ class _Prepare(relax.PyExprMutator):
 
 def prepare_for_layout(mod: tvm.IRModule) -> tvm.IRModule:
     """Step 2 of the module docstring on every Relax function of ``mod`` (constants folded first;
-    the raised TE PrimFuncs that lost their last caller are removed)."""
+    the raised TE PrimFuncs that lost their last caller are removed).  Inference batch norms are
+    decomposed first (TVM's ``DecomposeOpsForInference``: subtract, divide, multiply, add by
+    constants), which the layout regions move like any elementwise op; a ``batch_norm``'s tuple
+    would end a region (DenseNet's pre-activation BN-ReLU on the input and after a concat)."""
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)  # (y, mean, var)[0] -> y
     mod = relax.transform.FoldConstant()(mod)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
@@ -562,6 +579,12 @@ def _rank(expr: relax.Expr) -> int:
     return int(ty.ndim) if isinstance(ty, relax.TensorType) else -1
 
 
+def _moves(operand: relax.Expr, rank: int) -> bool:
+    """Whether an operand of a layout-agnostic op of ``rank`` is permuted with it: a tensor of that
+    rank, or a constant of lower rank (NumPy broadcasting: it gets leading ones, then is permuted)."""
+    return _rank(operand) == rank or isinstance(operand, _Constant) and 0 < _rank(operand) < rank
+
+
 def _agnostic_operands(call: relax.Expr) -> list | None:
     """The tensor operands of ``call`` that move with its layout (Vars and Constants of the output's
     rank; scalars stay) if ``call`` is a layout-agnostic op (region comment above), else None."""
@@ -577,13 +600,9 @@ def _agnostic_operands(call: relax.Expr) -> list | None:
             return None
         return [call.args[0]]
     if name in _BINARY:
-        operands = []
-        for a in call.args:
-            if _rank(a) == rank:
-                operands.append(a)
-            elif _rank(a) != 0:
-                return None  # a lower-rank broadcast the layout would change
-        return operands
+        if any(not _moves(a, rank) and _rank(a) != 0 for a in call.args):
+            return None  # a lower-rank tensor broadcast: the layout would change its meaning
+        return [a for a in call.args if _moves(a, rank)]
     if name == "relax.nn.layer_norm":
         axes = list(call.attrs.axes)
         if (_rank(call.args[0]) != rank or len(axes) != 1
@@ -617,7 +636,7 @@ def _relayout(call: relax.Call, operands: list, sigma: Sequence[int]) -> relax.E
     if name == "relax.concat":
         return relax.op.concat(operands, axis=axis(call.attrs.axis))
     it = iter(operands)
-    args = [next(it) if _rank(a) == rank else a for a in call.args]
+    args = [next(it) if _moves(a, rank) else a for a in call.args]
     return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
@@ -635,6 +654,7 @@ class _Region:
 def _plan_regions(func: relax.Function) -> _Region | None:
     """The regions of ``func`` worth rewriting (region comment above), merged; None if there is none."""
     blocks = [b for b in func.body.blocks if isinstance(b, relax.DataflowBlock)]
+    params = set(func.params)
     plan = _Region({}, {}, {}, set(), {b.var: i for i, block in enumerate(blocks) for b in block.bindings})
     all_values = {b.var: b.value for block in func.body.blocks for b in block.bindings
                   if isinstance(b, relax.VarBinding)}
@@ -665,6 +685,7 @@ def _plan_regions(func: relax.Function) -> _Region | None:
         if not members:
             continue
         outside = _read_outside(func, all_values, values, members)
+        returned = _result_vars(func) | {v for v in members if not isinstance(v, relax.DataflowVar)}
         seen: set = set()
         for root in edges:
             if root in seen or not (isinstance(root, relax.Var) and root in members):
@@ -675,17 +696,24 @@ def _plan_regions(func: relax.Function) -> _Region | None:
                 continue  # two paths disagree (e.g. add(x, permute(x, p))): left as it is
             is_member = {k: isinstance(k, relax.Var) and k in members for k in rel}
             edge = [k for k in rel if not is_member[k]] + [k for k in rel if is_member[k] and k in outside]
-            now = sum(1 for k in rel if is_member[k] and members[k][0] == "permute"
-                      and members[k][2] != tuple(range(len(members[k][2]))))
+            # A transpose on a parameter or into the result is the model's boundary: among placements
+            # with as many transposes, the one with the fewest elsewhere wins (DenseNet's BN-ReLU
+            # on the input: before it, not after).
+            at_boundary = {k for k in edge if isinstance(k, tuple) and k[1] in params or is_member[k] and k in returned}
+            permutes = [k for k in rel if is_member[k] and members[k][0] == "permute"
+                        and members[k][2] != tuple(range(len(members[k][2])))]
+            now = (len(permutes), sum(1 for k in permutes if k not in returned and members[k][1] not in params))
             ident = tuple(range(len(rel[root])))
 
-            def cost(g, rel=rel, edge=edge, ident=ident):
+            def cost(g, rel=rel, edge=edge, ident=ident, at_boundary=at_boundary):
                 sig = {k: tuple(rel[k][i] for i in g) for k in rel}
-                return (sum(sig[k] != ident for k in edge), sum(s != ident for s in sig.values())), sig
+                moved = [k for k in edge if sig[k] != ident]
+                return (len(moved), sum(k not in at_boundary for k in moved),
+                        sum(s != ident for s in sig.values())), sig
 
             candidates = sorted({_inverse(rel[k]) for k in edge} | {ident})
-            (best, _), sig = min((cost(g) for g in candidates), key=lambda c: c[0])
-            if best >= now:
+            (*best, _), sig = min((cost(g) for g in candidates), key=lambda c: c[0])
+            if tuple(best) >= now:
                 continue
             plan.sigma.update(sig)
             for k in rel:
@@ -698,6 +726,13 @@ def _plan_regions(func: relax.Function) -> _Region | None:
                 if k in outside:
                     plan.logical.add(k)
     return plan if plan.ops or plan.permutes else None
+
+
+def _result_vars(func: relax.Function) -> set:
+    """The Vars the function's result reads directly (the returned value, a returned tuple's fields)."""
+    found: set = set()
+    relax.analysis.post_order_visit(func.body.body, lambda e: found.add(e) if isinstance(e, relax.Var) else None)
+    return found
 
 
 def _read_outside(func: relax.Function, all_values: dict, values: dict, members: dict) -> set:
@@ -784,11 +819,12 @@ class _Relayout(relax.PyExprMutator):
             for a in _agnostic_operands(value):
                 if isinstance(a, _Constant):
                     data = a.value.numpy()
+                    data = data.reshape((1,) * (rank - data.ndim) + data.shape)
                     operands.append(relax.const(np.transpose(data, sigma), str(data.dtype)))
                 else:
                     operands.append(self._stored(a))
             # the operands that do not move (scalars, PrimValues, layer norm's gamma and beta) as they are
-            value = relax.Call(value.op, [a if isinstance(a, relax.Tuple) or _rank(a) == rank else self.visit_expr(a)
+            value = relax.Call(value.op, [a if isinstance(a, relax.Tuple) or _moves(a, rank) else self.visit_expr(a)
                                           for a in value.args], value.attrs, value.ty_args)
             self.stored[var] = self.builder_.emit(_relayout(value, operands, sigma))
         else:
