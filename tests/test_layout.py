@@ -504,3 +504,36 @@ def test_layout_transform_sites():
             out = bb.emit_output(relax.op.reshape(y, (1, 144)))
         bb.emit_func_output(out)
     assert layout_transform_sites(bb.get()) == {"input": 1, "output": 1, "inside": 1}
+
+
+def test_flatten_of_a_transpose_permutes_the_classifier_weights():
+    """VGG's classifier: the NHWC pool output is transposed back to NCHW only to be flattened into a
+    matmul with constant weights; the rows of the weights are permuted instead (no transpose), and
+    the result is the same."""
+    rng = np.random.default_rng(8)
+    x = relax.Var("x", relax.TensorType((2, 3, 4, 5), "float32"))  # NHWC: H 3, W 4, C 5
+    w1 = relax.const(rng.standard_normal((60, 7)).astype("float32"))
+    w2 = relax.const(rng.standard_normal((60, 3)).astype("float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(x))
+            y = bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+            flat = bb.emit(relax.op.reshape(y, (2, 60)))
+            a = bb.emit(relax.op.matmul(flat, w1))
+            b = bb.emit(relax.op.matmul(flat, w2))
+            out = bb.emit_output(relax.op.concat([a, b], axis=1))
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    collapsed = collapse_permutes(mod)
+    assert count_layout_transforms(collapsed) == 0
+    x_np = rng.standard_normal((2, 3, 4, 5)).astype("float32")
+    flat_np = np.maximum(x_np, 0).transpose(0, 3, 1, 2).reshape(2, 60).astype(np.float64)
+    ref = np.concatenate([flat_np @ w1.value.numpy(), flat_np @ w2.value.numpy()], axis=1)
+    got = _build_and_run(collapsed, x_np)
+    # 60-term float32 dot products of O(1) terms: 4 sqrt(60) u of sum |terms| bounds the error well
+    bound = 4 * np.sqrt(60) * 2.0**-24 * (np.abs(flat_np) @ np.abs(np.concatenate([w1.value.numpy(), w2.value.numpy()], 1)))
+    assert np.all(np.abs(got - ref) <= bound + 1e-30)
+    # The check can fail: the weights used unpermuted on the NHWC flattening differ.
+    unpermuted = np.maximum(x_np, 0).reshape(2, 60) @ w1.value.numpy()
+    assert np.abs(unpermuted - ref[:, :7]).max() > 0.1

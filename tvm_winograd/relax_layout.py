@@ -835,10 +835,70 @@ class _Relayout(relax.PyExprMutator):
             _bind(self.builder_, self, var, expr)
 
 
+def _plan_flatten(func: relax.Function) -> dict:
+    """``{var: new value}`` for each flatten of a transpose read only by matmuls with constant weights:
+    ``reshape(permute_dims(x, p), (N, K)) @ W`` is ``reshape(x, (N, K)) @ W'`` with W's rows in x's
+    order (VGG's and AlexNet's NHWC pool output flattened in NCHW order for the classifier)."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    users: dict = {}
+    for var, value in values.items():
+        relax.analysis.post_order_visit(
+            value, lambda e, var=var: users.setdefault(e, []).append(var) if isinstance(e, relax.Var) else None)
+    plan = {}
+    for var, value in values.items():
+        step = _view_step(value)
+        source = value.args[0] if step is not None and step[0] == "reshape" else None
+        if not isinstance(source, relax.DataflowVar) or uses.get(source) != 1 or source not in values:
+            continue
+        inner = _view_step(values[source])
+        x = values[source].args[0]
+        x_shape, out = static_shape(x), step[1]
+        if inner is None or inner[0] != "permute" or x_shape is None or len(out) != 2:
+            continue
+        p = inner[1]
+        if p[0] != 0 or out != (x_shape[0], int(np.prod(x_shape[1:]))):
+            continue
+        readers = [values.get(u) for u in users.get(var, [])]
+        if (len(readers) != uses.get(var, 0) or not readers
+                or not all(isinstance(r, relax.Call) and isinstance(r.op, tvm.ir.Op) and r.op.name == "relax.matmul"
+                           and r.args[0].same_as(var) and not r.args[1].same_as(var)
+                           and isinstance(r.args[1], _Constant) and len(r.args[1].value.shape) == 2
+                           for r in readers)):
+            continue
+        # Row k of the flattened transpose is element order[k] of x's own flattening.
+        order = np.transpose(np.arange(out[1]).reshape(x_shape[1:]), [a - 1 for a in p[1:]]).ravel()
+        plan[var] = relax.op.reshape(x, out)
+        for u in users[var]:
+            weight = values[u].args[1].value.numpy()
+            permuted = np.empty_like(weight)
+            permuted[order] = weight
+            plan[u] = relax.Call(values[u].op, [var, relax.const(permuted, str(weight.dtype))], values[u].attrs,
+                                 values[u].ty_args)
+    return plan
+
+
+@relax.expr_functor.mutator
+class _Rebind(relax.PyExprMutator):
+    """Gives the planned Vars their new values (free Vars in them remapped)."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict) -> None:
+        super().__init__(mod)
+        self.plan = plan
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.plan:
+            _bind(self.builder_, self, binding.var, self.visit_expr(self.plan[binding.var]))
+        else:
+            super().visit_var_binding_(binding)
+
+
 def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
     """Step 3 of the module docstring on every Relax function of ``mod``: chains become their
-    :class:`View` (:func:`_plan_collapse`); where none is left, regions of layout-agnostic ops move
-    to the layout that needs fewest transposes (:func:`_plan_regions`); repeated while either finds
+    :class:`View` (:func:`_plan_collapse`); where none is left, a flatten of a transpose into matmuls
+    permutes their weights instead (:func:`_plan_flatten`); then regions of layout-agnostic ops move
+    to the layout that needs fewest transposes (:func:`_plan_regions`); repeated while any finds
     work (at most ``rounds`` times: a collapsed chain can join a region); dead links are removed."""
     for _ in range(rounds):
         changed = False
@@ -846,16 +906,20 @@ def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
             if not isinstance(func, relax.Function):
                 continue
             views = _plan_collapse(func)
-            regions = None if views else _plan_regions(func)
-            if not views and regions is None:
+            flatten = {} if views else _plan_flatten(func)
+            regions = None if views or flatten else _plan_regions(func)
+            if not views and not flatten and regions is None:
                 continue
-            mutator = _Collapse(mod, views) if views else _Relayout(mod, regions)
+            mutator = _Collapse(mod, views) if views else _Rebind(mod, flatten) if flatten else _Relayout(mod, regions)
             new_func = mutator.visit_expr(func)
             mod = mutator.builder_.get()
             mod[gv] = new_func
             changed = True
             if views:
                 logger.debug("%s: %d permute/reshape chains collapsed", gv.name_hint, len(views))
+            elif flatten:
+                logger.debug("%s: %d flattens read their source's layout (weights permuted)", gv.name_hint,
+                             len(flatten))
             else:
                 logger.debug("%s: %d ops and %d permutes moved to another layout", gv.name_hint,
                              len(regions.ops), len(regions.permutes))
