@@ -793,10 +793,8 @@ class _Relayout(relax.PyExprMutator):
     def _key(self, var: relax.Var):
         return var if self.plan.block_of.get(var) == self.block else (self.block, var)
 
-    def _stored(self, operand: relax.Expr) -> relax.Expr:
-        """The stored form of a moving operand (a constant is transposed here, at compile time)."""
-        if isinstance(operand, _Constant):
-            return operand  # handled by the caller, which knows the sigma
+    def _stored(self, operand: relax.Var) -> relax.Expr:
+        """The stored form of a moving operand (constants: transposed by the caller, at compile time)."""
         k = self._key(operand)
         if k not in self.stored:  # a value made outside the region: one transpose, shared
             sigma = self.plan.sigma[k]
