@@ -559,8 +559,9 @@ def _bind(builder: relax.BlockBuilder, mutator: relax.PyExprMutator, var: relax.
 # stored x).  So one free permutation g fixes them all (``sigma_v = M_v o g``).  Transposes are needed
 # only at the region's edge: a value made by another op (a conv, a matmul, a parameter) whose sigma
 # is not the identity, and a value read by another op (or returned) whose sigma is not the identity.
-# :func:`_plan_regions` picks g with the fewest such edges and rewrites a region only where that
-# beats the permutes it has now.  This is what TVM's ``ConvertLayout`` cannot do, being a forward
+# :func:`_plan_regions` picks g with the fewest such edges (ties: the fewest away from the model's
+# inputs and outputs; never one right after a convolution, whose epilogue would no longer fuse) and
+# rewrites a region only where that beats the permutes it has now.  This is what TVM's ``ConvertLayout`` cannot do, being a forward
 # pass with desired layouts for convolutions only: ConvNeXt's ``permute(0, 3, 1, 2)`` after its MLP
 # leaves the layer scale and the residual stream NCHW, with a transpose before every depthwise conv.
 
@@ -711,8 +712,14 @@ def _plan_regions(func: relax.Function) -> _Region | None:
                 return (len(moved), sum(k not in at_boundary for k in moved),
                         sum(s != ident for s in sig.values())), sig
 
-            candidates = sorted({_inverse(rel[k]) for k in edge} | {ident})
-            (*best, _), sig = min((cost(g) for g in candidates), key=lambda c: c[0])
+            # A convolution's output keeps its layout: its bias and activation fuse into it (the
+            # Winograd pass's epilogues), which a transpose right after it would prevent.
+            pinned = [k for k in edge if isinstance(k, relax.Var) and _is_conv(values.get(k))]
+            options = [c for c in (cost(g) for g in sorted({_inverse(rel[k]) for k in edge} | {ident}))
+                       if all(c[1][k] == ident for k in pinned)]
+            if not options:
+                continue
+            (*best, _), sig = min(options, key=lambda c: c[0])
             if tuple(best) >= now:
                 continue
             plan.sigma.update(sig)
@@ -726,6 +733,12 @@ def _plan_regions(func: relax.Function) -> _Region | None:
                 if k in outside:
                     plan.logical.add(k)
     return plan if plan.ops or plan.permutes else None
+
+
+def _is_conv(value: relax.Expr | None) -> bool:
+    """Whether ``value`` is a ``conv2d`` (whose epilogue the Winograd pass fuses; ``conv2d_transpose``
+    has none, and runs NCHW)."""
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.nn.conv2d"
 
 
 def _result_vars(func: relax.Function) -> set:
