@@ -686,6 +686,7 @@ def _plan_regions(func: relax.Function) -> _Region | None:
         if not members:
             continue
         outside = _read_outside(func, all_values, values, members)
+        uses = _use_counts(func)
         returned = _result_vars(func) | {v for v in members if not isinstance(v, relax.DataflowVar)}
         seen: set = set()
         for root in edges:
@@ -712,9 +713,9 @@ def _plan_regions(func: relax.Function) -> _Region | None:
                 return (len(moved), sum(k not in at_boundary for k in moved),
                         sum(s != ident for s in sig.values())), sig
 
-            # A convolution's output keeps its layout: its bias and activation fuse into it (the
-            # Winograd pass's epilogues), which a transpose right after it would prevent.
-            pinned = [k for k in edge if isinstance(k, relax.Var) and _is_conv(values.get(k))]
+            # A convolution's output read by one op keeps its layout: that op can fuse into it (the
+            # Winograd pass's epilogues: bias, activation), which a transpose between would prevent.
+            pinned = [k for k in edge if isinstance(k, relax.Var) and _is_conv(values.get(k)) and uses.get(k) == 1]
             options = [c for c in (cost(g) for g in sorted({_inverse(rel[k]) for k in edge} | {ident}))
                        if all(c[1][k] == ident for k in pinned)]
             if not options:
