@@ -68,6 +68,7 @@ def tiny_lib(tmp_path_factory) -> Path:
     assert summary["winograd_layers"] == 4 and summary["conv_layers"] == 8
     # NHWC: the input's transpose only; the head's (N, 1, 1, C) -> (N, C, 1, 1) is a reshape
     assert summary["layout_transforms"] == 1
+    assert summary["layout_transform_sites"] == {"input": 1, "output": 0, "inside": 0}
     assert out.is_file()
     return out
 

@@ -8,7 +8,16 @@ PrimFunc as scheduled (by our convolutions or a named rule), none ``unscheduled`
   scale, permute back, residual;
 * ESPCN's super-resolution head: 5x5 conv + tanh, 3x3 conv + tanh, 3x3 conv, pixel shuffle (ONNX
   DepthToSpace);
-* DenseNet's layer: BN + ReLU + 1x1 conv + BN + ReLU + 3x3 conv, concatenated to its input, BN + ReLU.
+* DenseNet's layer: BN + ReLU + 1x1 conv + BN + ReLU + 3x3 conv, concatenated to its input, BN + ReLU;
+* ConvNeXt as torchvision writes it (``convnext_tv``): a stem conv and ``LayerNorm2d`` (permute, layer
+  norm, permute back), two blocks whose (C, 1, 1) layer scale multiplies *after* the permute back to
+  NCHW, so the residual stream between blocks is the model's NCHW, then a downsampling
+  ``LayerNorm2d`` + 2x2 stride-2 conv;
+* MobileNetV2's inverted residual: 1x1 expand + BN + ReLU6, depthwise 3x3 + BN + ReLU6, 1x1 project + BN,
+  residual.
+
+Layout: compiled with the defaults (NHWC on CPUs), no layout transform is left inside any block:
+only at its input and output (``CompileReport.layout_transforms``).
 
 Tolerance: with signed random data the rounding error of an ``n``-term dot product grows like
 ``sqrt(n) u`` (u = 2^-24) of its magnitude; both runtimes make such errors, so per dot product on
@@ -103,6 +112,47 @@ class DenseLayer(nn.Module):
         return torch.relu(self.bn3(torch.cat([x, y], 1)))
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d: a layer norm over channels of an NCHW tensor."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """torchvision.models.convnext.CNBlock (inference: stochastic depth is the identity)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c), Permute(0, 2, 3, 1),
+                                   nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c),
+                                   Permute(0, 3, 1, 2))
+        self.layer_scale = nn.Parameter(1 + 0.3 * torch.randn(c, 1, 1))
+
+    def forward(self, x):
+        return self.layer_scale * self.block(x) + x
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return x.permute(*self.dims)
+
+
+class ConvNeXtTorchvision(nn.Module):
+    def __init__(self, c: int = 24):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), LayerNorm2d(c, eps=1e-6))
+        self.blocks = nn.Sequential(CNBlock(c), CNBlock(c))
+        self.down = nn.Sequential(LayerNorm2d(c, eps=1e-6), nn.Conv2d(c, 2 * c, 2, stride=2))
+
+    def forward(self, x):
+        return self.down(self.blocks(self.stem(x)))
+
+
 #: name -> (module, input shape, dot-product lengths on the path, polynomial functions on the path,
 #: rules that must appear in the report, epilogues the convolutions must have fused (report tags:
 #: b bias, a residual, r ReLU, 6 ReLU6, s SiLU, g sigmoid, t tanh))
@@ -112,6 +162,13 @@ BLOCKS = {
     "sr_head": (SRHead, (1, 3, 17, 17), [75, 144, 72], 2, {"injective"}, {"bt"}),
     "inverted_residual": (InvertedResidual, (1, 16, 14, 14), [16, 9, 96], 0, set(), {"b6"}),
     "dense": (DenseLayer, (1, 16, 13, 13), [16, 288], 0, {"injective"}, {"br"}),
+    "convnext_tv": (ConvNeXtTorchvision, (1, 3, 12, 12), [27, 24] + [49, 24, 24, 96] * 2 + [24, 96], 2,
+                    {"matmul"}, {"b"}),
+}
+
+#: name -> where its layout transforms sit, where that is not one at the input and one at the output
+SITES = {
+    "sr_head": {"input": 1, "output": 1, "inside": 0},  # the pixel shuffle's transpose is the output's
 }
 
 
@@ -150,3 +207,5 @@ def test_block_matches_onnxruntime_and_is_fully_scheduled(name, rng):
     assert tol < 0.01 * np.abs(ref).max()
     err = np.abs(got - ref).max()
     assert err <= tol, f"{name}: max error {err:.3g} > derived bound {tol:.3g}"
+    # NHWC inside: the input's transpose and the output's, none between two ops of the block.
+    assert report.layout_transforms == SITES.get(name, {"input": 1, "output": 1, "inside": 0}), report.layout_transforms

@@ -21,8 +21,8 @@ from tvm import relax, topi
 
 from tvm_winograd.export import compile_model, run
 from tvm_winograd.frontend import from_onnx_model
-from tvm_winograd.relax_layout import (compose_view, convert_layout, count_layout_transforms, prepare_for_layout,
-                                        register_layout_rules)
+from tvm_winograd.relax_layout import (collapse_permutes, compose_view, convert_layout, count_layout_transforms,
+                                        layout_transform_sites, prepare_for_layout, register_layout_rules)
 from tvm_winograd.runtime import library_metadata
 
 OPSET = 20  # Gelu (20), LayerNormalization (17), HardSwish (14)
@@ -221,6 +221,7 @@ def test_block_compiles_nhwc_and_matches_onnxruntime(block, no_schedules):
     assert got.shape == ref.shape and err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
     expected, why = BLOCKS[block]
     assert library_metadata(ex)["layout_transforms"] == expected, why or "the input's and the output's only"
+    assert report.layout_transforms == {"input": 1, "output": 1, "inside": expected - 2}, report.layout_transforms
     stem = report[0]  # each block starts with a 3x3 stride-1 conv 64 -> 64 on 16x16 (F(4,3) by the heuristic)
     assert (stem.kernel, stem.stride, stem.groups, stem.algorithm) == ("3x3", (1, 1), 1, "winograd"), stem
     # Every convolution runs NHWC: its weight is HWIO (kernel first).
@@ -366,3 +367,173 @@ def test_count_layout_transforms_skips_constants():
 def test_convert_layout_rejects_unknown_layout():
     with pytest.raises(ValueError, match="NCWH"):
         convert_layout(tvm.IRModule(), "NCWH")
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout regions: a hand-built function, converted and checked against the original
+# ------------------------------------------------------------------------------------------------
+
+def _build_and_run(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    ex = tvm.compile(mod, target="llvm")
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _convnext_like(c: int = 8, hw: int = 6) -> tvm.IRModule:
+    """conv (NCHW) -> the model's permute to NHWC -> layer norm -> GELU -> matmul -> the model's permute
+    back -> (C, 1, 1) layer scale -> residual add -> mean over H, W (keepdims) subtracted -> concat
+    with the residual on channels -> softmax over channels -> conv: every op between the two
+    convolutions is layout-agnostic, so NHWC needs no transpose inside."""
+    rng = np.random.default_rng(3)
+    x = relax.Var("x", relax.TensorType((1, c, hw, hw), "float32"))
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            conv = bb.emit(relax.op.nn.conv2d(x, const(c, c, 3, 3), padding=1))
+            y = bb.emit(relax.op.permute_dims(conv, [0, 2, 3, 1]))
+            y = bb.emit(relax.op.nn.layer_norm(y, const(c), const(c), axes=[-1]))
+            y = bb.emit(relax.op.nn.gelu(y))
+            y = bb.emit(relax.op.matmul(y, const(c, c)))
+            y = bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+            y = bb.emit(relax.op.multiply(y, const(1, c, 1, 1)))
+            res = bb.emit(relax.op.add(y, conv))
+            y = bb.emit(relax.op.subtract(res, relax.op.mean(res, axis=[2, 3], keepdims=True)))
+            y = bb.emit(relax.op.concat([y, res], axis=1))
+            y = bb.emit(relax.op.nn.softmax(y, axis=1))
+            out = bb.emit_output(relax.op.nn.conv2d(y, const(c, 2 * c, 1, 1)))
+        bb.emit_func_output(out)
+    return relax.transform.Normalize()(bb.get())
+
+
+def test_regions_move_agnostic_ops_to_nhwc_and_keep_the_result():
+    """After the NHWC conversion only the input's and the output's transposes remain (before the
+    region rewrite TVM's ConvertLayout leaves the layer scale, the residual, the mean, the concat
+    and the softmax NCHW, with transposes around them); the converted function equals the original."""
+    mod = _convnext_like()
+    converted = convert_layout(mod, "NHWC")
+    assert layout_transform_sites(converted) == {"input": 1, "output": 1, "inside": 0}
+    # The model's own permutes are gone too: the two left are the conversion's at the boundary.
+    assert count_layout_transforms(converted) == 2
+    x = np.random.default_rng(4).standard_normal((1, 8, 6, 6)).astype("float32")
+    ref, got = _build_and_run(mod, x), _build_and_run(converted, x)
+    # Same ops, same float32 data; only the reductions' order may differ (layer norm over 8, mean
+    # over 36, softmax over 16, conv over 72/16 terms): a few ulps of values O(10).
+    assert np.abs(got - ref).max() <= 64 * 2.0**-24 * np.abs(ref).max()
+    # The check can fail: a rewrite that swapped H and W (a wrong permutation) would differ.
+    wrong = _build_and_run(mod, np.ascontiguousarray(x.transpose(0, 1, 3, 2)))
+    assert np.abs(wrong - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+def _region_only(perm_back_user: str) -> tvm.IRModule:
+    """x (NCHW parameter) -> permute to NHWC -> relu -> permute back (read twice: by a sigmoid and
+    by the add) -> add -> result: one region, whose best layout is the parameter's."""
+    x = relax.Var("x", relax.TensorType((1, 3, 5, 7), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            y = bb.emit(relax.op.nn.relu(y))
+            back = bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+            other = bb.emit(getattr(relax.op, perm_back_user)(back))
+            out = bb.emit_output(relax.op.add(back, other))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_inverse_permutes_cancel_through_a_region():
+    """A permute and its inverse with an agnostic op between them and a value read twice cancel to
+    no transpose at all (what :func:`_plan_collapse` alone cannot: the chain is not single-use)."""
+    mod = _region_only("sigmoid")
+    assert count_layout_transforms(mod) == 2
+    collapsed = collapse_permutes(mod)
+    assert count_layout_transforms(collapsed) == 0
+    x = np.random.default_rng(5).standard_normal((1, 3, 5, 7)).astype("float32")
+    np.testing.assert_array_equal(_build_and_run(collapsed, x), _build_and_run(mod, x))
+
+
+def test_composed_permutes_become_one():
+    """Two permutes that do not cancel, with an op between them, become one transpose."""
+    x = relax.Var("x", relax.TensorType((2, 3, 5, 7), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            y = bb.emit(relax.op.multiply(relax.op.tanh(y), relax.const(np.arange(3, dtype="float32"))))
+            out = bb.emit_output(relax.op.permute_dims(y, [2, 0, 1, 3]))
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    collapsed = collapse_permutes(mod)
+    assert count_layout_transforms(collapsed) == 1
+    x_np = np.random.default_rng(6).standard_normal((2, 3, 5, 7)).astype("float32")
+    ref = np.transpose(np.tanh(x_np.transpose(0, 2, 3, 1)) * np.arange(3), (2, 0, 1, 3))
+    np.testing.assert_allclose(_build_and_run(collapsed, x_np), ref, rtol=4 * 2.0**-24, atol=4 * 2.0**-24)
+
+
+def test_inconsistent_region_is_left_alone():
+    """add(x, permute(x, p)) on a square tensor: the two paths from x give it two layouts, so the
+    region is left as it is (and stays right)."""
+    x = relax.Var("x", relax.TensorType((1, 4, 4, 4), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            out = bb.emit_output(relax.op.add(relax.op.nn.relu(y), x))
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    collapsed = collapse_permutes(mod)
+    assert count_layout_transforms(collapsed) == 1
+    x_np = np.random.default_rng(7).standard_normal((1, 4, 4, 4)).astype("float32")
+    np.testing.assert_array_equal(_build_and_run(collapsed, x_np), _build_and_run(mod, x_np))
+
+
+def test_layout_transform_sites():
+    """A transpose on a parameter is the input's, one into the result (through reshapes) the output's,
+    any other one is inside the model."""
+    x = relax.Var("x", relax.TensorType((1, 4, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+            y = bb.emit(relax.op.nn.relu(y))
+            y = bb.emit(relax.op.permute_dims(y, [0, 2, 1, 3]))  # inside: between two ops
+            y = bb.emit(relax.op.sigmoid(y))
+            y = bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+            out = bb.emit_output(relax.op.reshape(y, (1, 144)))
+        bb.emit_func_output(out)
+    assert layout_transform_sites(bb.get()) == {"input": 1, "output": 1, "inside": 1}
+
+
+def test_flatten_of_a_transpose_permutes_the_classifier_weights():
+    """VGG's classifier: the NHWC pool output is transposed back to NCHW only to be flattened into a
+    matmul with constant weights; the rows of the weights are permuted instead (no transpose), and
+    the result is the same."""
+    rng = np.random.default_rng(8)
+    x = relax.Var("x", relax.TensorType((2, 3, 4, 5), "float32"))  # NHWC: H 3, W 4, C 5
+    w1 = relax.const(rng.standard_normal((60, 7)).astype("float32"))
+    w2 = relax.const(rng.standard_normal((60, 3)).astype("float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(x))
+            y = bb.emit(relax.op.permute_dims(y, [0, 3, 1, 2]))
+            flat = bb.emit(relax.op.reshape(y, (2, 60)))
+            a = bb.emit(relax.op.matmul(flat, w1))
+            b = bb.emit(relax.op.matmul(flat, w2))
+            out = bb.emit_output(relax.op.concat([a, b], axis=1))
+        bb.emit_func_output(out)
+    mod = relax.transform.Normalize()(bb.get())
+    collapsed = collapse_permutes(mod)
+    assert count_layout_transforms(collapsed) == 0
+    x_np = rng.standard_normal((2, 3, 4, 5)).astype("float32")
+    flat_np = np.maximum(x_np, 0).transpose(0, 3, 1, 2).reshape(2, 60).astype(np.float64)
+    ref = np.concatenate([flat_np @ w1.value.numpy(), flat_np @ w2.value.numpy()], axis=1)
+    got = _build_and_run(collapsed, x_np)
+    # 60-term float32 dot products of O(1) terms: 4 sqrt(60) u of sum |terms| bounds the error well
+    bound = 4 * np.sqrt(60) * 2.0**-24 * (np.abs(flat_np) @ np.abs(np.concatenate([w1.value.numpy(), w2.value.numpy()], 1)))
+    assert np.all(np.abs(got - ref) <= bound + 1e-30)
+    # The check can fail: the weights used unpermuted on the NHWC flattening differ.
+    unpermuted = np.maximum(x_np, 0).reshape(2, 60) @ w1.value.numpy()
+    assert np.abs(unpermuted - ref[:, :7]).max() > 0.1

@@ -201,6 +201,7 @@ def cmd_compile(args) -> int:
                           for n in info.input_names},
                "winograd_layers": n_wino, "conv_layers": len(reports),
                "layout_transforms": library_metadata(ex)["layout_transforms"],
+               "layout_transform_sites": dict(reports.layout_transforms),
                "layers": [r.as_dict() for r in reports],
                "functions": [f.as_dict() for f in reports.functions],
                "function_counts": reports.counts(), "unscheduled": reports.unscheduled(),
@@ -210,7 +211,8 @@ def cmd_compile(args) -> int:
         _emit_json(summary)
     else:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
-              f"{n_wino} of {len(reports)} convolutions use Winograd, {summary['layout_transforms']} layout transforms")
+              f"{n_wino} of {len(reports)} convolutions use Winograd, {summary['layout_transforms']} layout transforms "
+              f"({reports.layout_transforms['inside']} inside the model)")
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
         print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
         print(f"{len(reports.functions)} functions, scheduled by: "

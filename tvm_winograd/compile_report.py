@@ -12,6 +12,11 @@ PrimFuncs' fixed schedules), ``tuned`` (a tuning record), the name of the llvm r
 no name, e.g. the CUDA pipeline's DLight rules) or ``unscheduled`` (it runs as TVM's plain loop nest:
 scalar and on one thread).  Further facts about a function (e.g. that one of our schedules fell back
 to a simpler one) go into its ``notes``; facts about the whole model into ``CompileReport.notes``.
+
+``layout_transforms`` counts the transposes (``permute_dims`` / ``layout_transform`` of data) left in the
+model's Relax ``main`` after the layout conversion, by where they sit: ``input`` (on a parameter),
+``output`` (into the result), ``inside`` (between two ops of the model: the conversion's target is 0;
+see :func:`tvm_winograd.relax_layout.layout_transform_sites`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class CompileReport(Sequence):
     layers: list[LayerReport] = field(default_factory=list)
     functions: list[FunctionReport] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    layout_transforms: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0, "inside": 0})
 
     def __getitem__(self, index):
         return self.layers[index]
@@ -66,6 +72,10 @@ class CompileReport(Sequence):
         """Names of our Winograd functions whose default schedule fell back to the simple one."""
         return [f.name for f in self.functions if f.notes.get("default_schedule") == "fallback"]
 
+    def layout_transforms_total(self) -> int:
+        """All the layout transforms left in the model (input, output and inside)."""
+        return sum(self.layout_transforms.values())
+
     def function(self, name: str) -> FunctionReport:
         """The entry of function ``name`` (KeyError naming it if there is none)."""
         for f in self.functions:
@@ -74,7 +84,8 @@ class CompileReport(Sequence):
         raise KeyError(f"no function {name!r} in the compile report")
 
     def as_dict(self) -> dict:
-        """JSON-ready: ``layers``, ``functions``, ``function_counts``, ``unscheduled``, ``fallbacks``, ``notes``."""
+        """JSON-ready: ``layers``, ``functions``, ``function_counts``, ``unscheduled``, ``fallbacks``,
+        ``layout_transforms`` (by site), ``notes``."""
         return {"layers": [r.as_dict() for r in self.layers], "functions": [f.as_dict() for f in self.functions],
                 "function_counts": self.counts(), "unscheduled": self.unscheduled(), "fallbacks": self.fallbacks(),
-                "notes": dict(self.notes)}
+                "layout_transforms": dict(self.layout_transforms), "notes": dict(self.notes)}

@@ -43,7 +43,7 @@ from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, kind_of, our
 from .frontend import model_signature
 from .module_schedules import apply_database, default_schedules
 from .pipeline import build_pipeline, cuda_build_env, describe_compile_failure
-from .relax_layout import count_layout_transforms, remove_dead_code
+from .relax_layout import layout_transform_sites, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .relax_channels import pad_output_channels
@@ -182,9 +182,10 @@ def compile_model(
     tgt = resolve_target(target)
     mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
                                  layout=layout)
+    sites = layout_transform_sites(mod)
     metadata = {"package_version": __version__, "tvm_version": tvm.__version__, "target": str(tgt),
                 "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)],
-                "layout_transforms": count_layout_transforms(mod)}
+                "layout_transforms": sum(sites.values())}
     table: dict = {}
     with cuda_build_env(tgt):
         try:
@@ -192,7 +193,10 @@ def compile_model(
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
     setattr(ex, _METADATA_ATTR, metadata)  # for export_library
-    return ex, CompileReport(reports, _function_reports(table, mod))
+    if sites["inside"]:
+        logger.info("%d layout transforms left inside the model (besides %d at its inputs, %d at its outputs)",
+                    sites["inside"], sites["input"], sites["output"])
+    return ex, CompileReport(reports, _function_reports(table, mod), layout_transforms=sites)
 
 
 def export_library(ex: tvm.runtime.Executable, path: str | os.PathLike) -> Path:

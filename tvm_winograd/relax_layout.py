@@ -15,16 +15,28 @@ project three things defeat it (TVM 0.27):
    ``emit_te`` makes of that op (structural equality with a freshly emitted one), and also
    rewrites broadcasts TVM's binary rule resolves to the model's layout (a constant first operand
    of a commutative op, a constant of lower rank such as a (C, 1, 1) scale) and decomposes
-   ``nn.pixel_shuffle`` into the reshape/permute/reshape that step 3 handles.
+   ``nn.pixel_shuffle`` into the reshape/permute/reshape that step 3 handles; inference batch
+   norms become elementwise ops (TVM's ``DecomposeOpsForInference``).
 3. Reshape/transpose chains: ``reshape`` has no rule (it cannot have one in general), so a
    depth-to-space (``reshape -> permute_dims -> reshape``) between NHWC convolutions is wrapped in
    a transpose pair, and a model's own ``permute_dims`` (ConvNeXt's NCHW -> NHWC around its layer
    norm) meets the converter's.  :func:`collapse_permutes` rewrites every chain of
    ``permute_dims`` / ``reshape`` into at most ``reshape -> permute_dims -> reshape`` of its source
    (:func:`compose_view`), so inverse pairs vanish and a depth-to-space keeps its one permute.
+4. Layout-agnostic regions: ``ConvertLayout`` is a forward pass that only *desires* layouts for
+   convolutions, so what follows a model's own ``permute_dims`` back to NCHW stays NCHW (ConvNeXt-T:
+   the layer scale and the whole residual stream, 41 transposes, one before every depthwise conv).
+   :func:`collapse_permutes` also finds each region of values linked by layout-agnostic ops
+   (elementwise, broadcasting binary ops with constants, layer norm, softmax, keepdims reductions,
+   concat) and ``permute_dims``, and runs the whole region in the one layout that needs the fewest
+   transposes at its edge (where the choice ties, on the model's inputs and outputs rather than
+   inside); ``permute_dims`` inside a region cost nothing, so inverse pairs cancel and a transpose
+   followed by a permute composes into one, whatever reads the values between them.
+   Inference batch norms are decomposed into elementwise ops first (step 2), so they join regions.
 
 ``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side.
-:func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2.
+:func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2 (1 if its output
+has no spatial axes), and :func:`layout_transform_sites` says where they sit (input, output, inside).
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ __all__ = [
     "compose_view",
     "convert_layout",
     "count_layout_transforms",
+    "layout_transform_sites",
     "prepare_for_layout",
     "register_layout_rules",
     "remove_dead_code",
@@ -290,7 +303,12 @@ class _Prepare(relax.PyExprMutator):
 
 def prepare_for_layout(mod: tvm.IRModule) -> tvm.IRModule:
     """Step 2 of the module docstring on every Relax function of ``mod`` (constants folded first;
-    the raised TE PrimFuncs that lost their last caller are removed)."""
+    the raised TE PrimFuncs that lost their last caller are removed).  Inference batch norms are
+    decomposed first (TVM's ``DecomposeOpsForInference``: subtract, divide, multiply, add by
+    constants), which the layout regions move like any elementwise op; a ``batch_norm``'s tuple
+    would end a region (DenseNet's pre-activation BN-ReLU on the input and after a concat)."""
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)  # (y, mean, var)[0] -> y
     mod = relax.transform.FoldConstant()(mod)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
@@ -487,96 +505,20 @@ def _plan_collapse(func: relax.Function) -> dict:
     return plan
 
 
-def _inverse(axes: tuple[int, ...]) -> tuple[int, ...]:
+def _inverse(axes: Sequence[int]) -> tuple[int, ...]:
     inv = [0] * len(axes)
     for k, a in enumerate(axes):
         inv[a] = k
     return tuple(inv)
 
 
-def _commute_operands(op: relax.Expr) -> tuple[list, int | None] | None:
-    """The operands of a concat (inline tuple) or broadcasting binary op, all tensors of one rank,
-    and the concat's axis (None for a binary op); else None."""
-    if not isinstance(op, relax.Call) or not isinstance(op.op, tvm.ir.Op):
-        return None
-    if op.op.name == "relax.concat" and isinstance(op.args[0], relax.Tuple):
-        operands, axis = list(op.args[0].fields), int(op.attrs.axis)
-    elif op.op.name in _BINARY:
-        operands, axis = list(op.args), None
-    else:
-        return None
-    ranks = {int(a.ty.ndim) for a in operands}
-    return (operands, axis) if len(ranks) == 1 and ranks.pop() > 0 else None
-
-
-@dataclass
-class _Commute:
-    """``v = op(operands)`` recomputed as ``v' = op(operands in the layout of permute_dims(p))``:
-    ``operands`` are ``("source", s)`` (the operand was ``permute_dims(s, p)``, now dead) or
-    ``("permute", a)`` (``permute_dims(a, inverse(p))``); ``user`` is the single user
-    ``permute_dims(v, inverse(p))`` that becomes ``v'``, else None and ``v = permute_dims(v', p)``."""
-
-    op: relax.Call
-    operands: list
-    axis: int | None
-    p: tuple[int, ...]
-    user: relax.Var | None
-
-
-def _plan_commute(func: relax.Function) -> dict:
-    """``{v: _Commute}`` for each concat / binary op ``v`` that runs with fewer transposes in the
-    layout of one of its operands' permutes (or the inverse of its one user's): per operand a
-    permute cancels (it was that permute, used only by ``v``) or is added (a constant's folds),
-    likewise at the output.  What TVM's rules leave to this: a residual add of two transposed
-    values at a model's output, a concat of a ``conv2d_transpose`` output (NCHW) with an NHWC skip
-    connection."""
-    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
-              if isinstance(b, relax.VarBinding)}
-    uses = _use_counts(func)
-    users: dict = {}
-    for var, value in values.items():
-        if _view_step(value) is not None and isinstance(value.args[0], relax.Var):
-            users.setdefault(value.args[0], []).append(var)
-
-    def permute_of(a: relax.Expr) -> tuple | None:
-        step = _view_step(values.get(a)) if isinstance(a, relax.DataflowVar) and uses.get(a) == 1 else None
-        return step[1] if step is not None and step[0] == "permute" else None
-
-    plan = {}
-    for var, value in values.items():
-        found = _commute_operands(value)
-        if found is None or not isinstance(var, relax.DataflowVar):
-            continue
-        operands, axis = found
-        user = users.get(var, [None])[0] if uses.get(var) == 1 else None
-        user_step = _view_step(values[user]) if user is not None else None
-        user_axes = user_step[1] if user_step is not None and user_step[0] == "permute" else None
-        candidates = {permute_of(a) for a in operands} | ({_inverse(user_axes)} if user_axes else set())
-        best = None
-        for p in sorted(c for c in candidates if c is not None and len(c) == int(operands[0].ty.ndim)):
-            inv = _inverse(p)
-            new_ops = [("source", values[a].args[0]) if permute_of(a) == p else ("permute", a) for a in operands]
-            delta = sum(-1 if kind == "source" else int(not isinstance(a, _Constant)) for kind, a in new_ops)
-            cancels = user_axes == inv
-            delta += -1 if cancels else 1
-            if delta < 0 and (best is None or delta < best[0]):
-                new_axis = None if axis is None else p[axis % len(p)]  # operand axis i is source axis p[i]
-                best = (delta, _Commute(value, new_ops, new_axis, p, user if cancels else None))
-        if best is not None:
-            plan[var] = best[1]
-    return plan
-
-
 @relax.expr_functor.mutator
 class _Collapse(relax.PyExprMutator):
-    """Rewrites the chain ends planned by :func:`_plan_collapse` as their :class:`View` and the ops
-    planned by :func:`_plan_commute` in their new layout."""
+    """Rewrites the chain ends planned by :func:`_plan_collapse` as their :class:`View`."""
 
-    def __init__(self, mod: tvm.IRModule, views: dict, commutes: dict) -> None:
+    def __init__(self, mod: tvm.IRModule, views: dict) -> None:
         super().__init__(mod)
         self.views = views
-        self.commutes = commutes
-        self.replaced: dict = {}  # a commuted op's user permute -> the op's new value
 
     def _view_expr(self, source: relax.Expr, view: View) -> relax.Expr:
         expr = self.visit_expr(source)
@@ -586,63 +528,413 @@ class _Collapse(relax.PyExprMutator):
             expr = relax.op.permute_dims(expr, list(arg)) if kind == "permute" else relax.op.reshape(expr, arg)
         return expr
 
-    def _commuted(self, plan: _Commute) -> relax.Expr:
-        inv = list(_inverse(plan.p))
-        operands = []
-        for kind, expr in plan.operands:
-            expr = self.visit_expr(expr)
-            operands.append(expr if kind == "source" else self.builder_.emit(relax.op.permute_dims(expr, inv)))
-        if plan.axis is not None:
-            return relax.op.concat(operands, axis=plan.axis)
-        return relax.Call(plan.op.op, operands, plan.op.attrs)
-
-    def _bind(self, var: relax.Var, expr: relax.Expr) -> None:
-        if self.builder_.current_block_is_dataflow() and not isinstance(var, relax.DataflowVar):
-            new_var = self.builder_.emit_output(expr, str(var.name))
-        elif isinstance(expr, relax.Var):
-            new_var = expr  # an identity chain, or a cancelled permute
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.views:
+            _bind(self.builder_, self, binding.var, self._view_expr(*self.views[binding.var]))
         else:
-            new_var = self.builder_.emit(expr, str(var.name))
-        self.set_var_remap(var, new_var)
+            super().visit_var_binding_(binding)
+
+
+def _bind(builder: relax.BlockBuilder, mutator: relax.PyExprMutator, var: relax.Var, expr: relax.Expr) -> None:
+    """Bind ``var``'s new value ``expr``: a block output stays one (its name kept), a Var is an alias."""
+    if builder.current_block_is_dataflow() and not isinstance(var, relax.DataflowVar):
+        new_var = builder.emit_output(expr, str(var.name))
+    elif isinstance(expr, relax.Var):
+        new_var = expr  # an identity chain, or a cancelled permute
+    else:
+        new_var = builder.emit(expr, str(var.name))
+    mutator.set_var_remap(var, new_var)
+
+
+# ------------------------------------------------------------------------------------------------
+# Layout regions: move whole groups of layout-agnostic ops to the layout that needs fewest transposes
+# ------------------------------------------------------------------------------------------------
+#
+# A *region* is a connected set of values linked by layout-agnostic ops (elementwise, broadcasting
+# binary ops, layer norm, softmax, keepdims reductions, concat: each computes the same thing on
+# consistently permuted operands, with its axis attributes remapped) and by ``permute_dims``.  Each
+# value v of a region may be *stored* permuted: ``stored = permute_dims(v, sigma_v)`` (stored axis j
+# is v's axis sigma_v[j]).  Within a region the sigmas are tied: an agnostic op and its operands share
+# one, ``y = permute_dims(x, p)`` has ``sigma_y = p^-1 o sigma_x`` and costs nothing (stored y *is*
+# stored x).  So one free permutation g fixes them all (``sigma_v = M_v o g``).  Transposes are needed
+# only at the region's edge: a value made by another op (a conv, a matmul, a parameter) whose sigma
+# is not the identity, and a value read by another op (or returned) whose sigma is not the identity.
+# :func:`_plan_regions` picks g with the fewest such edges (ties: the fewest away from the model's
+# inputs and outputs; never one right after a convolution, whose epilogue would no longer fuse) and
+# rewrites a region only where that beats the permutes it has now.  This is what TVM's ``ConvertLayout`` cannot do, being a forward
+# pass with desired layouts for convolutions only: ConvNeXt's ``permute(0, 3, 1, 2)`` after its MLP
+# leaves the layer scale and the residual stream NCHW, with a transpose before every depthwise conv.
+
+#: Elementwise ops of one tensor (any further arguments are PrimValues or attributes).
+_UNARY = frozenset(f"relax.{name}" for name in (
+    "abs", "acos", "asin", "atan", "ceil", "cos", "cosh", "erf", "exp", "floor", "log", "negative", "round",
+    "rsqrt", "sigmoid", "sign", "sin", "sinh", "sqrt", "square", "tan", "tanh", "clip", "astype", "logical_not",
+    "nn.relu", "nn.gelu", "nn.gelu_tanh", "nn.silu", "nn.leakyrelu", "nn.softplus"))
+#: Reductions that keep their rank with ``keepdims=True`` (their axes are remapped).
+_REDUCTIONS = frozenset(f"relax.{name}" for name in ("mean", "sum", "max", "min", "prod", "variance", "std"))
+_SOFTMAX = frozenset({"relax.nn.softmax", "relax.nn.log_softmax"})
+
+
+def _rank(expr: relax.Expr) -> int:
+    ty = expr.ty
+    return int(ty.ndim) if isinstance(ty, relax.TensorType) else -1
+
+
+def _moves(operand: relax.Expr, rank: int) -> bool:
+    """Whether an operand of a layout-agnostic op of ``rank`` is permuted with it: a tensor of that
+    rank, or a constant of lower rank (NumPy broadcasting: it gets leading ones, then is permuted)."""
+    return _rank(operand) == rank or isinstance(operand, _Constant) and 0 < _rank(operand) < rank
+
+
+def _agnostic_operands(call: relax.Expr) -> list | None:
+    """The tensor operands of ``call`` that move with its layout (Vars and Constants of the output's
+    rank; scalars stay) if ``call`` is a layout-agnostic op (region comment above), else None."""
+    if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op):
+        return None
+    name, rank = call.op.name, _rank(call)
+    if rank <= 0:
+        return None
+    if name in _UNARY or name in _REDUCTIONS or name in _SOFTMAX:
+        if _rank(call.args[0]) != rank:
+            return None
+        if name in _REDUCTIONS and not bool(call.attrs.keepdims):
+            return None
+        return [call.args[0]]
+    if name in _BINARY:
+        if any(not _moves(a, rank) and _rank(a) != 0 for a in call.args):
+            return None  # a lower-rank tensor broadcast: the layout would change its meaning
+        return [a for a in call.args if _moves(a, rank)]
+    if name == "relax.nn.layer_norm":
+        axes = list(call.attrs.axes)
+        if (_rank(call.args[0]) != rank or len(axes) != 1
+                or not all(isinstance(a, _Constant) for a in call.args[1:])):
+            return None  # with several axes the (gamma, beta) order could change
+        return [call.args[0]]
+    if name == "relax.concat" and isinstance(call.args[0], relax.Tuple):
+        fields = list(call.args[0].fields)
+        return fields if all(_rank(f) == rank for f in fields) else None
+    return None
+
+
+def _relayout(call: relax.Call, operands: list, sigma: Sequence[int]) -> relax.Expr:
+    """``call`` computed on ``operands`` (its :func:`_agnostic_operands`, already stored permuted by
+    ``sigma``): the same op with its axes remapped (logical axis a is stored axis sigma^-1[a])."""
+    name, inv = call.op.name, _inverse(sigma)
+    rank = len(sigma)
+
+    def axis(a: int) -> int:
+        return inv[int(a) % rank]
+
+    if name in _REDUCTIONS:
+        axes = None if call.attrs.axis is None else sorted(axis(a) for a in call.attrs.axis)
+        return getattr(relax.op, name.split(".")[-1])(operands[0], axes, keepdims=True)
+    if name in _SOFTMAX:
+        return getattr(relax.op.nn, name.split(".")[-1])(operands[0], axis(call.attrs.axis))
+    if name == "relax.nn.layer_norm":
+        a = call.attrs
+        return relax.op.nn.layer_norm(operands[0], call.args[1], call.args[2], [axis(a.axes[0])], float(a.epsilon),
+                                      bool(a.center), bool(a.scale))
+    if name == "relax.concat":
+        return relax.op.concat(operands, axis=axis(call.attrs.axis))
+    it = iter(operands)
+    args = [next(it) if _moves(a, rank) else a for a in call.args]
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+@dataclass
+class _Region:
+    """What :class:`_Relayout` needs of the regions it rewrites."""
+
+    sigma: dict  # key -> its sigma; a key is a Var of the block, or (block, Var) for one made outside it
+    ops: dict  # Var -> its binding value: an agnostic op, computed on stored operands
+    permutes: dict  # Var -> its source's key: the permute becomes an alias of the source's stored value
+    logical: set  # ops and permutes read outside the region: their logical value is materialised
+    block_of: dict  # Var -> the index of the dataflow block that binds it
+
+
+def _plan_regions(func: relax.Function) -> _Region | None:
+    """The regions of ``func`` worth rewriting (region comment above), merged; None if there is none."""
+    blocks = [b for b in func.body.blocks if isinstance(b, relax.DataflowBlock)]
+    params = set(func.params)
+    plan = _Region({}, {}, {}, set(), {b.var: i for i, block in enumerate(blocks) for b in block.bindings})
+    all_values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+                  if isinstance(b, relax.VarBinding)}
+    for index, block in enumerate(blocks):
+        values = {b.var: b.value for b in block.bindings if isinstance(b, relax.VarBinding)}
+
+        def key(v: relax.Var, index=index, values=values):
+            return v if v in values else (index, v)  # a parameter or a value of another block
+
+        edges: dict = {}  # key -> [(other key, "same" | ("from", p): key = permute(other, p) | ("to", p))]
+        members: dict = {}  # Var -> ("op", linked operand Vars) | ("permute", source Var, axes)
+        for var, value in values.items():
+            step = _view_step(value)
+            if step is not None and step[0] == "permute" and isinstance(value.args[0], relax.Var):
+                members[var] = ("permute", value.args[0], step[1])
+                src = key(value.args[0])
+                edges.setdefault(var, []).append((src, ("from", step[1])))
+                edges.setdefault(src, []).append((var, ("to", step[1])))
+                continue
+            operands = _agnostic_operands(value)
+            if operands is None or any(not isinstance(a, (relax.Var, _Constant)) for a in operands):
+                continue
+            linked = [a for a in operands if isinstance(a, relax.Var)]
+            members[var] = ("op", linked)
+            for a in linked:
+                edges.setdefault(var, []).append((key(a), "same"))
+                edges.setdefault(key(a), []).append((var, "same"))
+        if not members:
+            continue
+        outside = _read_outside(func, all_values, values, members)
+        uses = _use_counts(func)
+        returned = _result_vars(func) | {v for v in members if not isinstance(v, relax.DataflowVar)}
+        seen: set = set()
+        for root in edges:
+            if root in seen or not (isinstance(root, relax.Var) and root in members):
+                continue
+            rel = _relative_sigmas(root, edges)
+            seen.update(rel or ())
+            if rel is None:
+                continue  # two paths disagree (e.g. add(x, permute(x, p))): left as it is
+            is_member = {k: isinstance(k, relax.Var) and k in members for k in rel}
+            edge = [k for k in rel if not is_member[k]] + [k for k in rel if is_member[k] and k in outside]
+            # A transpose on a parameter or into the result is the model's boundary: among placements
+            # with as many transposes, the one with the fewest elsewhere wins (DenseNet's BN-ReLU
+            # on the input: before it, not after).
+            at_boundary = {k for k in edge if isinstance(k, tuple) and k[1] in params or is_member[k] and k in returned}
+            permutes = [k for k in rel if is_member[k] and members[k][0] == "permute"
+                        and members[k][2] != tuple(range(len(members[k][2])))]
+            now = (len(permutes), sum(1 for k in permutes if k not in returned and members[k][1] not in params))
+            ident = tuple(range(len(rel[root])))
+
+            def cost(g, rel=rel, edge=edge, ident=ident, at_boundary=at_boundary):
+                sig = {k: tuple(rel[k][i] for i in g) for k in rel}
+                moved = [k for k in edge if sig[k] != ident]
+                return (len(moved), sum(k not in at_boundary for k in moved),
+                        sum(s != ident for s in sig.values())), sig
+
+            # A convolution's output read by one op keeps its layout: that op can fuse into it (the
+            # Winograd pass's epilogues: bias, activation), which a transpose between would prevent.
+            pinned = [k for k in edge if isinstance(k, relax.Var) and _is_conv(values.get(k)) and uses.get(k) == 1]
+            options = [c for c in (cost(g) for g in sorted({_inverse(rel[k]) for k in edge} | {ident}))
+                       if all(c[1][k] == ident for k in pinned)]
+            if not options:
+                continue
+            (*best, _), sig = min(options, key=lambda c: c[0])
+            if tuple(best) >= now:
+                continue
+            plan.sigma.update(sig)
+            for k in rel:
+                if not is_member[k]:
+                    continue
+                if members[k][0] == "op":
+                    plan.ops[k] = values[k]
+                else:
+                    plan.permutes[k] = key(members[k][1])
+                if k in outside:
+                    plan.logical.add(k)
+    return plan if plan.ops or plan.permutes else None
+
+
+def _is_conv(value: relax.Expr | None) -> bool:
+    """Whether ``value`` is a ``conv2d`` (whose epilogue the Winograd pass fuses; ``conv2d_transpose``
+    has none, and runs NCHW)."""
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.nn.conv2d"
+
+
+def _result_vars(func: relax.Function) -> set:
+    """The Vars the function's result reads directly (the returned value, a returned tuple's fields)."""
+    found: set = set()
+    relax.analysis.post_order_visit(func.body.body, lambda e: found.add(e) if isinstance(e, relax.Var) else None)
+    return found
+
+
+def _read_outside(func: relax.Function, all_values: dict, values: dict, members: dict) -> set:
+    """The Vars read other than as a region member's moving operand: by other bindings, in other
+    blocks, by the function's result, as a scalar operand; and the block's outputs."""
+    outside: set = set()
+
+    def note(expr: relax.Expr) -> None:
+        relax.analysis.post_order_visit(expr, lambda e: outside.add(e) if isinstance(e, relax.Var) else None)
+
+    for var, value in all_values.items():
+        member = members.get(var) if var in values else None
+        if member is None:
+            note(value)
+        elif member[0] == "op":
+            for arg in value.args:
+                if not isinstance(arg, relax.Tuple) and not any(arg.same_as(x) for x in member[1]):
+                    note(arg)
+    note(func.body.body)
+    return outside | {v for v in members if not isinstance(v, relax.DataflowVar)}
+
+
+def _relative_sigmas(root, edges: dict) -> dict | None:
+    """``{key: M}`` over the region of ``root``, with each value's sigma ``M o g`` for the region's one
+    free permutation g (``M`` of ``root`` the identity); None if two paths give a value two ``M``."""
+    rel = {root: tuple(range(_rank(root)))}
+    queue, consistent = [root], True
+    while queue:
+        k = queue.pop()
+        for other, how in edges.get(k, []):
+            m = rel[k]
+            if how == "same":
+                new = m
+            elif how[0] == "from":  # k = permute(other, p): sigma_other = p o sigma_k
+                new = tuple(how[1][i] for i in m)
+            else:  # other = permute(k, p): sigma_other = p^-1 o sigma_k
+                inv = _inverse(how[1])
+                new = tuple(inv[i] for i in m)
+            if other not in rel:
+                rel[other] = new
+                queue.append(other)
+            elif rel[other] != new:
+                consistent = False
+    return rel if consistent else None
+
+
+@relax.expr_functor.mutator
+class _Relayout(relax.PyExprMutator):
+    """Rewrites the regions planned by :func:`_plan_regions`: each member op computed on stored
+    (permuted) operands, each permute an alias, transposes only on the region's edge."""
+
+    def __init__(self, mod: tvm.IRModule, plan: _Region) -> None:
+        super().__init__(mod)
+        self.plan = plan
+        self.stored: dict = {}  # key -> the stored value (a new Var)
+        self.block = -1
+
+    def _key(self, var: relax.Var):
+        return var if self.plan.block_of.get(var) == self.block else (self.block, var)
+
+    def _stored(self, operand: relax.Var) -> relax.Expr:
+        """The stored form of a moving operand (constants: transposed by the caller, at compile time)."""
+        k = self._key(operand)
+        if k not in self.stored:  # a value made outside the region: one transpose, shared
+            sigma = self.plan.sigma[k]
+            expr = self.visit_expr(operand)
+            self.stored[k] = expr if sigma == tuple(range(len(sigma))) else self.builder_.emit(
+                relax.op.permute_dims(expr, list(sigma)))
+        return self.stored[k]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        var = binding.var
-        if var in self.views:
-            self._bind(var, self._view_expr(*self.views[var]))
-        elif var in self.replaced:
-            self._bind(var, self.replaced.pop(var))
-        elif var in self.commutes:
-            plan = self.commutes[var]
-            new = self.builder_.emit(self._commuted(plan))
-            if plan.user is not None:
-                self.replaced[plan.user] = new  # var itself is dead: its one user was the inverse
-            else:
-                self._bind(var, relax.op.permute_dims(new, list(plan.p)))
+        var, plan = binding.var, self.plan
+        if var not in plan.ops and var not in plan.permutes:
+            super().visit_var_binding_(binding)
+            return
+        self.block = plan.block_of[var]
+        sigma = plan.sigma[var]
+        if var in plan.ops:
+            value = plan.ops[var]
+            rank = len(sigma)
+            operands = []
+            for a in _agnostic_operands(value):
+                if isinstance(a, _Constant):
+                    data = a.value.numpy()
+                    data = data.reshape((1,) * (rank - data.ndim) + data.shape)
+                    operands.append(relax.const(np.transpose(data, sigma), str(data.dtype)))
+                else:
+                    operands.append(self._stored(a))
+            # the operands that do not move (scalars, PrimValues, layer norm's gamma and beta) as they are
+            value = relax.Call(value.op, [a if isinstance(a, relax.Tuple) or _moves(a, rank) else self.visit_expr(a)
+                                          for a in value.args], value.attrs, value.ty_args)
+            self.stored[var] = self.builder_.emit(_relayout(value, operands, sigma))
+        else:
+            self.stored[var] = self._stored(binding.value.args[0])
+        if var in plan.logical:
+            stored = self.stored[var]
+            expr = stored if sigma == tuple(range(len(sigma))) else relax.op.permute_dims(stored, list(_inverse(sigma)))
+            _bind(self.builder_, self, var, expr)
+
+
+def _plan_flatten(func: relax.Function) -> dict:
+    """``{var: new value}`` for each flatten of a transpose read only by matmuls with constant weights:
+    ``reshape(permute_dims(x, p), (N, K)) @ W`` is ``reshape(x, (N, K)) @ W'`` with W's rows in x's
+    order (VGG's and AlexNet's NHWC pool output flattened in NCHW order for the classifier)."""
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+    uses = _use_counts(func)
+    users: dict = {}
+    for var, value in values.items():
+        relax.analysis.post_order_visit(
+            value, lambda e, var=var: users.setdefault(e, []).append(var) if isinstance(e, relax.Var) else None)
+    plan = {}
+    for var, value in values.items():
+        step = _view_step(value)
+        source = value.args[0] if step is not None and step[0] == "reshape" else None
+        if not isinstance(source, relax.DataflowVar) or uses.get(source) != 1 or source not in values:
+            continue
+        inner = _view_step(values[source])
+        x = values[source].args[0]
+        x_shape, out = static_shape(x), step[1]
+        if inner is None or inner[0] != "permute" or x_shape is None or len(out) != 2:
+            continue
+        p = inner[1]
+        if p[0] != 0 or out != (x_shape[0], int(np.prod(x_shape[1:]))):
+            continue
+        readers = [values.get(u) for u in users.get(var, [])]
+        if (len(readers) != uses.get(var, 0) or not readers
+                or not all(isinstance(r, relax.Call) and isinstance(r.op, tvm.ir.Op) and r.op.name == "relax.matmul"
+                           and r.args[0].same_as(var) and not r.args[1].same_as(var)
+                           and isinstance(r.args[1], _Constant) and len(r.args[1].value.shape) == 2
+                           for r in readers)):
+            continue
+        # Row k of the flattened transpose is element order[k] of x's own flattening.
+        order = np.transpose(np.arange(out[1]).reshape(x_shape[1:]), [a - 1 for a in p[1:]]).ravel()
+        plan[var] = relax.op.reshape(x, out)
+        for u in users[var]:
+            weight = values[u].args[1].value.numpy()
+            permuted = np.empty_like(weight)
+            permuted[order] = weight
+            plan[u] = relax.Call(values[u].op, [var, relax.const(permuted, str(weight.dtype))], values[u].attrs,
+                                 values[u].ty_args)
+    return plan
+
+
+@relax.expr_functor.mutator
+class _Rebind(relax.PyExprMutator):
+    """Gives the planned Vars their new values (free Vars in them remapped)."""
+
+    def __init__(self, mod: tvm.IRModule, plan: dict) -> None:
+        super().__init__(mod)
+        self.plan = plan
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.plan:
+            _bind(self.builder_, self, binding.var, self.visit_expr(self.plan[binding.var]))
         else:
             super().visit_var_binding_(binding)
 
 
 def collapse_permutes(mod: tvm.IRModule, rounds: int = 8) -> tvm.IRModule:
     """Step 3 of the module docstring on every Relax function of ``mod``: chains become their
-    :class:`View` (:func:`_plan_collapse`); where none is left, concats and binary ops move to the
-    layout that needs fewer transposes (:func:`_plan_commute`); repeated while either finds work
-    (at most ``rounds`` times: a moved permute can meet another); dead links are removed."""
+    :class:`View` (:func:`_plan_collapse`); where none is left, a flatten of a transpose into matmuls
+    permutes their weights instead (:func:`_plan_flatten`); then regions of layout-agnostic ops move
+    to the layout that needs fewest transposes (:func:`_plan_regions`); repeated while any finds
+    work (at most ``rounds`` times: a collapsed chain can join a region); dead links are removed."""
     for _ in range(rounds):
         changed = False
         for gv, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function):
                 continue
             views = _plan_collapse(func)
-            commutes = {} if views else _plan_commute(func)
-            if not views and not commutes:
+            flatten = {} if views else _plan_flatten(func)
+            regions = None if views or flatten else _plan_regions(func)
+            if not views and not flatten and regions is None:
                 continue
-            mutator = _Collapse(mod, views, commutes)
+            mutator = _Collapse(mod, views) if views else _Rebind(mod, flatten) if flatten else _Relayout(mod, regions)
             new_func = mutator.visit_expr(func)
             mod = mutator.builder_.get()
             mod[gv] = new_func
             changed = True
-            logger.debug("%s: %d permute/reshape chains collapsed, %d ops moved to another layout",
-                         gv.name_hint, len(views), len(commutes))
+            if views:
+                logger.debug("%s: %d permute/reshape chains collapsed", gv.name_hint, len(views))
+            elif flatten:
+                logger.debug("%s: %d flattens read their source's layout (weights permuted)", gv.name_hint,
+                             len(flatten))
+            else:
+                logger.debug("%s: %d ops and %d permutes moved to another layout", gv.name_hint,
+                             len(regions.ops), len(regions.permutes))
         mod = relax.transform.FoldConstant()(remove_dead_code(mod))
         if not changed:
             break
@@ -683,3 +975,44 @@ def count_layout_transforms(mod: tvm.IRModule, func_name: str = "main") -> int:
 
     relax.analysis.post_order_visit(mod[func_name].body, visit)
     return count
+
+
+def layout_transform_sites(mod: tvm.IRModule, func_name: str = "main") -> dict[str, int]:
+    """Where the layout transforms of :func:`count_layout_transforms` sit: ``{"input": n, "output": n,
+    "inside": n}``.  A transform is at the input if its data comes from a parameter of the function
+    through data movement only (``permute_dims`` / ``reshape`` / ``layout_transform``), at the output
+    if its result reaches the function's result that way, else inside the model (the ones
+    :func:`convert_layout` should leave none of)."""
+    func = mod[func_name]
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings
+              if isinstance(b, relax.VarBinding)}
+
+    def moves(value: relax.Expr) -> bool:
+        return (isinstance(value, relax.Var) or isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name in (_PERMUTE, _RESHAPE, _LAYOUT_TRANSFORM))
+
+    def source(value: relax.Expr) -> relax.Expr:
+        return value if isinstance(value, relax.Var) else value.args[0]
+
+    from_input = set(func.params)
+    for var, value in values.items():  # bindings are in order: one pass follows each chain forwards
+        if moves(value) and source(value) in from_input:
+            from_input.add(var)
+    to_output: set = set()
+    pending: list = []
+    relax.analysis.post_order_visit(func.body.body, lambda e: pending.append(e) if isinstance(e, relax.Var) else None)
+    while pending:
+        var = pending.pop()
+        if var in to_output:
+            continue
+        to_output.add(var)
+        value = values.get(var)
+        if value is not None and moves(value) and isinstance(source(value), relax.Var):
+            pending.append(source(value))
+    sites = {"input": 0, "output": 0, "inside": 0}
+    for var, value in values.items():
+        if (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+                and value.op.name in (_PERMUTE, _LAYOUT_TRANSFORM) and not isinstance(value.args[0], _Constant)):
+            site = "input" if value.args[0] in from_input else "output" if var in to_output else "inside"
+            sites[site] += 1
+    return sites
