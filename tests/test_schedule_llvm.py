@@ -343,10 +343,12 @@ def _matmul_bound(x64: np.ndarray, w64: np.ndarray, extra: np.ndarray | float = 
     return (k + 2) * U * (np.abs(x64) @ np.abs(w64)) + extra
 
 
-@pytest.mark.parametrize("batch,k,n", [(1, 200, 64), (2, 96, 48), (1, 64, 1000), (13, 37, 24), (197, 19, 19)])
+@pytest.mark.parametrize("batch,k,n", [(1, 200, 64), (2, 96, 48), (1, 64, 1000), (1, 1000, 40), (1, 1024, 96),
+                                       (13, 37, 24), (197, 19, 19)])
 def test_fully_connected(rng, batch, k, n):
-    """x @ W + b, ReLU (the VGG/ResNet classifier): batch 1 streams W; more rows tile it (13 and the
-    prime 197 rows pad A to whole tiles; 19 columns are no multiple of a vector)."""
+    """x @ W + b, ReLU (the VGG/ResNet classifier): batch 1 streams W (by column tasks, or by row
+    ranges summed after from 1000 rows on); more rows tile it (13 and the prime 197 rows pad A to
+    whole tiles; 19 columns are no multiple of a vector)."""
     w = rng.standard_normal((k, n)).astype("float32")
     b = rng.standard_normal(n).astype("float32")
     x = rng.standard_normal((batch, k)).astype("float32")
@@ -400,16 +402,19 @@ def test_batched_attention_scores(signed):
     assert "matmul" in table.values()
 
 
-def test_streaming_schedule_shape(rng):
-    """Batch 1 with W[k, n]: the streaming schedule (parallel column chunks, vectorized), marked."""
-    w = rng.standard_normal((200, 64)).astype("float32")
-    mod = _function({"x": (1, 200)}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
+@pytest.mark.parametrize("k, split", [(200, False), (1024, True)])
+def test_streaming_schedule_shape(rng, k, split):
+    """Batch 1 with W[k, n]: the streaming schedule (parallel column chunks, vectorized); with enough
+    rows, partial products over row ranges (``rfactor``) summed after."""
+    w = rng.standard_normal((k, 64)).astype("float32")
+    mod = _function({"x": (1, k)}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
     with TARGET:
         legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
     (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
     sch = Matmul().apply(func, TARGET, False)
     script = sch.mod["main"].script()
     assert "T.parallel" in script and "T.vectorized(T.int64(64))" in script
+    assert ("matmul_rf" in script) == split
 
 
 def test_matmul_rule_ignores_other_reductions():
