@@ -23,6 +23,7 @@ import tvm
 from tvm import relax
 
 from .relax_layout import static_shape
+from .relax_pass import Bindings
 
 __all__ = ["padded_channels", "pad_output_channels"]
 
@@ -116,28 +117,19 @@ class _PadChannels(relax.PyExprMutator):
 
 def _plan(func: relax.Function) -> tuple[dict, dict]:
     """The convs to pad where they are bound, and the bias adds to pad together with their conv."""
-    bindings, users = {}, {}
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            if isinstance(binding, relax.VarBinding):
-                bindings[binding.var] = binding.value
-                relax.analysis.post_order_visit(
-                    binding.value, lambda e, v=binding.var: users.setdefault(e, []).append(v)
-                    if isinstance(e, relax.Var) else None)
-    relax.analysis.post_order_visit(func.body.body, lambda e: users.setdefault(e, []).append(None)
-                                    if isinstance(e, relax.Var) else None)
+    graph = Bindings(func)
     convs, adds = {}, {}
-    for var, value in bindings.items():
-        sizes = _paddable(value)
+    for var in graph.order:
+        sizes = _paddable(graph.values[var])
         if sizes is None:
             continue
-        after = users.get(var, [])
-        nxt = bindings.get(after[0]) if len(after) == 1 and after[0] is not None else None
-        if isinstance(nxt, relax.Call) and nxt.op == _ADD:
-            other = nxt.args[1] if nxt.args[0].same_as(var) else nxt.args[0]
+        after = graph.sole_user(var)
+        if graph.is_call(after, _ADD):
+            add = graph.call(after)
+            other = add.args[1] if add.args[0].same_as(var) else add.args[0]
             bias = _bias_constant(other, sizes[0])
             if bias is not None:
-                adds[after[0]] = (var, bias, *sizes)
+                adds[after] = (var, bias, *sizes)
                 continue
         convs[var] = sizes
     return convs, adds

@@ -52,6 +52,7 @@ from .workload import (
 )
 
 __all__ = [
+    "Bindings",
     "LayerReport",
     "ConvWorkload",
     "conv_workloads",
@@ -140,20 +141,12 @@ def _scalar(expr: relax.Expr) -> float | None:
     return float(value.reshape(())) if value.size == 1 else None
 
 
-def _activation_after(var: relax.Var, bindings: dict, users: dict, counts: dict, claimed: set):
+def _activation_after(var: relax.Var, graph: Bindings):
     """``(name, bindings)`` of an activation of :mod:`tvm_winograd.activations` applied to ``var``
     and to nothing else: ``tanh``, ``sigmoid``, ``max(min(y, 6), 0)`` in either order (ONNX Clip(0, 6),
     as :func:`~tvm_winograd.relax_layout.prepare_for_layout` raises it), ``y * sigmoid(y)`` (SiLU);
     None if there is none. Every intermediate must have no other user."""
-
-    def only_users(v, n):
-        us = users.get(v, [])
-        return us if len(us) == n and counts.get(v, 0) == n and not set(us) & claimed else None
-
-    def call(v):
-        value = bindings.get(v)
-        return value if isinstance(value, relax.Call) else None
-
+    only_users, call = graph.only_users, graph.call
     one = only_users(var, 1)
     first = call(one[0]) if one else None
     if first is not None and first.op in (_TANH, _SIGMOID):
@@ -345,7 +338,7 @@ def _use_counts(func: relax.Function) -> dict:
     return counts
 
 
-class _Bindings:
+class Bindings:
     """The variable bindings of one Relax function: values, users and use counts, in program order."""
 
     def __init__(self, func: relax.Function) -> None:
@@ -366,18 +359,30 @@ class _Bindings:
         self.counts = _use_counts(func)
         self.claimed: set = set()  # bindings already fused into a chain
 
-    def sole_user(self, var):
-        """The one binding using ``var``, if it is used once and no chain has taken that binding."""
+    def only_users(self, var, n: int) -> list | None:
+        """The ``n`` bindings using ``var``, if it is used exactly ``n`` times (the function's result
+        counts) and no chain has taken any of them; else None."""
         us = self.users.get(var, [])
-        if len(us) == 1 and self.counts.get(var, 0) == 1 and us[0] not in self.claimed:
-            return us[0]
+        if len(us) == n and self.counts.get(var, 0) == n and not any(u in self.claimed for u in us):
+            return us
         return None
 
+    def sole_user(self, var):
+        """The one binding using ``var``, if it is used once and no chain has taken that binding."""
+        us = self.only_users(var, 1)
+        return us[0] if us else None
+
+    def call(self, var) -> relax.Call | None:
+        """The call ``var`` is bound to, else None."""
+        value = self.values.get(var) if var is not None else None
+        return value if isinstance(value, relax.Call) else None
+
     def is_call(self, var, op) -> bool:
-        return var is not None and isinstance(self.values[var], relax.Call) and self.values[var].op == op
+        call = self.call(var)
+        return call is not None and call.op == op
 
 
-def _grow_chain(graph: _Bindings, var, spec: Conv2dSpec, skip: set) -> tuple[list, np.ndarray | None, object, bool,
+def _grow_chain(graph: Bindings, var, spec: Conv2dSpec, skip: set) -> tuple[list, np.ndarray | None, object, bool,
                                                                              str | None]:
     """``(chain, bias, residual, relu, activation)``: the epilogue chain conv (+bias) (+residual)
     (+relu or an activation of :func:`_activation_after`) from the conv binding ``var``, each step only if the value so far has exactly one user (so nothing else
@@ -407,7 +412,7 @@ def _grow_chain(graph: _Bindings, var, spec: Conv2dSpec, skip: set) -> tuple[lis
         relu, end = True, nxt
         chain.append(nxt)
     else:
-        found = _activation_after(end, graph.values, graph.users, graph.counts, graph.claimed)
+        found = _activation_after(end, graph)
         if found is not None:
             activation, steps = found
             chain.extend(steps)
@@ -425,7 +430,7 @@ def _report_fields(index: int, var, call: relax.Call, in_shape: tuple, w_shape: 
 def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport],
           ineligible: str = "relax", target_kind: str = "llvm") -> tuple[dict, set]:
     """Find every conv2d of ``func``; decide; record the chains to rewrite."""
-    graph = _Bindings(func)
+    graph = Bindings(func)
     plan: dict = {}
     skip: set = set()
     for var in graph.order:
