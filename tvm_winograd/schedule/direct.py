@@ -81,9 +81,9 @@ def direct_tile(out_channels: int, out_width: int, lanes: int = 16,
     vector must lie within one group, so that each lane reads the same input channel (a broadcast).
     ``None`` if no vector of 4 or more fits.
     """
-    fits = out_channels if group_channels is None else math.gcd(out_channels, group_channels)
-    vector = _largest_divisor(fits, (lanes, 8, 4))
-    if fits % vector or vector < 4:
+    vector = _channel_vector(out_channels if group_channels is None else math.gcd(out_channels, group_channels),
+                             lanes)
+    if vector is None:
         return None
     k_vectors = 2 if (out_channels // vector) % 2 == 0 else 1
     cap = ACC_REGISTERS // k_vectors
@@ -96,10 +96,14 @@ def depthwise_tile(channels: int, out_width: int, lanes: int = 16) -> tuple[int,
     vector of a row once for all the columns that use it (``w_tile + s - 1`` loads instead of
     ``w_tile * s``); the accumulators, the row's inputs and the weights stay in registers.
     ``None`` if ``channels`` is not a multiple of 4."""
+    vector = _channel_vector(channels, lanes)
+    return None if vector is None else (vector, 1, _width_tile(out_width, DEPTHWISE_COLUMNS))
+
+
+def _channel_vector(channels: int, lanes: int) -> int | None:
+    """Channels per vector register: ``lanes``, else 8 or 4, dividing ``channels``; None if none does."""
     vector = _largest_divisor(channels, (lanes, 8, 4))
-    if channels % vector or vector < 4:
-        return None
-    return vector, 1, _width_tile(out_width, DEPTHWISE_COLUMNS)
+    return vector if channels % vector == 0 and vector >= 4 else None
 
 
 def _width_tile(out_width: int, cap: int) -> int:

@@ -16,7 +16,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import (MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, parallelize, vector_lanes,
+from .base import (LlvmRule, LoopPlan, extent_of, inline_injective, num_cores, parallelize, vector_lanes,
                    vectorize_inner)
 
 __all__ = ["Injective", "is_spatial_block", "schedule_spatial_block"]
@@ -80,10 +80,7 @@ def schedule_spatial_block(sch: s_tir.Schedule, block, target: Target, lanes: in
     width = next((w for w in (lanes, lanes // 2, lanes // 4)
                   if points and w >= 4 and all(p % w == 0 for p in points + [extents[-1]])), None)
     if width is not None:  # whole vectors per part: split first (a partitioned loop cannot be split)
-        outer = loops[:-1]
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        if num_cores(target) > 1 and (elements is None or elements >= MIN_PARALLEL_ELEMENTS):
-            sch.parallel(fused)
+        parallelize(sch, LoopPlan(loops[:-1], None, width), elements, num_cores(target))
         vectors, inner = sch.split(loops[-1], [None, width])
         sch.vectorize(inner)
         sch.loop_partition(vectors, [b // width - a // width for a, b in zip([0] + points, points)] + [None])
