@@ -8,6 +8,7 @@ shows the traceback).  Heavy imports happen inside the commands, so ``--help`` i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -149,23 +150,49 @@ def cmd_layers(args) -> int:
 
 def cmd_tune(args) -> int:
     from .relax_pass import model_workloads
-    from .tune.model import tune_model
+    from .targets import is_cuda
+    from .tune.model import tune_whole_model
     from .tune.paths import schedules_dir, tuning_logs_dir
 
     mod, _info = _load(args)
     target = _target(args.target)
-    if args.trials < 1:
-        raise UsageError(f"--trials {args.trials} must be at least 1")
-    results = tune_model(model_workloads(mod, target, args.layout), target, trials=args.trials,
-                         log_dir=args.log_dir, schedules_dir=args.schedules, rpc_tracker=args.rpc_tracker,
-                         rpc_key=args.rpc_key, progress=not args.json)
+    for flag, value in (("--trials", args.trials), ("--trials-per-task", args.trials_per_task)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value} must be at least 1")
+    tasks = args.tasks
+    if tasks == "all" and is_cuda(target):
+        logger.warning("on CUDA only the conv layers are tuned (the other functions "
+                                            "get DLight's schedules); --tasks convs")
+        tasks = "convs"
+    functions = []
+    if tasks == "all":
+        from .model_tasks import function_tasks
+
+        functions = function_tasks(mod, target, args.schedules, args.layout)
+    # MetaSchedule's task scheduler logs its tables to stdout (a handler bound to sys.stdout when made):
+    # with --json, stdout carries only the JSON
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = tune_whole_model(model_workloads(mod, target, args.layout), functions, target,
+                                  trials=args.trials, trials_per_task=args.trials_per_task, log_dir=args.log_dir,
+                                  schedules_dir=args.schedules, rpc_tracker=args.rpc_tracker,
+                                  rpc_key=args.rpc_key, progress=not args.json)
     if args.json:
-        _emit_json(results)
+        _emit_json(result if tasks == "all" else result["layers"])
         return 0
     rows = [(r["key"], r["algorithm"], r.get("m"), ", ".join(f"{k}={v:.3f}" for k, v in sorted(r["times_ms"].items())),
-             f"{r['speedup_vs_direct']:.2f}x" if r.get("speedup_vs_direct") else None) for r in results]
+             f"{r['speedup_vs_direct']:.2f}x" if r.get("speedup_vs_direct") else None) for r in result["layers"]]
     _print_table("tuned layers (median ms per candidate)", ["workload", "chosen", "m", "candidates (ms)",
                                                              "vs direct"], rows)
+    if result["functions"]:
+        def ms(v):
+            return f"{v:.4f}" if v is not None else None
+        rows = [(r["name"], r["kind"], r["weight"], r["records"], ms(r["default_ms"]), ms(r["tuned_ms"]),
+                 "tuned" if r["stored"] else "default", f"{r['speedup']:.2f}x" if r["speedup"] else r["reason"])
+                for r in result["functions"]]
+        _print_table("other functions (median ms)", ["function", "kind", "calls", "trials", "default", "tuned",
+                                                      "uses", "gain / why not"], rows)
+    print(f"budget: {result['trials']} trials, at most {result['trials_per_task']} per task; "
+          f"wall time {result['wall_s']:.0f} s")
     print(f"tuning logs: {tuning_logs_dir(target, args.log_dir)}")
     print(f"schedules: {schedules_dir(target, args.schedules)} (compile and layers apply them from here)")
     return 0
@@ -371,11 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layout(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = _cmd(sub, "tune", cmd_tune, "tune every distinct conv layer (direct vs Winograd m=2,4,6) by measurement",
-             "tvm-winograd tune resnet18 --target llvm --trials 64")
+    p = _cmd(sub, "tune", cmd_tune, "tune every task of a model by measurement: each conv layer's algorithm "
+             "(direct vs Winograd m=2,4,6) and, on CPUs, every other function",
+             "tvm-winograd tune resnet18 --target llvm --trials 2000")
     _add_model_args(p)
     _add_target(p)
-    p.add_argument("--trials", type=int, default=64, help="measured trials per candidate (default 64)")
+    p.add_argument("--trials", type=int, help="measured trials for the whole model (default: 64 per task)")
+    p.add_argument("--trials-per-task", type=int, metavar="N",
+                   help="at most N trials per task (a conv candidate or a function; default: --trials spread evenly)")
+    p.add_argument("--tasks", choices=("all", "convs"), default="all",
+                   help="all: conv layers and the model's other functions (default); convs: conv layers only")
     p.add_argument("--log-dir", metavar="DIR", help="tuning log root (default ./tuning_logs)")
     p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default ./schedules)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on the servers of a TVM RPC tracker")

@@ -56,6 +56,8 @@ __all__ = [
     "CompileError",
     "compile_model",
     "prepare_model",
+    "rewrite_model",
+    "schedule_model",
     "export_library",
     "load_and_run",
     "load_vm",
@@ -84,23 +86,47 @@ def prepare_model(
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
     tgt = resolve_target(target)
+    mod, reports = rewrite_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
+                                 layout=layout)
+    return schedule_model(mod, tgt, schedules_dir), reports
+
+
+def rewrite_model(
+    mod: tvm.IRModule,
+    target: tvm.target.Target,
+    schedules_dir: str | os.PathLike | None = None,
+    algo: str = "auto",
+    *,
+    rewrite: bool = True,
+    ineligible: str = "tir",
+    layout: str = "auto",
+) -> tuple[tvm.IRModule, list[LayerReport]]:
+    """Steps 1-2: the conv layout, the channel padding, the Winograd pass and the constant folding; our
+    PrimFuncs are not scheduled yet (what the schedules database is queried with)."""
     reports: list[LayerReport] = []
-    mod = convert_conv_layout(mod, tgt, layout)
-    if rewrite and not is_cuda(tgt):  # whole vectors of output channels for the CPU tiles
+    mod = convert_conv_layout(mod, target, layout)
+    if rewrite and not is_cuda(target):  # whole vectors of output channels for the CPU tiles
         mod = pad_output_channels(relax.transform.FoldConstant()(mod))
     if rewrite:
-        mod, reports = rewrite_winograd(mod, tgt, schedules_dir, algo, ineligible=ineligible)
+        mod, reports = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible)
     mod = relax.transform.FoldConstant()(mod)
     mod = remove_dead_code(mod)
     leftover = [n for n, f in our_prim_funcs(mod).items() if kind_of(f) == "weight_transform"]
     if leftover:
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
-    mod = apply_database(mod, tgt, schedules_dir_for(tgt, schedules_dir))
-    mod = default_schedules(mod, tgt)
-    if not is_cuda(tgt):  # the direct convs' weight packing, once at compile time (constant weights)
-        mod = hoist_weight_packing(mod)
     return mod, reports
+
+
+def schedule_model(mod: tvm.IRModule, target: tvm.target.Target,
+                   schedules_dir: str | os.PathLike | None = None) -> tvm.IRModule:
+    """Steps 3-4: tuned records, then the defaults, for our PrimFuncs; the direct convs' weight packing
+    folded at compile time on CPUs."""
+    mod = apply_database(mod, target, schedules_dir_for(target, schedules_dir))
+    mod = default_schedules(mod, target)
+    if not is_cuda(target):  # the direct convs' weight packing, once at compile time (constant weights)
+        mod = hoist_weight_packing(mod)
+    return mod
 
 
 def _function_reports(table: dict, mod: tvm.IRModule) -> list[FunctionReport]:
@@ -189,7 +215,8 @@ def compile_model(
     table: dict = {}
     with cuda_build_env(tgt):
         try:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=build_pipeline(tgt, table))
+            pipeline = build_pipeline(tgt, table, tuned=schedules_dir_for(tgt, schedules_dir))
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=pipeline)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
     setattr(ex, _METADATA_ATTR, metadata)  # for export_library

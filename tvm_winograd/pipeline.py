@@ -7,14 +7,16 @@ import contextlib
 import logging
 import os
 import re
+from pathlib import Path
 
 import tvm
 from tvm import relax
 
-from .schedule.llvm import ApplyLlvmRules, schedule_table
+from .schedule.llvm import ApplyLlvmRules, default_rules, schedule_table
+from .schedule.llvm.rules import Tuned
 from .targets import is_cuda
 
-__all__ = ["build_pipeline", "cuda_build_env", "describe_compile_failure"]
+__all__ = ["build_pipeline", "fusion_passes", "cuda_build_env", "describe_compile_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +43,25 @@ def cuda_build_env(target: tvm.target.Target):
             os.environ["TVM_CUDA_COMPILE_MODE"] = old
 
 
-def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> tvm.transform.Pass:
+def fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """The llvm pipeline up to the rules: library dispatch, LegalizeOps, FuseOps, FuseTIR.  The
+    functions after these are the ones the rules schedule and whole-model tuning tunes
+    (:func:`tvm_winograd.model_tasks.function_tasks` runs exactly these, so records match)."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+
+
+def build_pipeline(target: tvm.target.Target, functions: dict | None = None,
+                   tuned: Path | None = None) -> tvm.transform.Pass:
     """The Relax build pipeline: TVM's default, except that on CPUs every PrimFunc left unscheduled
     after legalization and fusion gets a default schedule from the llvm rules
     (:class:`~tvm_winograd.schedule.llvm.ApplyLlvmRules`); TVM's llvm pipeline schedules nothing
     (VGG-16's fully connected layer alone took ~0.9 s per image, ConvNeXt-T ran at 0.01x onnxruntime).
 
     ``functions``, if given, is filled with :func:`~tvm_winograd.schedule.llvm.schedule_table` of the
-    scheduled PrimFuncs (what :func:`compile_model` reports)."""
+    scheduled PrimFuncs (what :func:`compile_model` reports).  ``tuned``: a schedules directory whose
+    database records come first (:class:`~tvm_winograd.schedule.llvm.rules.Tuned`, whole-model tuning)."""
 
     @tvm.transform.module_pass(opt_level=0, name="TvmWinogradRecordSchedules")
     def _record(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -60,13 +73,18 @@ def build_pipeline(target: tvm.target.Target, functions: dict | None = None) -> 
         return tvm.transform.Sequential([relax.get_default_pipeline(target), _record])
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    rules = None
+    if tuned is not None and (Path(tuned) / "database_tuning_record.json").is_file():
+        from .tune.database import open_database
+
+        rules = [Tuned(open_database(tuned, readonly=True))] + default_rules()
+
     @tvm.transform.module_pass(opt_level=0, name="TvmWinogradCpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)  # LegalizeOps, FuseOps, FuseTIR: the rules see fused functions
-                + [ApplyLlvmRules(), _record]
+                fusion_passes(target)  # the rules see fused functions
+                + [ApplyLlvmRules(rules), _record]
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )(mod)

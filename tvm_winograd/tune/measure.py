@@ -25,7 +25,7 @@ from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunner
 from tvm.support.popen_pool import PopenPoolExecutor
 from tvm.target import Target
 
-__all__ = ["make_builder", "make_runner", "build_candidate", "parse_tracker", "BUILD_TIMEOUT_SEC", "RUN_TIMEOUT_SEC"]
+__all__ = ["make_builder", "make_runner", "default_runner", "build_candidate", "parse_tracker", "BUILD_TIMEOUT_SEC", "RUN_TIMEOUT_SEC"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,12 @@ class _FarmRunner(RPCRunner._cls):  # noqa: SLF001 - derived_object forbids subc
             return futures
         return [_RetryingFuture(self, runner_input, future, self.retries)
                 for runner_input, future in zip(runner_inputs, futures)]
+
+
+def default_runner(target: Target) -> ms.runner.Runner:
+    """The local runner tuning uses: 3 runs per repeat, 5 repeats of at least 20 ms, no cache flush."""
+    config = ms.runner.EvaluatorConfig(number=3, repeat=5, min_repeat_ms=20, enable_cpu_cache_flush=False)
+    return make_runner(target, evaluator_config=config)
 
 
 def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | None = None, *,

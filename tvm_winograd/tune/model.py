@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from ..compute import Epilogue
 from ..targets import resolve_target
 from ..workload import Conv2dSpec
+from .functions import FunctionTask
 from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
 
-__all__ = ["tune_model"]
+__all__ = ["tune_model", "tune_whole_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +74,47 @@ def tune_model(
             "wall_s": round(res.wall_s, 1),
         })
     return results
+
+
+def tune_whole_model(
+    workloads: Sequence[tuple[Conv2dSpec, Epilogue, list[str]]],
+    functions: Sequence[FunctionTask],
+    target,
+    *,
+    trials: int | None = None,
+    trials_per_task: int | None = None,
+    log_dir: str | os.PathLike | None = None,
+    schedules_dir: str | os.PathLike | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every task of a model: the conv layers' candidates (:func:`tune_model`, ``trials_per_task`` per
+    candidate), then the other functions (:func:`~.functions.tune_functions`, the rest of ``trials``
+    shared by TVM's gradient task scheduler).  ``functions`` come from
+    :func:`tvm_winograd.model_tasks.function_tasks`.  :func:`~.functions.budget_split` turns ``trials`` / ``trials_per_task`` into
+    the total and the per-task budget (counting each candidate as a task).
+
+    Returns ``{"trials", "trials_per_task", "layers": tune_model's rows, "functions": tune_functions'
+    rows, "wall_s"}``.
+    """
+    import time
+
+    from .candidates import layer_candidates
+    from .functions import budget_split, tune_functions
+    from .measure import default_runner, make_runner
+
+    start = time.perf_counter()
+    tgt = resolve_target(target)
+    workloads = list(workloads)
+    candidates = sum(len(layer_candidates(spec)) for spec, _, _ in workloads)
+    total, per_task = budget_split(trials, trials_per_task, candidates + len(functions))
+    logger.info("%d tasks (%d conv candidates of %d layers, %d other functions): %d trials, at most %d each",
+                candidates + len(functions), candidates, len(workloads), len(functions), total, per_task)
+    layers = tune_model(workloads, tgt, trials=per_task, log_dir=log_dir, schedules_dir=schedules_dir,
+                        rpc_tracker=rpc_tracker, rpc_key=rpc_key, progress=progress) if workloads else []
+    runner = make_runner(tgt, rpc_tracker, rpc_key) if rpc_tracker else default_runner(tgt)
+    rows = tune_functions(functions, tgt, trials=max(0, total - per_task * candidates), trials_per_task=per_task,
+                          log_dir=log_dir, schedules_dir=schedules_dir, runner=runner) if functions else []
+    return {"trials": total, "trials_per_task": per_task, "layers": layers, "functions": rows,
+            "wall_s": round(time.perf_counter() - start, 1)}

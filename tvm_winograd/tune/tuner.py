@@ -59,7 +59,7 @@ from .candidates import (
 from .choices import AlgorithmChoice, save_choices
 from .database import open_database
 from .display import Display, format_results
-from .measure import make_builder, make_runner
+from .measure import default_runner, make_builder
 from .paths import schedules_dir as schedules_dir_for
 from .paths import tuning_logs_dir
 from .records import as_module, record_count, store_best
@@ -77,11 +77,6 @@ from .verification import pick_verified
 __all__ = ["tune_layer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _make_runner(target: Target) -> ms.runner.Runner:
-    config = ms.runner.EvaluatorConfig(number=3, repeat=5, min_repeat_ms=20, enable_cpu_cache_flush=False)
-    return make_runner(target, evaluator_config=config)
 
 
 def tune_layer(
@@ -116,7 +111,7 @@ def tune_layer(
         Full tuning log and applied-schedules directories; default ``./tuning_logs/<target-dir>`` and
         ``./schedules/<target-dir>``.
     builder, runner
-        Injected measurement (tests); default :func:`make_builder` / :func:`make_runner` (local).
+        Injected measurement (tests); default :func:`make_builder` / :func:`~.measure.default_runner` (local).
     progress
         Show a live progress display (trials, best time) and log the final per-layer table.
     trials_per_iter
@@ -133,7 +128,7 @@ def tune_layer(
     start = time.perf_counter()
 
     builder = builder if builder is not None else make_builder(tgt)
-    runner = runner if runner is not None else _make_runner(tgt)
+    runner = runner if runner is not None else default_runner(tgt)
     display = Display(spec, names, trials) if progress else None
     results: dict[str, CandidateResult] = {}
     db = open_database(work_dir)

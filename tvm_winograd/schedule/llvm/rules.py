@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.target import Target
 
@@ -28,7 +28,7 @@ from .injective import Injective
 from .matmul import Matmul
 from .reduction import Reduction
 
-__all__ = ["DLightRule", "default_rules", "ApplyLlvmRules", "schedule_table"]
+__all__ = ["DLightRule", "Tuned", "default_rules", "ApplyLlvmRules", "schedule_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,29 @@ class DLightRule(LlvmRule):
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
         return self.rule.apply(func, target, tunable)
+
+
+class Tuned(LlvmRule):
+    """The best record of a MetaSchedule database for exactly this function (whole-model tuning,
+    :mod:`tvm_winograd.tune.functions`), put before the default rules; ``None`` without one.  The
+    function it is asked about is the one the rules see (fast math applied), as it was tuned."""
+
+    name = "tuned"
+
+    def __init__(self, database):
+        self.database = database
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+        if not self.database.has_workload(mod):
+            return None
+        sch = self.database.query_schedule(mod, target, "main")
+        if sch is None:
+            return None
+        new = sch.mod["main"]  # the record was tuned as "main": give the function its own symbol back
+        symbol = func.attrs.get("global_symbol") if func.attrs is not None else None
+        new = new.with_attr("global_symbol", symbol) if symbol is not None else new.without_attr("global_symbol")
+        return s_tir.Schedule(new)
 
 
 def default_rules() -> list[LlvmRule]:
