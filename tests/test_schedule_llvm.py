@@ -376,6 +376,21 @@ def test_fully_connected(rng, batch, k, n):
     _check(mod, [x], ref, _matmul_bound(x64, w64, np.abs(b) * U), {"matmul"})
 
 
+@pytest.mark.parametrize("k_vectors", [1, 2])
+def test_small_classifier_by_the_reduction_rule(rng, k_vectors):
+    """x @ W + b with 10 columns (no chunk width divides them: the matmul rule declines) and K of one
+    or two vectors of this host (32 or 64 fp32 with AVX-512): the reduction rule's vectorized sum
+    schedules it without an error (with K one vector its outer reduction loop has extent 1; the
+    built-in tiny_mixed's classifier failed that way and fell to DLight with a warning)."""
+    k, n = k_vectors * vector_lanes("float32", TARGET), 10
+    w, b = rng.standard_normal((k, n)).astype("float32"), rng.standard_normal(n).astype("float32")
+    x = rng.standard_normal((1, k)).astype("float32")
+    mod = _function({"x": (1, k)}, lambda p: relax.op.add(relax.op.matmul(p["x"], relax.const(w)), relax.const(b)))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    table = _check(mod, [x], x64 @ w64 + b, _matmul_bound(x64, w64, np.abs(b) * U), {"reduction"})
+    assert list(table.values()) == ["reduction"]
+
+
 def test_convnext_mlp_with_gelu(signed, rng):
     """ConvNeXt's MLP on odd sizes: (1, 5, 7, 37) @ (37, 53) + bias, GELU; then @ (53, 37) * scale."""
     x = signed((1, 5, 7, 37))

@@ -124,7 +124,8 @@ class Reduction(LlvmRule):
             # to be vectorized
             ro, ri = sch.split(inner, [None, lanes])
             partial = sch.rfactor(ri, factor_axis=len(sch.get(red).writes[0].region))
-            sch.compute_at(partial, outer, preserve_unit_loops=False)
+            # unit loops kept: with one vector of K (ro of extent 1) the loop pair below must exist
+            sch.compute_at(partial, outer, preserve_unit_loops=True)
             sch.set_scope(partial, 0, "local")
             lane, red_outer = sch.get_loops(partial)[-2:]
             sch.reorder(red_outer, lane)
