@@ -508,3 +508,80 @@ def test_numerics_check_rejects_injected_precision_bug(runtime, inject_transform
     result = check_numerics(schedule_cuda_default(winograd_func(spec, built), target), spec, config)
     assert not result.ok and result.worst_ratio > 1.0, result
     assert "worst-case bound" not in result.reason, result
+
+
+# --------------------------------------------------------------------------------------------------
+# The rest of a model on CUDA: direct layers, every kernel of a whole model
+# --------------------------------------------------------------------------------------------------
+
+def test_cuda_check_covers_the_direct_layers_of_a_model(runtime):
+    """tiny_mixed on sm_80 (the CUDA heuristic runs all of its layers direct): every conv becomes a
+    ``direct`` row -- stride 2, 1x1, depthwise, dilated, 5x5 and the 3x3 layers -- and each passes GPU
+    verification, an nvcc build with a cubin, and the serial CPU run against float64."""
+    from tvm_winograd.cuda.check import cuda_check, passed
+    from tvm_winograd.frontend import load_model
+    from tvm_winograd.relax_pass import conv_workloads
+
+    mod, _ = load_model("tiny_mixed")
+    workloads = conv_workloads(mod, "sm_80", ineligible="tir")
+    rows = cuda_check(workloads, "sm_80", samples=1)
+    assert {r.space for r in rows} == {"direct"} and len(rows) == len({w.spec.key() for w in workloads}) == 8
+    keys = " ".join(r.layer for r in rows)
+    assert all(part in keys for part in ("_s2.2_", "_r1x1_", "_g32_", "_d2.2_", "_r5x5_"))
+    assert passed(rows), [(r.layer, [c.error for c in r.candidates]) for r in rows]
+    assert all(c.cubin.startswith("cubin sm_80") and c.numerics_ok for r in rows for c in r.candidates)
+
+
+@pytest.mark.parametrize("shape, weight, kwargs", [
+    ((1, 16, 9, 9), (16, 1, 3, 3), dict(padding=1, stride=2, groups=16)),      # depthwise, stride 2
+    ((1, 8, 10, 10), (16, 2, 3, 3), dict(padding=2, dilation=2, groups=4)),    # grouped, dilated
+])
+def test_direct_numerics_check_rejects_fp16_accumulation(runtime, shape, weight, kwargs):
+    """The CPU emulation of a direct layer's default CUDA schedule passes against float64 with the
+    layer's own stride, dilation and groups; the same function accumulating in fp16 is rejected."""
+    from tvm_winograd.compute import direct_func
+    from tvm_winograd.cuda.verify import check_numerics
+    from tvm_winograd.schedule.cuda import schedule_cuda_default
+
+    spec, target, ep = make_spec(shape, weight, **kwargs), resolve_target("sm_80"), Epilogue(bias=True)
+    assert check_numerics(schedule_cuda_default(direct_func(spec, ep), target), spec, None, ep).ok
+    bad = check_numerics(schedule_cuda_default(direct_func(spec, ep, acc_dtype="float16"), target), spec, None, ep)
+    assert not bad.ok and bad.worst_ratio > 1.0, bad
+
+
+def test_resnet18_cuda_build_every_kernel_verified(runtime, tmp_path):
+    """ResNet-18 compiled for sm_80 as ``compile`` does: its 13 3x3 stride-1 layers run Winograd, every
+    PrimFunc after the CUDA pipeline is bound to threads and passes TVM's GPU verification for the
+    target's limits (which rejects a block of 2048 threads: the check can fail), and the library holds
+    an sm_80 cubin."""
+    from tvm import te
+    from tvm_winograd.cuda.build import require_cubin
+    from tvm_winograd.cuda.verify import verify_gpu
+    from tvm_winograd.export import compile_model, export_library, prepare_model
+    from tvm_winograd.frontend import load_model
+    from tvm_winograd.pipeline import build_pipeline, cuda_build_env
+
+    target = resolve_target("sm_80")
+    mod, _ = load_model("resnet18")
+    prepared, report = prepare_model(mod, target, tmp_path / "schedules")
+    assert sum(r.algorithm == "winograd" for r in report) == 13
+
+    def kernels(module):
+        return {gv.name_hint: tvm.s_tir.Schedule(f.with_attr("global_symbol", "main"))
+                for gv, f in module.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+    with cuda_build_env(target):
+        lowered = kernels(build_pipeline(target)(prepared))
+    assert len(lowered) >= 19
+    too_wide = tvm.s_tir.Schedule(te.create_prim_func([a := te.placeholder((4096,), name="a"),
+                                                       te.compute((4096,), lambda i: a[i] * 2, name="b")]))
+    block, thread = too_wide.split(too_wide.get_loops(too_wide.get_sblock("b"))[0], [None, 2048])
+    too_wide.bind(block, "blockIdx.x")
+    too_wide.bind(thread, "threadIdx.x")
+    assert not verify_gpu(too_wide, target)
+    for name, sch in lowered.items():
+        assert "threadIdx" in sch.mod.script(), f"{name} is not bound to GPU threads"
+        assert verify_gpu(sch, target), f"{name} fails GPU verification for sm_80"
+    ex, _ = compile_model(mod, target, tmp_path / "schedules")
+    images = require_cubin(export_library(ex, tmp_path / "resnet18_cuda.so"), "sm_80")
+    assert any(img.kind == "cubin" and img.sm == 80 for img in images)

@@ -146,16 +146,17 @@ def weight_transform_bound(w: np.ndarray, m: int, layout: str = "NCHW", *, acc_d
 
 
 def direct_error_bound(x: np.ndarray, w: np.ndarray, *, padding: Padding, layout: str = "NCHW",
-                       acc_dtype: str = "float32", out_dtype: str = "float32") -> np.ndarray:
-    """Componentwise worst-case bound for direct convolution: ``gamma_{C r^2 + 1} * conv(|x|, |w|)`` plus
-    the output rounding (a ``C r^2``-term dot product per output, Higham §3.1)."""
+                       acc_dtype: str = "float32", out_dtype: str = "float32", stride=1, dilation=1,
+                       groups: int = 1) -> np.ndarray:
+    """Componentwise worst-case bound for direct convolution: ``gamma_{(C/groups) r^2 + 1} * conv(|x|, |w|)``
+    plus the output rounding (a ``(C/groups) r^2``-term dot product per output, Higham §3.1)."""
     channels = x.shape[1] if layout == "NCHW" else x.shape[3]
     taps = w.shape[2] * w.shape[3] if layout == "NCHW" else w.shape[0] * w.shape[1]
-    n = channels * taps + 1
+    n = channels // groups * taps + 1
     u = unit_roundoff(acc_dtype)
-    s = conv2d_direct(np.abs(x), np.abs(w), padding=padding, layout=layout)
-    return n * u / (1 - n * u) * s + unit_roundoff(out_dtype) * np.abs(conv2d_direct(x, w, padding=padding,
-                                                                                          layout=layout))
+    geometry = dict(padding=padding, stride=stride, dilation=dilation, groups=groups, layout=layout)
+    s = conv2d_direct(np.abs(x), np.abs(w), **geometry)
+    return n * u / (1 - n * u) * s + unit_roundoff(out_dtype) * np.abs(conv2d_direct(x, w, **geometry))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,15 +308,16 @@ def _winograd_variances(x, w, m, padding, layout, prec: Precision, points):
     return conv2d_direct(xn, oihw, padding=padding), shift, st.to_output(var_y), gain_variance
 
 
-def _direct_variances(x, w, padding, layout, prec: Precision):
-    """Direct convolution: one ``C r^2``-term sum per output (products exact when the inputs are narrow)."""
+def _direct_variances(x, w, padding, layout, prec: Precision, geometry: dict):
+    """Direct convolution: one ``(C/groups) r^2``-term sum per output (products exact when the inputs are
+    narrow).  ``geometry``: stride, dilation and groups."""
     xn, wn = to_nchw(x, w, layout)
-    terms = wn.shape[1] * wn.shape[2] * wn.shape[3]
+    terms = wn.shape[1] * wn.shape[2] * wn.shape[3]  # OIHW: I is C/groups
     in_bits = _PRECISION_BITS.get(str(x.dtype), 53)
     products = 0.0 if 2 * in_bits <= _PRECISION_BITS[prec.acc_dtype] else 1.0
-    t2 = conv2d_direct(xn.astype(np.float64) ** 2, wn.astype(np.float64) ** 2, padding=padding)
+    t2 = conv2d_direct(xn.astype(np.float64) ** 2, wn.astype(np.float64) ** 2, padding=padding, **geometry)
     var = RHO * unit_roundoff(prec.acc_dtype) ** 2 * (_chain(terms) + products) * t2
-    conv = conv2d_direct(xn, wn, padding=padding)
+    conv = conv2d_direct(xn, wn, padding=padding, **geometry)
     return conv, np.zeros_like(conv), var, lambda y: float(np.sum(var * y**2))
 
 
@@ -332,6 +334,9 @@ def error_model(
     residual: np.ndarray | None = None,
     relu: bool = False,
     activation: str | None = None,
+    stride=1,
+    dilation=1,
+    groups: int = 1,
 ) -> ErrorModel:
     """Reference, worst-case bound and random-rounding model of ``f(conv(x, w) + bias + residual)``
     computed by Winograd F(m, r) (``m``) or directly (``m=None``) with the stages' dtypes in ``precision``;
@@ -346,13 +351,19 @@ def error_model(
 
     ``x``, ``w`` (OIHW for NCHW, HWIO for NHWC), ``bias`` (K,) and ``residual`` (output shape) are the
     actual inputs, in their own dtype (whether products of inputs are exact depends on it).
+    ``stride``, ``dilation`` and ``groups`` (as in :func:`~tvm_winograd.reference.conv2d_direct`) are
+    direct convolution's only (Winograd takes stride 1, dilation 1, one group).
     """
     prec = precision
     x64, w64 = np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64)
+    geometry = dict(stride=stride, dilation=dilation, groups=groups)
     if m is None:
-        conv, shift, var, gain_variance = _direct_variances(np.asarray(x), np.asarray(w), padding, layout, prec)
+        conv, shift, var, gain_variance = _direct_variances(np.asarray(x), np.asarray(w), padding, layout, prec,
+                                                            geometry)
         bound = direct_error_bound(x64, w64, padding=padding, layout=layout, acc_dtype=prec.acc_dtype,
-                                   out_dtype=prec.acc_dtype)
+                                   out_dtype=prec.acc_dtype, **geometry)
+    elif geometry != dict(stride=1, dilation=1, groups=1):
+        raise ValueError(f"Winograd F({m}, r) takes stride 1, dilation 1 and one group, not {geometry}")
     else:
         conv, shift, var, gain_variance = _winograd_variances(x64, w64, m, padding, layout, prec, points)
         bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=prec.acc_dtype,

@@ -80,9 +80,10 @@ def prepare(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, config: Winogr
     else:
         raise ValueError(f"algorithm {algorithm!r}: expected 'winograd' or 'direct'")
     args += [data[k] for k in ("bias", "residual") if k in data]
+    geometry = {} if m is not None else dict(stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
     model = error_model(data["x"], data["w"], m=m, padding=spec.padding, layout=spec.layout, precision=precision,
                         points=points, bias=data.get("bias"), residual=data.get("residual"), relu=epilogue.relu,
-                        activation=epilogue.activation)
+                        activation=epilogue.activation, **geometry)
     return Case(spec, algorithm, m, tuple(np.ascontiguousarray(a) for a in args), model)
 
 

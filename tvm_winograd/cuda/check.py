@@ -2,7 +2,9 @@
 
 For every Winograd layer, every design space MetaSchedule generates from our rules, and ``samples``
 seeded samples of each (drawn as the search draws them: the space's trace replayed without its
-decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default schedule:
+decisions, then MetaSchedule's CUDA postprocessors), plus the fixed default schedule; and for every
+layer a model runs as our direct PrimFunc (1x1, stride 2, depthwise, grouped, or direct by choice:
+space ``direct``, m 0), the default CUDA schedule a compile gives it (DLight's GPU rules):
 
 (a) TVM's GPU verification for the target's limits (``VerifyGPUCode``; samples the postprocessors
     reject are counted as ``rejected`` -- the search never measures them -- and replaced),
@@ -43,7 +45,7 @@ import tvm
 from tvm.s_tir.schedule import Trace
 from tvm.target import Target
 
-from ..compute import Epilogue, WinogradConfig, winograd_func
+from ..compute import Epilogue, WinogradConfig, direct_func, winograd_func
 from ..schedule.cuda import schedule_cuda_default, space_generator
 from ..schedule.cuda.context import apply_postproc, light_tune_context, postprocs_for
 from ..schedule.cuda.simt import BGEMM_SPACES
@@ -58,7 +60,7 @@ from .verify import check_numerics, occupancy, verify_gpu
 logger = logging.getLogger(__name__)
 
 __all__ = ["CandidateCheck", "LayerCheck", "design_spaces", "sample_space", "cuda_check", "passed",
-           "format_checks", "winograd_layers", "apply_postprocs_keep_pre_tensorize",
+           "format_checks", "winograd_layers", "direct_layers", "apply_postprocs_keep_pre_tensorize",
            "TENSOR_CORE_MARKERS"]
 
 #: Draw at most this many samples per requested one before giving up on a space.
@@ -214,12 +216,12 @@ def _decisions(sch: tvm.s_tir.Schedule) -> str:
 # Checking one candidate
 # --------------------------------------------------------------------------------------------------
 
-def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, config: WinogradConfig,
+def _check_candidate(sch: tvm.s_tir.Schedule, target: Target, spec: Conv2dSpec, config: WinogradConfig | None,
                      epilogue: Epilogue, seed: int | None, numerics: bool, gpu_verified: bool,
                      numerics_sch: tvm.s_tir.Schedule | None = None, tensor_core: bool = False) -> CandidateCheck:
     """Checks (b)-(e) of one candidate.  ``numerics_sch`` is what runs on the CPU instead of ``sch`` (the
     pre-``RewriteTensorize`` form of a tensorcore candidate); ``tensor_core`` requires tensor-core
-    instructions in the CUDA source."""
+    instructions in the CUDA source.  ``config`` None: a direct function."""
     cand = CandidateCheck(seed=seed, decisions=_decisions(sch), gpu_verified=gpu_verified)
     func = sch.mod["main"]
     try:
@@ -273,6 +275,18 @@ def winograd_layers(workloads: Iterable) -> list[tuple[Conv2dSpec, int, Epilogue
     return out
 
 
+def direct_layers(workloads: Iterable) -> list[tuple[Conv2dSpec, Epilogue]]:
+    """``(spec, epilogue)`` of each distinct layer among a model's workloads (as for
+    :func:`winograd_layers`) that runs as our direct PrimFunc: every one not chosen for Winograd."""
+    out, seen = [], set()
+    for work in workloads:
+        if isinstance(work, Conv2dSpec) or work.report.algorithm == "winograd" or work.spec.key() in seen:
+            continue
+        seen.add(work.spec.key())
+        out.append((work.spec, work.epilogue))
+    return out
+
+
 def _layers(layers: object, m: int | None, epilogue: Epilogue | None) -> list[tuple[Conv2dSpec, int, Epilogue]]:
     items = [layers] if isinstance(layers, Conv2dSpec) else list(layers)
     if not items:
@@ -300,8 +314,9 @@ def _layers(layers: object, m: int | None, epilogue: Epilogue | None) -> list[tu
 
 def cuda_check(layers: object, target: object = "sm_80", samples: int = 4, seed: int = 0, *,
                m: int | None = None, epilogue: Epilogue | None = None, numerics: bool = True,
-               include_default: bool = True, spaces: Sequence[str] | None = None) -> list[LayerCheck]:
-    """Check the CUDA design spaces of every Winograd layer without a GPU.
+               include_default: bool = True, spaces: Sequence[str] | None = None,
+               direct: bool = True) -> list[LayerCheck]:
+    """Check the CUDA design spaces of every Winograd layer, and the direct layers' default, without a GPU.
 
     Parameters
     ----------
@@ -326,6 +341,9 @@ def cuda_check(layers: object, target: object = "sm_80", samples: int = 4, seed:
     spaces
         Check only these generated design spaces (e.g. ``["tensorcore"]``); default: all of them.  A
         requested space the generator did not produce for a layer gives a row with no candidates (failed).
+    direct
+        For a model's workloads: also check the default CUDA schedule of each layer that runs as our
+        direct PrimFunc (space ``"direct"``, checks (a), (b), (c), (d)).
 
     Returns
     -------
@@ -334,7 +352,11 @@ def cuda_check(layers: object, target: object = "sm_80", samples: int = 4, seed:
     """
     tgt = _checked_target(target, samples, seed)
     rows: list[LayerCheck] = []
-    for li, (spec, tile, ep) in enumerate(_layers(layers, m, epilogue)):
+    items = [layers] if isinstance(layers, Conv2dSpec) else list(layers)
+    winograd = _layers(items, m, epilogue)
+    if direct:
+        rows.extend(_direct_row(spec, ep, tgt, numerics) for spec, ep in direct_layers(items))
+    for li, (spec, tile, ep) in enumerate(winograd):
         config = WinogradConfig(m=tile)
         func = winograd_func(spec, config, ep)
         if include_default:
@@ -371,6 +393,17 @@ def _default_row(func: tvm.tirx.PrimFunc, target: Target, spec: Conv2dSpec, conf
     row = LayerCheck(spec.key(), config.m, "default", str(target.attrs["arch"]), requested=1)
     sch = tvm.s_tir.Schedule(schedule_cuda_default(func, target))
     row.candidates.append(_check_candidate(sch, target, spec, config, epilogue, None, numerics,
+                                           verify_gpu(sch, target)))
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def _direct_row(spec: Conv2dSpec, epilogue: Epilogue, target: Target, numerics: bool) -> LayerCheck:
+    """The row of a direct layer: the default CUDA schedule a compile gives our direct PrimFunc."""
+    start = time.perf_counter()
+    row = LayerCheck(spec.key(), 0, "direct", str(target.attrs["arch"]), requested=1)
+    sch = tvm.s_tir.Schedule(schedule_cuda_default(direct_func(spec, epilogue), target))
+    row.candidates.append(_check_candidate(sch, target, spec, None, epilogue, None, numerics,
                                            verify_gpu(sch, target)))
     row.seconds = time.perf_counter() - start
     return row

@@ -113,7 +113,9 @@ def occupancy(kernel: KernelResources, sm: int) -> float | None:
 # Serial execution on the CPU
 # --------------------------------------------------------------------------------------------------
 
-_RE_THREAD = re.compile(r"T\.thread_binding\(([^()]*?),\s*thread=\"[^\"]+\"")
+#: ``T.thread_binding(EXTENT, thread="...")``; EXTENT may hold one level of parentheses (``T.int64(256)``:
+#: DLight's GPU rules bind loops of int64 extent)
+_RE_THREAD = re.compile(r"T\.thread_binding\(((?:[^()]|\([^()]*\))*?),\s*thread=\"[^\"]+\"")
 _RE_SCOPE = re.compile(r",\s*scope=\"(?:shared|shared\.dyn|local|warp|wmma\.(?:matrix_a|matrix_b|accumulator))\"")
 
 
@@ -193,21 +195,26 @@ def _in_child(fn, *args, **kwargs):
     return value
 
 
-def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig,
+def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig | None,
                    epilogue: Epilogue = Epilogue(), seed: int = 0,
                    cpu_module: tvm.runtime.Module | None = None, isolate: bool = True) -> NumericsResult:
-    """Run the GPU-scheduled winograd ``func`` serially on the CPU and judge it against float64.
+    """Run the GPU-scheduled ``func`` serially on the CPU and judge it against float64.
 
-    The inputs, the kernel pack (the float64 weight transform rounded to the pack dtype) and the
-    verdict are those of :mod:`tvm_winograd.verify` -- the same check the CPU tuner applies -- with the
-    error model of the stage dtypes ``config`` intends.  With ``isolate`` the build and run happen in a
-    forked child, so a schedule that writes out of bounds raises :class:`CPUExecutionCrashed` instead of
-    corrupting this process.
+    ``func`` is a winograd function compiled from ``config``, or (``config`` None) a direct one
+    (:func:`tvm_winograd.compute.direct_func`, any stride, dilation and groups).  The inputs, the
+    kernel pack (the float64 weight transform rounded to the pack dtype) and the verdict are those of
+    :mod:`tvm_winograd.verify` -- the same check the CPU tuner applies -- with the error model of the
+    stage dtypes ``config`` intends.  With ``isolate`` the build and run happen in a forked child, so a
+    schedule that writes out of bounds raises :class:`CPUExecutionCrashed` instead of corrupting this
+    process.
     """
     if isolate and cpu_module is None:
         return _in_child(check_numerics, func, spec, config, epilogue, seed, None, False)
-    case = prepare(spec, epilogue, "winograd", config, seed=seed, kernel_block=kernel_block_of(func),
-                   pack_arg_dtype=str(func.params[1].dtype))
+    if config is None:
+        case = prepare(spec, epilogue, "direct", seed=seed)
+    else:
+        case = prepare(spec, epilogue, "winograd", config, seed=seed, kernel_block=kernel_block_of(func),
+                       pack_arg_dtype=str(func.params[1].dtype))
     if cpu_module is None:
         with _host_target():
             cpu_module = tvm.tirx.build(tvm.IRModule({"main": serial_cpu_func(func)}), target=_host_target())
