@@ -14,7 +14,7 @@ import pytest
 
 CLI = [sys.executable, "-m", "tvm_winograd.cli"]
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["layers", "tune", "compile", "run", "bench", "accuracy", "cuda-check"]
+COMMANDS = ["layers", "tune", "compile", "run", "bench", "accuracy", "cuda-check", "gpu-pack", "gpu-import"]
 
 
 #: The directory the commands run in unless a test names one: an empty one per module

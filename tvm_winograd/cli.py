@@ -348,6 +348,57 @@ def cmd_cuda_check(args) -> int:
     return 0 if passed(rows) else 1
 
 
+def _csv(text: str, convert=str) -> tuple:
+    try:
+        values = tuple(convert(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{text!r} is not a comma-separated list") from None
+    if not values:
+        raise UsageError(f"{text!r} is empty")
+    return values
+
+
+def cmd_gpu_pack(args) -> int:
+    """Build the GPU pack; print each layer as it is built, then the pack's size."""
+    from .gpu_pack import build_pack
+
+    models, batches, dtypes = _csv(args.models), _csv(args.batch, int), _csv(args.dtype)
+    bad = [d for d in dtypes if d not in ("float32", "float16")]
+    if bad:
+        raise UsageError(f"dtype {bad[0]!r} must be float32 or float16")
+    if any(b < 1 for b in batches):
+        raise UsageError(f"batch {min(batches)} must be positive")
+    select = (lambda layer: any(t in layer.id for t in args.layers)) if args.layers else None
+    manifest = build_pack(args.output, args.target, samples=args.samples, seed=args.seed, models=models,
+                          batches=batches, dtypes=dtypes, select=select,
+                          progress=None if args.json else (lambda line: print(line, flush=True)))
+    size = sum(p.stat().st_size for p in Path(args.output).rglob("*") if p.is_file())
+    kernels = sum(len(layer["kernels"]) for layer in manifest["layers"])
+    if args.json:
+        _emit_json({"output": str(args.output), "arch": manifest["arch"], "layers": len(manifest["layers"]),
+                    "kernels": kernels, "bytes": size, "seconds": manifest["built_s"]})
+    else:
+        print(f"wrote {args.output}: {len(manifest['layers'])} layers, {kernels} kernels for {manifest['arch']}, "
+              f"{size / 2**20:.1f} MiB in {manifest['built_s']} s")
+        print(f"on the GPU host: python {Path(args.output) / 'run.py'}   then here: tvm-winograd gpu-import "
+              f"{Path(args.output) / 'report.json'}")
+    return 0
+
+
+def cmd_gpu_import(args) -> int:
+    from .tune.gpu_import import format_import, import_report
+
+    result = import_report(args.report, args.schedules, args.log_dir)
+    if args.json:
+        _emit_json({"gpu": result.gpu, "target": result.target, "records": result.records, "best": result.best,
+                    "schedules": result.schedules_dir, "log_dir": result.log_dir, "skipped": result.skipped,
+                    "choices": {k: {"algorithm": c.algorithm, "m": c.m, "times_ms": c.times_ms}
+                                for k, c in result.choices.items()}})
+    else:
+        print(format_import(result))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------
@@ -461,6 +512,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p, default="sm_80")
     p.add_argument("--samples", type=int, default=8, help="sampled schedules per design space (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "gpu-pack", cmd_gpu_pack,
+             "build a self-contained pack of CUDA kernels to check and time on an offline GPU host (run.py there)",
+             "tvm-winograd gpu-pack --target sm_90 -o pack_sm90")
+    _add_target(p, default="sm_90")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the pack directory (new or empty)")
+    p.add_argument("--models", default="resnet18,vgg16", help="built-in models whose 3x3 layers are packed")
+    p.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
+    p.add_argument("--dtype", default="float32,float16", help="dtypes (default float32,float16)")
+    p.add_argument("--layers", action="append", metavar="TEXT", help="only layers whose id contains TEXT")
+    p.add_argument("--samples", type=int, default=2, help="sampled schedules per design space (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _cmd(sub, "gpu-import", cmd_gpu_import,
+             "store a GPU pack report's measured kernels as tuning records and algorithm choices",
+             "tvm-winograd gpu-import pack_sm90/report.json")
+    p.add_argument("report", help="report.json written by the pack's run.py on the GPU host")
+    p.add_argument("--schedules", metavar="DIR", help="where the best records and choices go (default ./schedules)")
+    p.add_argument("--log-dir", metavar="DIR", help="tuning log root for every record (default ./tuning_logs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 

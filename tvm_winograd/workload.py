@@ -7,6 +7,7 @@ behind the boundary trusts the spec.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
 from typing import Sequence, Union
@@ -340,6 +341,13 @@ def direct_cost(spec: Conv2dSpec) -> float:
     kh, kw = spec.kernel
     weights = spec.out_channels * (spec.in_channels // spec.groups) * kh * kw
     return spec.flops / 2 + _MEMORY_WEIGHT * weights
+
+
+def spec_from_dict(values: dict) -> Conv2dSpec:
+    """The :class:`Conv2dSpec` of ``dataclasses.asdict(spec)`` read back from JSON (lists as tuples; other
+    keys ignored)."""
+    names = {f.name for f in dataclasses.fields(Conv2dSpec)}
+    return Conv2dSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
 def choose_algorithm(spec: Conv2dSpec, target_kind: str = "llvm") -> tuple[str, int | None, str]:

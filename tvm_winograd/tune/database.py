@@ -47,6 +47,8 @@ from tvm.target import Target
 
 __all__ = [
     "open_database",
+    "trace_to_json",
+    "trace_from_json",
     "CrashSafeDatabase",
     "DatabaseLockedError",
     "DatabaseLoadWarning",
@@ -98,6 +100,20 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (dict, tvm_ffi.Map)):
         return {str(key): _plain(value) for key, value in obj.items()}
     raise TypeError(f"cannot store a {type(obj).__name__} in a tuning log")
+
+
+def trace_to_json(trace) -> list:
+    """A schedule's trace as plain JSON (as a tuning log line holds it): decisions and postprocessors kept."""
+    return _plain(trace.as_json(remove_postproc=False))
+
+
+def trace_from_json(trace_json: list, mod: tvm.IRModule):
+    """The trace of :func:`trace_to_json` replayed on ``mod`` (the workload it was made on): a Trace."""
+    from tvm.s_tir.schedule import Trace
+
+    sch = tvm.s_tir.Schedule(mod)
+    Trace.apply_json_to_schedule(tvm_ffi.convert(trace_json), sch)
+    return sch.trace
 
 
 def _dumps(obj: Any) -> str:

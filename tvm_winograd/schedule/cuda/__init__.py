@@ -102,7 +102,8 @@ from .tensorcore import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RULE_KEYS", "bgemm_spaces", "register_rules", "rule_names", "schedule_cuda_default", "space_generator"]
+__all__ = ["RULE_KEYS", "bgemm_spaces", "cuda_default_schedule", "register_rules", "rule_names", "schedule_cuda_default",
+           "space_generator"]
 
 #: Target keys the rules are registered for (MetaSchedule looks up ``<key>.<rule>`` per target key).
 RULE_KEYS = ("cuda", "gpu")
@@ -198,6 +199,14 @@ def schedule_cuda_default(func: tirx.PrimFunc, target: object | None = None) -> 
     kind = kind_of(func) or ""
     if kind == "direct" or not kind:
         return _dlight_default(func, target)
+    return cuda_default_schedule(func, target).mod["main"]
+
+
+def cuda_default_schedule(func: tirx.PrimFunc, target: object | None = None) -> s_tir.Schedule:
+    """The schedule (with its trace: a tuning record can be made of it) :func:`schedule_cuda_default`
+    gives a winograd or weight_transform function."""
+    target = _default_target(target)
+    kind = kind_of(func) or ""
     sch = s_tir.Schedule(func)
     blocks = root_blocks(sch)
     if kind == "weight_transform":
@@ -215,7 +224,7 @@ def schedule_cuda_default(func: tirx.PrimFunc, target: object | None = None) -> 
         rejected = apply_postprocs(sch, target)
     if rejected is not None:
         raise RuntimeError(f"the default CUDA schedule was rejected by {rejected} for {target}")
-    return sch.mod["main"]
+    return sch
 
 
 def _dlight_default(func: tirx.PrimFunc, target: Target) -> tirx.PrimFunc:

@@ -1,0 +1,375 @@
+"""The GPU pack: build here with nvcc, measure on an offline GPU host, import the times (an offline tuning round).
+
+No machine of this project has a GPU.  A GPU host is often a bare node: the NVIDIA driver and Python, no
+compiler toolchain, no package index.  :func:`build_pack` therefore builds, on any machine with nvcc, a
+self-contained directory::
+
+    DIR/manifest.json        what is in the pack: target, layers, kernels (space, seed, trace), inputs,
+                             the sha256 of every file
+    DIR/run.py               the runner (:mod:`tvm_winograd.gpu_pack_run`): imports only numpy and
+                             tvm.runtime (TVM_USE_RUNTIME_LIB=1), checks and times every kernel
+    DIR/layers/<id>.so       one CUDA library per layer configuration (cubins for the target's arch)
+    DIR/refs/<id>.npz        the float64 reference of a crop of each layer's output, with its error model
+    DIR/lib/twmath/          the numpy-only modules the check needs (a copy of accuracy.py and what it
+                             imports: the same assessment as ``cuda-check`` and the CPU tuner)
+
+Per layer configuration -- each distinct Winograd-eligible conv (+ epilogue) of the pack's models, at each
+batch and dtype -- the library holds: for each tile ``m`` of :data:`TILES` the default CUDA schedule and
+``samples`` seeded samples of every design space (SIMT; tensor-core spaces for fp16), and our direct
+PrimFunc under the default CUDA schedule a compile gives it (DLight), the baseline and the ``direct``
+candidate.  Every kernel passed TVM's GPU verification for the target before it is packed.
+
+The reference.  A full float64 reference of VGG-16's conv1_2 at batch 32 is 118 GFLOP and 411 MB, too
+much to carry or to recompute on the GPU host in minutes.  Winograd computes each output tile from its
+own input patch, so the outputs of a window of whole tiles (rows and columns aligned to every tile of
+:data:`TILES`) are computed exactly as the same window cut from the padded input, convolved without
+padding, computes them.  The pack holds the error model (:func:`tvm_winograd.accuracy.error_model`:
+float64 reference, worst-case bound, random-rounding sigma) of a few such windows per layer -- the first
+and last images, the top-left and bottom-right corners -- per candidate algorithm, and ``run.py`` judges
+each kernel's output there with :func:`tvm_winograd.accuracy.assess`.  The inputs are regenerated on the
+GPU host from the seed (``numpy.random.default_rng``) and checked against their sha256 first.
+
+``tvm-winograd gpu-import report.json`` (:mod:`tvm_winograd.tune.gpu_import`) turns the measured kernels
+into MetaSchedule tuning records and per-layer algorithm choices that ``compile`` applies.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+
+from . import __version__
+from .accuracy import Precision, error_model
+from .compute import Epilogue, direct_func, target_config, winograd_func
+from .cuda.build import build_cuda, export_cuda, target_sm
+from .cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
+from .cuda.driver_stub import ensure_cuda_runtime
+from .cuda.verify import verify_gpu
+from .frontend import load_model
+from .relax_pass import conv_workloads
+from .schedule.cuda import cuda_default_schedule, schedule_cuda_default
+from .schedule.cuda.context import postprocs_for
+from .targets import is_cuda, resolve_target
+from .tune.database import trace_to_json
+from .workload import Conv2dSpec
+
+__all__ = ["PACK_FORMAT", "PACK_VERSION", "TILES", "MAX_PACK_BYTES", "PackLayer", "pack_layers", "build_pack",
+           "crop_windows", "RUNNER_MODULE"]
+
+logger = logging.getLogger(__name__)
+
+PACK_FORMAT = "tvm-winograd-gpu-pack"
+PACK_VERSION = 1
+#: The Winograd tiles packed per layer: F(2,3) and F(4,3) (fp16 storage stops at alpha 6, F(4,3)).
+TILES = (2, 4)
+#: Output windows are aligned to every tile of TILES (their least common multiple).
+_ALIGN = 4
+#: Output rows (and columns) per window: two tiles of the largest m.
+_WINDOW = 2 * max(TILES)
+#: The pack must fit a small transfer.
+MAX_PACK_BYTES = 60 * 2**20
+DEFAULT_MODELS = ("resnet18", "vgg16")
+DEFAULT_BATCHES = (1, 32)
+DEFAULT_DTYPES = ("float32", "float16")
+#: Draws per requested sample before a space is given up (postprocessors reject some samples).
+_MAX_DRAWS = 4
+#: The standalone runner copied into every pack as run.py.
+RUNNER_MODULE = Path(__file__).with_name("gpu_pack_run.py")
+
+
+@dataclass(frozen=True)
+class PackLayer:
+    """One layer configuration of the pack: a conv (+ epilogue) at one batch and dtype."""
+
+    spec: Conv2dSpec
+    epilogue: Epilogue
+    sources: tuple[str, ...]  # "model:layer" names it stands for
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.key()}_{self.epilogue.tag()}"
+
+
+def pack_layers(target: object, models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
+                dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None
+                ) -> list[PackLayer]:
+    """The distinct Winograd-eligible convs (spec + epilogue, as the Relax pass lowers them for ``target``) of
+    ``models``, each at every batch and dtype; ``select`` keeps a subset."""
+    tgt = resolve_target(target)
+    distinct: dict[tuple, tuple[Conv2dSpec, Epilogue, list[str]]] = {}
+    for name in models:
+        mod, _ = load_model(name)
+        for work in conv_workloads(mod, tgt, algo="winograd"):
+            if work.report.algorithm != "winograd":
+                continue
+            entry = distinct.setdefault((work.spec.key(), work.epilogue), (work.spec, work.epilogue, []))
+            entry[2].append(f"{name}:{work.report.name}")
+    layers = [PackLayer(dataclasses.replace(spec, batch=batch, dtype=dtype, out_dtype=dtype), ep, tuple(names))
+              for dtype in dtypes for batch in batches for spec, ep, names in distinct.values()]
+    return [layer for layer in layers if select is None or select(layer)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels of one layer
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class PackedKernel:
+    """One function of a layer's library and what ``gpu-import`` needs to make a record of it."""
+
+    symbol: str
+    algorithm: str  # "winograd" | "direct"
+    m: int | None
+    space: str  # "default", a design space's name, or "dlight" (the direct baseline)
+    seed: int | None
+    trace: list | None  # the schedule's trace (JSON), None for the DLight direct schedule
+    func: tvm.tirx.PrimFunc = dataclasses.field(repr=False)
+
+    def manifest(self) -> dict:
+        params = self.func.params
+        return {"symbol": self.symbol, "algorithm": self.algorithm, "m": self.m, "space": self.space,
+                "seed": self.seed, "trace": self.trace,
+                "args": [{"shape": [int(d) for d in p.shape], "dtype": str(p.dtype)} for p in params]}
+
+
+def _sampled(func: tvm.tirx.PrimFunc, target, samples: int, seed: int) -> list[tuple[str, int, tvm.s_tir.Schedule]]:
+    """``samples`` seeded samples of each design space of ``func``, through the postprocessors (as the
+    search draws them); a rejected draw is replaced, up to :data:`_MAX_DRAWS` per sample."""
+    mod = tvm.IRModule({"main": func})
+    postprocs = postprocs_for(target, mod)
+    out = []
+    for si, (name, space) in enumerate(design_spaces(func, target)):
+        kept = 0
+        for draw in range(samples * _MAX_DRAWS):
+            if kept >= samples:
+                break
+            draw_seed = 1 + seed * 1_000_003 + si * 1_009 + draw
+            sch = sample_space(space, mod, draw_seed)
+            rejected, _ = apply_postprocs_keep_pre_tensorize(sch, target, postprocs)
+            if rejected is None and verify_gpu(sch, target):
+                out.append((name, draw_seed, sch))
+                kept += 1
+        if kept < samples:
+            logger.warning("only %d of %d samples of the %s space passed the postprocessors", kept, samples, name)
+    return out
+
+
+def layer_kernels(layer: PackLayer, target, samples: int, seed: int = 0) -> list[PackedKernel]:
+    """Every kernel packed for ``layer`` (see the module docstring), each verified for ``target``'s limits."""
+    spec, ep = layer.spec, layer.epilogue
+    kernels: list[PackedKernel] = []
+    for m in TILES:
+        if m > min(spec.out_height, spec.out_width):
+            continue
+        func = winograd_func(spec, target_config(spec, m, "cuda"), ep)
+        default = cuda_default_schedule(func, target)
+        kernels.append(PackedKernel(f"winograd_m{m}_default", "winograd", m, "default", None,
+                                    trace_to_json(default.trace), default.mod["main"]))
+        for name, draw_seed, sch in _sampled(func, target, samples, seed):
+            kernels.append(PackedKernel(f"winograd_m{m}_{name}_s{draw_seed}", "winograd", m, name, draw_seed,
+                                        trace_to_json(sch.trace), sch.mod["main"]))
+    direct = schedule_cuda_default(direct_func(spec, ep), target)
+    if not verify_gpu(tvm.s_tir.Schedule(direct), target):
+        raise RuntimeError(f"{layer.id}: the default CUDA schedule of the direct conv fails GPU verification")
+    kernels.append(PackedKernel("direct_dlight", "direct", None, "dlight", None, None, direct))
+    return kernels
+
+
+def _library(kernels: Sequence[PackedKernel], target, path: Path) -> list:
+    """One CUDA library holding every kernel under its own symbol; its images (a cubin for the arch)."""
+    mod = tvm.IRModule({k.symbol: k.func.with_attr("global_symbol", k.symbol) for k in kernels})
+    built = build_cuda(mod, target)
+    return export_cuda(built.module, path, built.arch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs and the reference of a few windows
+# --------------------------------------------------------------------------------------------------
+
+def input_arrays(spec: Conv2dSpec, epilogue: Epilogue) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(name, shape, dtype)`` of the inputs in the order run.py draws them from one generator:
+    x, w, then bias and residual when the epilogue has them (standard normal, rounded to the dtype)."""
+    arrays = [("x", spec.input_shape, spec.dtype), ("w", spec.weight_shape, spec.dtype)]
+    if epilogue.bias:
+        arrays.append(("bias", (spec.out_channels,), spec.dtype))
+    if epilogue.residual:
+        arrays.append(("residual", spec.output_shape, spec.out_dtype))
+    return arrays
+
+
+def make_inputs(spec: Conv2dSpec, epilogue: Epilogue, seed: int) -> dict[str, np.ndarray]:
+    """The inputs of :func:`input_arrays`, drawn as run.py draws them."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(dtype) for name, shape, dtype in input_arrays(spec, epilogue)}
+
+
+def crop_windows(extent: int) -> list[tuple[int, int]]:
+    """Disjoint output ranges ``[start, stop)`` along one axis of ``extent`` outputs: the first
+    :data:`_WINDOW` and the last ones, both starting at a multiple of every tile; the whole axis when
+    it is short."""
+    if extent <= 2 * _WINDOW:
+        return [(0, extent)]
+    last = (extent - _WINDOW) // _ALIGN * _ALIGN
+    return [(0, _WINDOW), (last, extent)]
+
+
+def _window_model(data: dict[str, np.ndarray], spec: Conv2dSpec, epilogue: Epilogue, n: int, rows, cols,
+                  m: int | None, precision: Precision):
+    """The error model of the outputs ``[n, :, rows, cols]`` (NCHW) from the window of the padded input
+    they read, convolved without padding."""
+    pt, pl, pb, pr = spec.padding
+    x = np.pad(data["x"][n:n + 1], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    r = spec.r
+    xw = x[:, :, rows[0]:rows[1] + r - 1, cols[0]:cols[1] + r - 1]
+    residual = data.get("residual")
+    if residual is not None:
+        residual = residual[n:n + 1, :, rows[0]:rows[1], cols[0]:cols[1]]
+    return error_model(xw, data["w"], m=m, padding=0, layout="NCHW", precision=precision,
+                       bias=data.get("bias"), residual=residual, relu=epilogue.relu, activation=epilogue.activation)
+
+
+def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path) -> dict:
+    """Write ``path`` (.npz): the flat indices of the windows' outputs in the full output and, per
+    candidate algorithm (``direct``, ``winograd_m<m>``), the windows' reference, expected value, bound
+    and sigma; returns the scalars (gain sd, coherent outputs) per candidate for the manifest."""
+    spec, ep = layer.spec, layer.epilogue
+    if spec.layout != "NCHW":
+        raise NotImplementedError(f"the GPU pack packs NCHW layers (CUDA keeps the model's layout), not {spec.layout}")
+    images = sorted({0, spec.batch - 1})
+    windows = [(n, rows, cols) for n in images for rows in crop_windows(spec.out_height)
+               for cols in crop_windows(spec.out_width)]
+    shape = spec.output_shape
+    index = np.concatenate([np.ravel_multi_index(np.ix_([n], range(shape[1]), range(*rows), range(*cols)),
+                                                 shape).ravel() for n, rows, cols in windows])
+    arrays: dict[str, np.ndarray] = {"index": index.astype(np.int64)}
+    scalars: dict[str, dict] = {}
+    candidates = [("direct", None)] + [(f"winograd_m{m}", m) for m in TILES]
+    for name, m in candidates:
+        config = target_config(spec, m, "cuda") if m is not None else None
+        precision = (Precision(acc_dtype=config.acc_dtype, pack_dtype=config.resolved_pack_dtype(spec),
+                               out_dtype=spec.out_dtype, separable=config.separable)
+                     if config is not None else Precision(out_dtype=spec.out_dtype))
+        parts = [_window_model(data, spec, ep, n, rows, cols, m, precision) for n, rows, cols in windows]
+        for field in ("reference", "expected", "bound", "sigma"):
+            arrays[f"{name}.{field}"] = np.concatenate([getattr(p, field).ravel() for p in parts])
+        # the windows share no tile: the gain statistic's variances add
+        scalars[name] = {"gain_sd": float(np.sqrt(sum(p.gain_sd ** 2 for p in parts))),
+                         "coherent": int(parts[0].coherent)}
+    np.savez_compressed(path, **arrays)
+    return scalars
+
+
+# --------------------------------------------------------------------------------------------------
+# The pack
+# --------------------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _math_modules() -> list[Path]:
+    """accuracy.py and every module of this package it imports, transitively (numpy-only: the math layer)."""
+    package = Path(__file__).parent
+    todo, seen = ["accuracy"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo.extend([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("tvm", "tvm_ffi") for a in node.names):
+                raise RuntimeError(f"{name}.py imports TVM: the GPU pack's check must stay numpy-only")
+    return [package / f"{name}.py" for name in sorted(seen)]
+
+
+def _copy_runtime_files(out: Path) -> None:
+    shutil.copyfile(RUNNER_MODULE, out / "run.py")
+    lib = out / "lib" / "twmath"
+    lib.mkdir(parents=True, exist_ok=True)
+    (lib / "__init__.py").write_text('"""numpy-only modules of tvm_winograd, copied by gpu-pack for run.py."""\n')
+    for path in _math_modules():
+        shutil.copyfile(path, lib / path.name)
+
+
+def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, seed: int = 0,
+               models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
+               dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None,
+               progress: Callable[[str], None] | None = None) -> dict:
+    """Build the GPU pack for ``target`` in ``out`` (created; it must be empty or absent); returns the manifest.
+
+    Raises ``ValueError`` for a non-CUDA target, a non-empty ``out``, ``samples`` < 0 or a pack over
+    :data:`MAX_PACK_BYTES`; :class:`~tvm_winograd.cuda.build.SourceOnlyModuleError` where nvcc is missing.
+    """
+    tgt = resolve_target(target)
+    if not is_cuda(tgt):
+        raise ValueError(f"gpu-pack needs a CUDA target (sm_80, sm_86, sm_89, sm_90), not {tgt.kind.name!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+        raise ValueError(f"samples {samples!r} must be a non-negative integer")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"output directory {str(out)!r} is not empty")
+    ensure_cuda_runtime()
+    arch = target_sm(tgt)
+    (out / "layers").mkdir(parents=True, exist_ok=True)
+    (out / "refs").mkdir(exist_ok=True)
+    start = time.perf_counter()
+    layers = pack_layers(tgt, models, batches, dtypes, select)
+    if not layers:
+        raise ValueError("no layer selected for the pack")
+    entries = []
+    for i, layer in enumerate(layers):
+        t0 = time.perf_counter()
+        kernels = layer_kernels(layer, tgt, samples, seed)
+        images = _library(kernels, tgt, out / "layers" / f"{layer.id}.so")
+        data = make_inputs(layer.spec, layer.epilogue, seed)
+        scalars = reference_windows(layer, data, out / "refs" / f"{layer.id}.npz")
+        entries.append({
+            "id": layer.id, "key": layer.spec.key(), "sources": list(layer.sources),
+            "spec": _spec_json(layer.spec), "epilogue": dataclasses.asdict(layer.epilogue),
+            "flops": int(layer.spec.flops), "library": f"layers/{layer.id}.so", "reference": f"refs/{layer.id}.npz",
+            "cubin": [f"{img.kind} sm_{img.sm}" for img in images],
+            "inputs": {"seed": seed, "arrays": [{"name": n, "shape": list(s), "dtype": d,
+                                                 "sha256": hashlib.sha256(data[n].tobytes()).hexdigest()}
+                                                for n, s, d in input_arrays(layer.spec, layer.epilogue)]},
+            "models": scalars,
+            "kernels": [k.manifest() for k in kernels],
+        })
+        if progress is not None:
+            progress(f"[{i + 1}/{len(layers)}] {layer.id}: {len(kernels)} kernels in {time.perf_counter() - t0:.1f} s")
+    _copy_runtime_files(out)
+    manifest = {"format": PACK_FORMAT, "version": PACK_VERSION, "package_version": __version__,
+                "tvm_version": tvm.__version__, "numpy_version": np.__version__, "arch": arch,
+                "target": json.loads(str(tgt)), "samples": samples, "seed": seed,
+                "tiles": list(TILES), "built_s": round(time.perf_counter() - start, 1), "layers": entries}
+    manifest["files"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if size > MAX_PACK_BYTES:
+        raise ValueError(f"the pack is {size / 2**20:.1f} MiB, over the {MAX_PACK_BYTES / 2**20:.0f} MiB limit: "
+                         "fewer samples or layers")
+    return manifest
+
+
+def _spec_json(spec: Conv2dSpec) -> dict:
+    out = dataclasses.asdict(spec)
+    out.update(input_shape=list(spec.input_shape), weight_shape=list(spec.weight_shape),
+               output_shape=list(spec.output_shape))
+    return out
