@@ -20,7 +20,7 @@ from tvm_winograd.schedule.default import schedule_llvm_default
 from tvm_winograd.schedule.direct import schedule_direct_llvm
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import choose_algorithm
-from tvm_winograd.runtime import configure_threads
+from tvm_winograd.threads import configure_threads
 
 configure_threads()  # every core (TVM's default is half of them on x86); TVM_NUM_THREADS wins
 target = resolve_target("llvm")
