@@ -49,6 +49,7 @@ def test_rules_registered_for_cuda_and_gpu_keys():
     from tvm_winograd.contract import SCHEDULE_RULES
     from tvm_winograd.schedule import cuda as cuda_schedule
 
+    cuda_schedule.space_generator()  # registers them (cuda-check and tuning generate spaces through it)
     for key in cuda_schedule.RULE_KEYS:
         for stage in ("data_pack", "bgemm", "inverse", "conv2d_winograd", "kernel_pack"):
             name = f"s_tir.meta_schedule.{key}.{SCHEDULE_RULES[stage]}"

@@ -431,10 +431,20 @@ RULES: dict[str, Callable] = {
 }
 
 
+_registered = False
+
+
 def register_cpu_rules() -> None:
-    """Register every rule as ``s_tir.meta_schedule.cpu.<rule>`` (idempotent)."""
+    """Register every rule as ``s_tir.meta_schedule.cpu.<rule>`` (idempotent: once per process).
+
+    Not done at import: :func:`tvm_winograd.schedule.register_rules` calls it where MetaSchedule will
+    look the rules up (generating the llvm design space of a Winograd task)."""
+    global _registered
+    if _registered:
+        return
     for name, fn in RULES.items():
         tvm.register_global_func(f"s_tir.meta_schedule.cpu.{name}", fn, override=True)
+    _registered = True
 
 
 def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_axis: str = "k") -> tirx.PrimFunc:
@@ -466,6 +476,3 @@ def fixed_schedule(func_or_mod: tirx.PrimFunc | tvm.IRModule, decisions: Decisio
     schedule_bgemm(sch, sch.get_sblock(BGEMM), vector_axis, decisions)
     schedule_data_pack(sch, _pack_block(sch), decisions)
     return sch
-
-
-register_cpu_rules()
