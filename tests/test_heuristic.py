@@ -13,7 +13,8 @@ import re
 
 import pytest
 
-from tvm_winograd.workload import choose_algorithm, make_spec
+from tvm_winograd.heuristic import cheapest_tile, choose_algorithm
+from tvm_winograd.workload import make_spec
 
 #: (name, in_channels, height = width, out_channels)
 LAYERS = [
@@ -65,6 +66,53 @@ LLVM_FORCED_CONV1_1 = {("NHWC", "float32"): 2, ("NHWC", "float16"): 4, ("NCHW", 
 @pytest.mark.parametrize("layout, dtype", sorted(LLVM_FORCED_CONV1_1))
 @pytest.mark.parametrize("batch", [1, 8])
 def test_llvm_forced_tile_where_the_heuristic_says_direct(layout, dtype, batch):
-    from tvm_winograd.relax_pass import _forced_tile
+    assert cheapest_tile(layer_spec(3, 224, 64, layout, dtype, batch), "llvm") == LLVM_FORCED_CONV1_1[(layout, dtype)]
 
-    assert _forced_tile(layer_spec(3, 224, 64, layout, dtype, batch), "llvm") == LLVM_FORCED_CONV1_1[(layout, dtype)]
+
+# --------------------------------------------------------------------------------------------------
+# CUDA: its own heuristic (a roofline estimate, not measured on a GPU)
+# --------------------------------------------------------------------------------------------------
+
+def test_cuda_layers_are_decided_by_the_cuda_heuristic_alone():
+    """cuda decisions read CUDA_HEURISTIC's constants, never the CPU model's: changing every CPU
+    constant changes no CUDA choice, and the CUDA costs are the CUDA heuristic's."""
+    from dataclasses import replace
+
+    import tvm_winograd.heuristic as heuristic
+
+    specs = [layer_spec(c, h, k, "NCHW", dtype, n) for _, c, h, k in LAYERS for dtype in ("float32", "float16")
+             for n in (1, 8)]
+    before = [choose_algorithm(s, "cuda") for s in specs]
+    cpu = heuristic.CPU_COST_MODEL
+    try:
+        heuristic.CPU_COST_MODEL = replace(cpu, transform_weight=30.0, memory_weight=0.1, cache_weight=9.0,
+                                           min_gain=0.1, full_rows=1)
+        assert [choose_algorithm(s, "cuda") for s in specs] == before
+        assert [choose_algorithm(s, "llvm") for s in specs] != [(a, m, r) for a, m, r in before]
+    finally:
+        heuristic.CPU_COST_MODEL = cpu
+    spec = layer_spec(256, 56, 256, "NCHW", "float32", 1)
+    assert heuristic.winograd_cost(spec, 4, "cuda") == heuristic.CUDA_HEURISTIC.winograd_cost(spec, 4)
+    assert heuristic.direct_cost(spec, "cuda") == heuristic.CUDA_HEURISTIC.direct_cost(spec)
+
+
+def test_cuda_heuristic_is_a_roofline_of_counts():
+    """VGG conv3_2 (256 ch., 56x56, fp32) is compute-bound: every kernel's multiply-adds exceed its bytes
+    at the balance except the transforms', so F(6,3) (fewest GEMM multiply-adds per output) wins; ResNet-18's
+    512@7 at batch 1 is bound by reading U (alpha^2/r^2 times the weights), so direct stays; fp16 halves
+    the bytes and never gets F(6,3)."""
+    from tvm_winograd.heuristic import CUDA_HEURISTIC
+
+    conv3_2 = layer_spec(256, 56, 256, "NCHW", "float32", 1)
+    assert CUDA_HEURISTIC.direct_cost(conv3_2) == conv3_2.flops / 2  # 1.85 G multiply-adds; 8.8 MB
+    assert choose_algorithm(conv3_2, "cuda")[:2] == ("winograd", 6)
+    late = layer_spec(512, 7, 512, "NCHW", "float32", 1)
+    assert choose_algorithm(late, "cuda")[0] == "direct"
+    assert choose_algorithm(layer_spec(512, 7, 512, "NCHW", "float32", 8), "cuda")[0] == "winograd"
+    assert choose_algorithm(layer_spec(256, 56, 256, "NCHW", "float16", 1), "cuda")[1] == 4
+    # a GPU with more multiply-adds per byte (H100: 10) finds the weight-bound layer even less worth it
+    from dataclasses import replace
+
+    h100 = replace(CUDA_HEURISTIC, balance=10.0)
+    ratio = {model: model.winograd_cost(late, 2) / model.direct_cost(late) for model in (CUDA_HEURISTIC, h100)}
+    assert ratio[h100] > ratio[CUDA_HEURISTIC] > 1
