@@ -5,7 +5,7 @@
 
 Prints a markdown row per layer: median ms of each candidate (3 interleaved rounds), the fastest,
 the heuristic's choice (tvm_winograd.heuristic.choose_algorithm) and the best effective GFLOP/s.
-This is the data the heuristic's weights were fitted on (see workload.py).
+This is the data the heuristic's weights were fitted on (see heuristic.CpuCostModel).
 """
 import os
 import statistics

@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contract", ("contract",)),
     ("compute", ("compute",)),
     ("schedule", ("schedule",)),
-    ("heuristic, tune", ("heuristic", "tune", "verify", "cuda.verify", "cuda.check")),
+    ("heuristic", ("heuristic",)),  # the CPU cost model and the CUDA heuristic
+    ("tune", ("tune", "verify", "cuda.verify", "cuda.check")),
     ("graph pass", ("relax_pass", "relax_layout", "relax_channels", "frontend", "models")),
     ("pipeline", ("pipeline", "module_schedules", "compile_report", "model_tasks", "export", "api", "runtime")),
     ("cli, bench", ("cli", "bench", "accuracy_report", "")),

@@ -1,7 +1,8 @@
 """Searched CPU (llvm) design spaces for the Winograd stages, registered as MetaSchedule custom rules.
 
 MetaSchedule calls ``s_tir.meta_schedule.cpu.<rule>`` with ``(sch, block)`` for every block whose
-``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.contract.SCHEDULE_RULES`).
+``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.contract.SCHEDULE_RULES`), once
+:func:`register_cpu_rules` has registered them (through :func:`tvm_winograd.schedule.register_rules`).
 Each rule returns a list of schedules (one per structural choice); the knobs inside are *sampled*
 (``sample_perfect_tile``), so the evolutionary search mutates them.
 
