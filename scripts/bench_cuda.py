@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     import tvm
 
     from tvm_winograd.targets import resolve_target
-    from tvm_winograd.workload import choose_algorithm, make_spec
+    from tvm_winograd.heuristic import choose_algorithm
+    from tvm_winograd.workload import make_spec
 
     dev = tvm.cuda(0)
     target = resolve_target(args.target if args.target != "cuda" else "sm_" + dev.compute_version.replace(".", ""))

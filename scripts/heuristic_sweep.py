@@ -4,8 +4,8 @@
     LAYOUT=NCHW python scripts/heuristic_sweep.py vgg_conv2_2
 
 Prints a markdown row per layer: median ms of each candidate (3 interleaved rounds), the fastest,
-the heuristic's choice (tvm_winograd.workload.choose_algorithm) and the best effective GFLOP/s.
-This is the data the heuristic's weights were fitted on (see workload.py).
+the heuristic's choice (tvm_winograd.heuristic.choose_algorithm) and the best effective GFLOP/s.
+This is the data the heuristic's weights were fitted on (see heuristic.CpuCostModel).
 """
 import os
 import statistics
@@ -19,8 +19,8 @@ from tvm_winograd.compute import winograd_func, direct_func, target_config
 from tvm_winograd.schedule.default import schedule_llvm_default
 from tvm_winograd.schedule.direct import schedule_direct_llvm
 from tvm_winograd.targets import resolve_target
-from tvm_winograd.workload import choose_algorithm
-from tvm_winograd.runtime import configure_threads
+from tvm_winograd.heuristic import choose_algorithm
+from tvm_winograd.threads import configure_threads
 
 configure_threads()  # every core (TVM's default is half of them on x86); TVM_NUM_THREADS wins
 target = resolve_target("llvm")

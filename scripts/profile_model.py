@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10, help="instrumented model runs")
     parser.add_argument("--min-ms", type=float, default=0.05, help="hide rows below this")
     args = parser.parse_args(argv)
-    from tvm_winograd.runtime import configure_threads
+    from tvm_winograd.threads import configure_threads
 
     print(f"threads {configure_threads(args.threads)}")
     import tvm

@@ -49,6 +49,7 @@ def test_rules_registered_for_cuda_and_gpu_keys():
     from tvm_winograd.contract import SCHEDULE_RULES
     from tvm_winograd.schedule import cuda as cuda_schedule
 
+    cuda_schedule.space_generator()  # registers them (cuda-check and tuning generate spaces through it)
     for key in cuda_schedule.RULE_KEYS:
         for stage in ("data_pack", "bgemm", "inverse", "conv2d_winograd", "kernel_pack"):
             name = f"s_tir.meta_schedule.{key}.{SCHEDULE_RULES[stage]}"
@@ -550,7 +551,8 @@ def test_direct_numerics_check_rejects_fp16_accumulation(runtime, shape, weight,
 
 
 def test_resnet18_cuda_build_every_kernel_verified(runtime, tmp_path):
-    """ResNet-18 compiled for sm_80 as ``compile`` does: its 13 3x3 stride-1 layers run Winograd, every
+    """ResNet-18 compiled for sm_80 as ``compile --algo winograd`` does (the heuristic's choice aside): its
+    13 3x3 stride-1 layers run Winograd, the 7 others our direct PrimFunc, every
     PrimFunc after the CUDA pipeline is bound to threads and passes TVM's GPU verification for the
     target's limits (which rejects a block of 2048 threads: the check can fail), and the library holds
     an sm_80 cubin."""
@@ -563,8 +565,8 @@ def test_resnet18_cuda_build_every_kernel_verified(runtime, tmp_path):
 
     target = resolve_target("sm_80")
     mod, _ = load_model("resnet18")
-    prepared, report = prepare_model(mod, target, tmp_path / "schedules")
-    assert sum(r.algorithm == "winograd" for r in report) == 13
+    prepared, report = prepare_model(mod, target, tmp_path / "schedules", algo="winograd")
+    assert sum(r.algorithm == "winograd" for r in report) == 13 and len(report) == 20
 
     def kernels(module):
         return {gv.name_hint: tvm.s_tir.Schedule(f.with_attr("global_symbol", "main"))
@@ -582,6 +584,6 @@ def test_resnet18_cuda_build_every_kernel_verified(runtime, tmp_path):
     for name, sch in lowered.items():
         assert "threadIdx" in sch.mod.script(), f"{name} is not bound to GPU threads"
         assert verify_gpu(sch, target), f"{name} fails GPU verification for sm_80"
-    ex, _ = compile_model(mod, target, tmp_path / "schedules")
+    ex, _ = compile_model(mod, target, tmp_path / "schedules", algo="winograd")
     images = require_cubin(export_library(ex, tmp_path / "resnet18_cuda.so"), "sm_80")
     assert any(img.kind == "cubin" and img.sm == 80 for img in images)

@@ -21,7 +21,8 @@ from tvm_winograd.reference import conv2d_direct
 from tvm_winograd.relax_pass import conv_workloads, format_report, rewrite_winograd
 from tvm_winograd.targets import host_target, target_dirname
 from tvm_winograd.tune.choices import AlgorithmChoice, save_choices
-from tvm_winograd.workload import choose_algorithm, make_spec
+from tvm_winograd.heuristic import choose_algorithm
+from tvm_winograd.workload import make_spec
 
 ELIGIBLE = {0, 1, 5, 6}
 INELIGIBLE_REASONS = {2: "r=1", 3: "stride", 4: "groups", 7: "dilation"}

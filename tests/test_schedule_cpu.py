@@ -18,12 +18,13 @@ from tvm_winograd.accuracy import weight_transform_bound
 from tvm_winograd.compute import (Epilogue, WinogradConfig, block_kernel_pack, kernel_pack_shape, target_config,
                                   weight_transform_func, winograd_func)
 from tvm_winograd.reference import winograd_weight_transform
-from tvm_winograd.schedule import cpu
+from tvm_winograd.schedule import cpu, register_rules
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.tune.verification import verify_func
 from tvm_winograd.workload import make_spec
 
 TARGET = resolve_target("llvm")
+register_rules("llvm")  # what tuning does before MetaSchedule looks the rules up
 
 
 def _spec(layout: str, c: int = 8, h: int = 10, k: int = 16):
@@ -57,6 +58,42 @@ def _apply_rules(func, seed: int, pick: dict | None = None) -> tuple[tvm.tirx.Pr
 def test_rules_are_registered():
     for rule in cpu.RULES:
         assert tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}", allow_missing=True) is not None, rule
+
+
+def test_registration_is_explicit_and_idempotent():
+    """Importing the schedules, the tuner and cuda-check registers nothing; register_rules registers the
+    target's rules, once (a second call changes nothing); an unknown kind is named."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import tvm
+        import tvm_winograd.schedule, tvm_winograd.schedule.cpu, tvm_winograd.schedule.cuda
+        import tvm_winograd.tune.tuner, tvm_winograd.tune.database, tvm_winograd.cuda.check, tvm_winograd.export
+        from tvm_winograd.schedule import register_rules
+        def have(key):
+            return [tvm.get_global_func(f"s_tir.meta_schedule.{key}.{r}", allow_missing=True) is not None
+                    for r in tvm_winograd.schedule.cpu.RULES]
+        print(have("cpu"), have("cuda"), have("gpu"))
+        register_rules("llvm")
+        first = tvm.get_global_func("s_tir.meta_schedule.cpu.winograd_bgemm")
+        register_rules("llvm")
+        print(have("cpu"), have("cuda"), tvm.get_global_func("s_tir.meta_schedule.cpu.winograd_bgemm").same_as(first))
+        register_rules("cuda")
+        print(have("cuda"), have("gpu"))
+        try:
+            register_rules("vulkan")
+        except ValueError as err:
+            print(err)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    lines = out.stdout.strip().splitlines()
+    n = len(cpu.RULES)
+    assert lines[0] == f"{[False] * n} {[False] * n} {[False] * n}"
+    assert lines[1] == f"{[True] * n} {[False] * n} True"
+    assert lines[2] == f"{[True] * n} {[True] * n}"
+    assert "'vulkan'" in lines[3]
 
 
 @pytest.mark.parametrize("m,layout", [(2, "NCHW"), (2, "NHWC"), (4, "NCHW"), (4, "NHWC"),

@@ -6,7 +6,7 @@ pay for importing TVM.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["conv2d", "Conv2dSpec", "make_spec", "__version__"]
 
 _LAZY = {"conv2d": ".api", "Conv2dSpec": ".workload", "make_spec": ".workload"}

@@ -2,7 +2,7 @@
 
 Each distinct (shape, dtype, m, layout, target) is built once and cached; weights are transformed by
 their own compiled function (as a compiler would do ahead of time), then the main function runs.
-TVM's thread pool is sized (:func:`tvm_winograd.runtime.configure_threads`) before the first compiled
+TVM's thread pool is sized (:func:`tvm_winograd.threads.configure_threads`) before the first compiled
 call of each calling thread.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 
 from .compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
-from .runtime import configure_threads
+from .threads import configure_threads
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
 from .workload import Conv2dSpec, Padding, check_winograd, make_spec

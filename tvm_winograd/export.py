@@ -37,7 +37,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from . import __version__
+from ._version import __version__
 from .compile_report import CompileReport, FunctionReport
 from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, kind_of, our_prim_funcs
 from .frontend import model_signature

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import __version__
+from ._version import __version__
 from .accuracy import Precision, error_model
 from .compute import Epilogue, direct_func, target_config, winograd_func
 from .cuda.build import build_cuda, export_cuda, target_sm

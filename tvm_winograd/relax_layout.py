@@ -652,6 +652,31 @@ class _Region:
     block_of: dict  # Var -> the index of the dataflow block that binds it
 
 
+def _block_graph(values: dict, key) -> tuple[dict, dict]:
+    """The layout graph of one dataflow block: ``edges`` (key -> [(other key, "same" | ("from", p):
+    key = permute(other, p) | ("to", p))]) and ``members`` (Var -> ("op", linked operand Vars) |
+    ("permute", source Var, axes)), over its permutes and layout-agnostic ops."""
+    edges: dict = {}
+    members: dict = {}
+    for var, value in values.items():
+        step = _view_step(value)
+        if step is not None and step[0] == "permute" and isinstance(value.args[0], relax.Var):
+            members[var] = ("permute", value.args[0], step[1])
+            src = key(value.args[0])
+            edges.setdefault(var, []).append((src, ("from", step[1])))
+            edges.setdefault(src, []).append((var, ("to", step[1])))
+            continue
+        operands = _agnostic_operands(value)
+        if operands is None or any(not isinstance(a, (relax.Var, _Constant)) for a in operands):
+            continue
+        linked = [a for a in operands if isinstance(a, relax.Var)]
+        members[var] = ("op", linked)
+        for a in linked:
+            edges.setdefault(var, []).append((key(a), "same"))
+            edges.setdefault(key(a), []).append((var, "same"))
+    return edges, members
+
+
 def _plan_regions(func: relax.Function) -> _Region | None:
     """The regions of ``func`` worth rewriting (region comment above), merged; None if there is none."""
     blocks = [b for b in func.body.blocks if isinstance(b, relax.DataflowBlock)]
@@ -665,24 +690,7 @@ def _plan_regions(func: relax.Function) -> _Region | None:
         def key(v: relax.Var, index=index, values=values):
             return v if v in values else (index, v)  # a parameter or a value of another block
 
-        edges: dict = {}  # key -> [(other key, "same" | ("from", p): key = permute(other, p) | ("to", p))]
-        members: dict = {}  # Var -> ("op", linked operand Vars) | ("permute", source Var, axes)
-        for var, value in values.items():
-            step = _view_step(value)
-            if step is not None and step[0] == "permute" and isinstance(value.args[0], relax.Var):
-                members[var] = ("permute", value.args[0], step[1])
-                src = key(value.args[0])
-                edges.setdefault(var, []).append((src, ("from", step[1])))
-                edges.setdefault(src, []).append((var, ("to", step[1])))
-                continue
-            operands = _agnostic_operands(value)
-            if operands is None or any(not isinstance(a, (relax.Var, _Constant)) for a in operands):
-                continue
-            linked = [a for a in operands if isinstance(a, relax.Var)]
-            members[var] = ("op", linked)
-            for a in linked:
-                edges.setdefault(var, []).append((key(a), "same"))
-                edges.setdefault(key(a), []).append((var, "same"))
+        edges, members = _block_graph(values, key)
         if not members:
             continue
         outside = _read_outside(func, all_values, values, members)

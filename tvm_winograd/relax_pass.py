@@ -12,7 +12,7 @@ For each ``conv2d`` binding (in dataflow blocks, after the frontend):
    ``minimum(maximum(y, 0), 6)``, SiLU as ``y * sigmoid(y)``, ``sigmoid``, ``tanh``).
 3. The algorithm: ``algo="winograd"`` / ``"direct"`` force it (ineligible layers stay direct);
    ``"auto"`` takes the measured choice from ``choices.json`` (keyed by :meth:`Conv2dSpec.key`) when
-   there is one, else :func:`~tvm_winograd.workload.choose_algorithm` (the one heuristic).
+   there is one, else :func:`~tvm_winograd.heuristic.choose_algorithm` (the one heuristic).
 4. Winograd layers become ``call_tir(winograd_func)`` on the pre-transformed weight
    ``call_tir(weight_transform_func, [constant weight])``: ``relax.transform.FoldConstant``
    evaluates the latter at compile time, so the deployed module carries ``kernel_pack`` constants
@@ -41,15 +41,8 @@ from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
 from .tune.paths import schedules_dir as schedules_dir_for
-from .transforms import ALPHA_MAX
-from .workload import (
-    CANDIDATE_TILES,
-    Conv2dSpec,
-    choose_algorithm,
-    make_spec,
-    winograd_cost,
-    winograd_ineligibility,
-)
+from .heuristic import cheapest_tile, choose_algorithm
+from .workload import Conv2dSpec, make_spec, winograd_ineligibility
 
 __all__ = [
     "Bindings",
@@ -223,16 +216,6 @@ def _bias_vector(expr: relax.Expr, spec: Conv2dSpec) -> np.ndarray | None:
 # Decisions
 # ------------------------------------------------------------------------------------------------
 
-def _forced_tile(spec: Conv2dSpec, target_kind: str) -> int:
-    """The tile for ``algo="winograd"``: the heuristic's m when it picks Winograd, else the candidate
-    of least estimated cost (the heuristic's own cost model, not a second heuristic)."""
-    algorithm, m, _ = choose_algorithm(spec, target_kind)
-    if algorithm == "winograd" and m is not None:
-        return m
-    tiles = [t for t in CANDIDATE_TILES.get(spec.dtype, (2, 4)) if t + spec.r - 1 <= ALPHA_MAX]
-    return min(tiles, key=lambda t: (winograd_cost(spec, t, target_kind), t))
-
-
 def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice],
             target_kind: str) -> tuple[str, int | None, str, str]:
     """``(algorithm, m, reason, source)`` for an eligible spec (the heuristic's costs depend on the
@@ -240,7 +223,7 @@ def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice],
     if algo == "direct":
         return "direct", None, "algo='direct' requested", "override"
     if algo == "winograd":
-        m = _forced_tile(spec, target_kind)
+        m = cheapest_tile(spec, target_kind)  # the heuristic's m where it picks Winograd
         return "winograd", m, f"algo='winograd' requested: F({m},{spec.r})", "override"
     choice = choices.get(spec.key())
     if choice is not None:

@@ -1,4 +1,4 @@
-"""Convolution workloads: one validated description, eligibility, and the one tile heuristic.
+"""Convolution workloads: one validated description and Winograd eligibility (standard library only).
 
 A :class:`Conv2dSpec` is made once at the boundary (API, CLI, graph pass) by :func:`make_spec`, which
 validates user input and raises ``ValueError`` / ``NotImplementedError`` naming the bad value.  Code
@@ -8,7 +8,6 @@ behind the boundary trusts the spec.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, replace
 from typing import Sequence, Union
 
@@ -21,9 +20,6 @@ __all__ = [
     "make_spec",
     "winograd_ineligibility",
     "check_winograd",
-    "choose_algorithm",
-    "fused_step",
-    "spec_fused_step",
     "WINOGRAD_KERNELS",
     "FLOAT_DTYPES",
 ]
@@ -251,114 +247,8 @@ def check_winograd(spec: Conv2dSpec, m: int) -> None:
         raise ValueError(f"F({m}, {spec.r}) has alpha = {m + spec.r - 1} > {ALPHA_MAX}")
 
 
-# --------------------------------------------------------------------------------------------------
-# The one heuristic: direct or Winograd, and which m, when no measurement says otherwise.
-# --------------------------------------------------------------------------------------------------
-
-#: Tile sizes the heuristic and the tuner consider, per input dtype (larger m loses accuracy fast:
-#: fp16 has 11 bits, and F(6, 3)'s error is ~10x F(2, 3)'s; see scripts/accuracy.py).
-CANDIDATE_TILES = {"float32": (2, 4, 6), "float16": (2, 4)}
-
-# The cost model counts multiply-adds and floats moved through memory, in GEMM multiply-add units.
-# Fitted by scripts/heuristic_sweep.py on the untuned default schedules of the ResNet-18 and VGG-16
-# 3x3 layers (NHWC, 2 threads, 2026-11-22; tables in BENCHMARKS.md): it picks the measured best of
-# direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 NHWC layers (7 of 8 NCHW) and costs 0.5% on average
-# (the NHWC miss: F(4,3) for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's terms it
-# picked F(6,3) on six of them and cost 15% on average.
-#
-# Relative cost of one (separable, vectorized) transform multiply-add vs one register-tiled GEMM
-# multiply-add: the transforms gather, store and run far from the FMA peak.
-_TRANSFORM_WEIGHT = 3.0
-# Cost of one float read or written from memory: the transformed weights U (alpha^2 / r^2 times the
-# weights) and, unless the fused schedule keeps them in cache, the V and M buffers.
-_MEMORY_WEIGHT = 8.0
-# Cost of one float of U re-read from the last-level cache (the fused schedule reads U once per step).
-_CACHE_WEIGHT = 0.8
-# Winograd must be estimated at least this much cheaper than direct (the model's error is ~10%).
-_MIN_GAIN = 1.2
-# The CPU GEMM micro-kernel holds ``rows`` tiles x 2 vectors of accumulators, ``rows`` the largest
-# divisor of the tiles (of a fused step) up to 8 (schedule/default.py); with fewer rows it runs at
-# rows/8 of its rate (fewer independent FMAs per loaded vector of U).  F(6,3) on 112 pixels has
-# 19 x 19 tiles: one row.  Fitted on the NCHW sweep (BENCHMARKS.md: 5/8 -> 7/8 picks, 8.3 -> 0.8 %
-# loss); the NHWC picks are unchanged.
-_FULL_ROWS = 8
-
-# The fused CPU schedule (schedule/cpu.py, fp32 NHWC on llvm) computes data_pack, bgemm and the inverse
-# per step of tiles, so V and M stay in the core's cache, but it reads all of U once per step.  The
-# default schedule uses it (and the cost model counts it) while U fits well inside the last-level
-# cache (32 MB of L3 here) and the layer has enough tiles.  Measured (2 threads, F(4,3), untuned):
-# 128 ch. 112x112 10.9 -> 6.5 ms, 64 ch. 56x56 0.51 -> 0.42 ms; 512 ch. 28x28 (U 38 MB) 6.5 -> 11.8 ms.
-FUSE_MAX_U_BYTES = 16 << 20
-FUSE_MIN_TILES = 64
-#: Tiles per step: one tile row's worth, at most 16 (the register tile holds the step's rows);
-#: fewer than 4 means reading U per tile (e.g. 19 tiles per row: F(6,3) on 112 pixels, 13.4 ms).
-FUSE_MAX_STEP = 16
-FUSE_MIN_STEP = 4
-
-
-def fused_step(alpha: int, tiles_per_row: int, tiles: int, in_channels: int, out_channels: int) -> int | None:
-    """Tiles per step of the fused CPU schedule for these shapes (fp32), or ``None`` where the default
-    schedule does not fuse: the largest divisor of the tiles per row up to :data:`FUSE_MAX_STEP`."""
-    u_bytes = alpha * alpha * in_channels * out_channels * 4
-    if u_bytes > FUSE_MAX_U_BYTES or tiles < FUSE_MIN_TILES or out_channels % 4:
-        return None
-    step = max(d for d in range(1, FUSE_MAX_STEP + 1) if tiles_per_row % d == 0)
-    return step if step >= FUSE_MIN_STEP else None
-
-
-def spec_fused_step(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> int | None:
-    """:func:`fused_step` for F(m, r) on ``spec``: fp32 NHWC on llvm only (the fused space's domain)."""
-    if target_kind != "llvm" or spec.layout != "NHWC" or spec.dtype != "float32":
-        return None
-    nw = math.ceil(spec.out_width / m)
-    tiles = spec.batch * math.ceil(spec.out_height / m) * nw
-    return fused_step(m + spec.r - 1, nw, tiles, spec.in_channels, spec.out_channels)
-
-
-def winograd_cost(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> float:
-    """Estimated cost of F(m, r) on ``spec`` in direct-GEMM multiply-add units."""
-    alpha = m + spec.r - 1
-    tiles = spec.batch * math.ceil(spec.out_height / m) * math.ceil(spec.out_width / m)
-    c, k = spec.in_channels, spec.out_channels
-    gemm = tiles * alpha * alpha * c * k
-    # Separable transforms: data 2*alpha^3 per tile and channel, inverse alpha^2*m + alpha*m^2 per tile
-    # and output channel; the weight transform is done ahead of time.
-    transforms = tiles * (2 * alpha**3 * c + (alpha * alpha * m + alpha * m * m) * k)
-    u = alpha * alpha * c * k
-    step = spec_fused_step(spec, m, target_kind)
-    if step is None:  # U read once; V and M written and read once each
-        memory = _MEMORY_WEIGHT * (u + 2 * tiles * alpha * alpha * (c + k))
-    else:  # U from memory once, then from the last-level cache once per further step
-        memory = _MEMORY_WEIGHT * u + _CACHE_WEIGHT * (tiles / step - 1) * u
-    if target_kind == "llvm":
-        rows = step or max(d for d in range(1, _FULL_ROWS + 1) if tiles % d == 0)
-        gemm /= min(1.0, rows / _FULL_ROWS)
-    return gemm + _TRANSFORM_WEIGHT * transforms + memory
-
-
-def direct_cost(spec: Conv2dSpec) -> float:
-    """Estimated cost of the direct convolution: its multiply-adds and one read of the weights."""
-    kh, kw = spec.kernel
-    weights = spec.out_channels * (spec.in_channels // spec.groups) * kh * kw
-    return spec.flops / 2 + _MEMORY_WEIGHT * weights
-
-
 def spec_from_dict(values: dict) -> Conv2dSpec:
     """The :class:`Conv2dSpec` of ``dataclasses.asdict(spec)`` read back from JSON (lists as tuples; other
     keys ignored)."""
     names = {f.name for f in dataclasses.fields(Conv2dSpec)}
     return Conv2dSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
-
-
-def choose_algorithm(spec: Conv2dSpec, target_kind: str = "llvm") -> tuple[str, int | None, str]:
-    """``("winograd", m, reason)`` or ``("direct", None, reason)`` for ``spec`` without measurements."""
-    why = winograd_ineligibility(spec)
-    if why is not None:
-        return "direct", None, why[1]
-    tiles = [m for m in CANDIDATE_TILES.get(spec.dtype, (2, 4)) if m + spec.r - 1 <= ALPHA_MAX]
-    costs = {m: winograd_cost(spec, m, target_kind) for m in tiles}
-    best = min(costs, key=lambda m: (costs[m], m))
-    gain = direct_cost(spec) / costs[best]
-    if gain < _MIN_GAIN:
-        return "direct", None, f"heuristic: best Winograd F({best},{spec.r}) is estimated only {gain:.2f}x cheaper"
-    return "winograd", best, f"heuristic: F({best},{spec.r}) estimated {gain:.2f}x cheaper than direct"

@@ -2,7 +2,7 @@
 OpenVINO vs PyTorch, side by side in one run, with the machine probe and the Winograd roofline.
 
 "ours" per layer: with ``--trials 0`` (the default) what ``compile`` gives without tuning records —
-the heuristic's algorithm and tile (:func:`~tvm_winograd.workload.choose_algorithm`) under the default
+the heuristic's algorithm and tile (:func:`~tvm_winograd.heuristic.choose_algorithm`) under the default
 schedule; with ``--trials N`` :func:`~tvm_winograd.tune.tuner.tune_layer` tunes direct and each Winograd
 tile with N trials and the fastest measured one is kept.  ``tvm_direct`` is our direct convolution
 under its default (register-tiled) schedule: TVM's pipeline schedules nothing by itself on llvm.
@@ -68,7 +68,7 @@ def _ours(spec, args, target):
     """(PrimFunc, label, algorithm, m, tune seconds) of ours for ``spec``."""
     from ..compute import target_config, winograd_func
     from ..schedule.default import schedule_llvm_default
-    from ..workload import choose_algorithm
+    from ..heuristic import choose_algorithm
 
     if args.trials > 0:
         from ..compute import Epilogue

@@ -102,7 +102,7 @@ def _tvm_vm(recipe: dict):
 
 
 def _tvm_func(recipe: dict):
-    from ..runtime import configure_threads
+    from ..threads import configure_threads
 
     configure_threads(recipe["threads"])
     import tvm

@@ -156,7 +156,7 @@ def _llc_bytes() -> int:
 @lru_cache(maxsize=None)
 def probe_machine(threads: int) -> MachineProbe:
     """Measure this machine (a few seconds); TVM's pool must already have ``threads`` workers
-    (:func:`tvm_winograd.runtime.configure_threads`)."""
+    (:func:`tvm_winograd.threads.configure_threads`)."""
     import tvm
 
     llc = _llc_bytes()

@@ -71,7 +71,7 @@ def calibrate_peer(threads: int, work: Path, rounds: int = 5) -> float:
 @contextlib.contextmanager
 def bench_session(threads: int | None, name: str) -> Iterator[BenchSession]:
     """A benchmark session on ``threads`` threads (``None``: every core this process may use)."""
-    from ..runtime import allowed_cpus, configure_threads
+    from ..threads import allowed_cpus, configure_threads
 
     threads = threads or len(allowed_cpus())
     if threads < 1:

@@ -9,19 +9,20 @@
   model's ``relax_pass.conv_workloads``, passed in by the caller);
 * :mod:`.measure`      -- ``require_gpu_measurement``: tuning refuses without a GPU or an RPC tracker.
 
-Nothing here runs at import time.
+Nothing here runs at import time.  This package's own names are the low-level toolchain (driver stand-in,
+builds, the measurement refusal) that tuning uses; :mod:`.verify` and :mod:`.check` sit above the schedules
+and are imported by their module names.
 """
 
 from importlib import import_module
 
 from .driver_stub import CudaRuntimeStatus, ensure_cuda_runtime
 
-__all__ = ["CudaRuntimeStatus", "ensure_cuda_runtime", "build_cuda", "export_cuda", "cuda_check", "format_checks",
-           "passed", "require_gpu_measurement", "NoGPUError", "SourceOnlyModuleError"]
+__all__ = ["CudaRuntimeStatus", "ensure_cuda_runtime", "build_cuda", "export_cuda", "require_gpu_measurement",
+           "NoGPUError", "SourceOnlyModuleError"]
 
 _LAZY = {
     "build_cuda": "build", "export_cuda": "build", "SourceOnlyModuleError": "build",
-    "cuda_check": "check", "format_checks": "check", "passed": "check",
     "require_gpu_measurement": "measure", "NoGPUError": "measure",
 }
 

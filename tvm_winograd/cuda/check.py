@@ -52,7 +52,8 @@ from ..schedule.cuda.simt import BGEMM_SPACES
 from ..schedule.cuda.tensorcore import (TENSORCORE_PIPELINED_SPACE, TENSORCORE_SPACE, TENSORCORE_SPACES,
                                         is_tensorcore_schedule)
 from ..targets import is_cuda, resolve_target
-from ..workload import Conv2dSpec, choose_algorithm, check_winograd
+from ..heuristic import choose_algorithm
+from ..workload import Conv2dSpec, check_winograd
 from .build import SourceOnlyModuleError, build_cuda, target_sm
 from .driver_stub import ensure_cuda_runtime
 from .verify import check_numerics, occupancy, verify_gpu

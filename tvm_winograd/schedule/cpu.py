@@ -1,7 +1,8 @@
 """Searched CPU (llvm) design spaces for the Winograd stages, registered as MetaSchedule custom rules.
 
 MetaSchedule calls ``s_tir.meta_schedule.cpu.<rule>`` with ``(sch, block)`` for every block whose
-``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.contract.SCHEDULE_RULES`).
+``schedule_rule`` attribute names one of our rules (see :data:`tvm_winograd.contract.SCHEDULE_RULES`), once
+:func:`register_cpu_rules` has registered them (through :func:`tvm_winograd.schedule.register_rules`).
 Each rule returns a list of schedules (one per structural choice); the knobs inside are *sampled*
 (``sample_perfect_tile``), so the evolutionary search mutates them.
 
@@ -431,10 +432,20 @@ RULES: dict[str, Callable] = {
 }
 
 
+_registered = False
+
+
 def register_cpu_rules() -> None:
-    """Register every rule as ``s_tir.meta_schedule.cpu.<rule>`` (idempotent)."""
+    """Register every rule as ``s_tir.meta_schedule.cpu.<rule>`` (idempotent: once per process).
+
+    Not done at import: :func:`tvm_winograd.schedule.register_rules` calls it where MetaSchedule will
+    look the rules up (generating the llvm design space of a Winograd task)."""
+    global _registered
+    if _registered:
+        return
     for name, fn in RULES.items():
         tvm.register_global_func(f"s_tir.meta_schedule.cpu.{name}", fn, override=True)
+    _registered = True
 
 
 def apply_fixed(func: tirx.PrimFunc, decisions: Decisions | None = None, vector_axis: str = "k") -> tirx.PrimFunc:
@@ -466,6 +477,3 @@ def fixed_schedule(func_or_mod: tirx.PrimFunc | tvm.IRModule, decisions: Decisio
     schedule_bgemm(sch, sch.get_sblock(BGEMM), vector_axis, decisions)
     schedule_data_pack(sch, _pack_block(sch), decisions)
     return sch
-
-
-register_cpu_rules()

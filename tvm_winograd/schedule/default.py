@@ -13,9 +13,9 @@ from tvm import s_tir, tirx
 from ..contract import (BGEMM, DATA_PACK, DATA_PACK_ACC, DATA_PACK_ROWS, INVERSE, INVERSE_ROWS, KERNEL_PACK,
                         DEFAULT_SCHEDULE_ATTR, FALLBACK_REASON_ATTR, KERNEL_PACK_ACC, OUTPUT, func_attr, kind_of,
                         layout_of, tile_of)
-from ..workload import fused_step
 from .common import inline_constants, root_blocks, schedule_inverse_simple, unroll_within, vector_split
 from .cpu import apply_fixed, fusable
+from .fusion import fused_step
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ FUSE_MAX_ACCUMULATORS = 28
 
 
 def _fused_decisions(alpha: int, nw: int, p: int, c: int, k: int, vector: int, vectors: int) -> dict:
-    """The fused space's knobs (NHWC) where :func:`~tvm_winograd.workload.fused_step` (the rule the
+    """The fused space's knobs (NHWC) where :func:`~tvm_winograd.schedule.fusion.fused_step` (the rule the
     heuristic's cost model shares) says to fuse, else ``{}``: steps of that many tiles of one row
     (``nw`` tiles per row), the step's tiles in one register tile while ``rows x vectors``
     accumulators fit in the registers."""

@@ -8,7 +8,8 @@ import math
 from tvm import tirx
 
 from ..compute import Epilogue, direct_func, target_config, winograd_func
-from ..workload import CANDIDATE_TILES, Conv2dSpec, winograd_ineligibility
+from ..heuristic import CANDIDATE_TILES
+from ..workload import Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice
 
 __all__ = ["layer_candidates", "parse_candidate", "candidate_name", "candidate_func", "choose_by_times"]

@@ -162,7 +162,7 @@ def make_runner(target: Target, rpc_tracker: str | None = None, rpc_key: str | N
             from tvm_winograd.cuda.measure import require_gpu_measurement; require_gpu_measurement(target)  # noqa: E702
         # The runner's worker processes size TVM's pool like `tvm-winograd run` does (all allowed cores):
         # TVM's default there is half the cores on x86, and candidates would be chosen for one thread.
-        from ..runtime import export_thread_count
+        from ..threads import export_thread_count
 
         return ms.runner.LocalRunner(evaluator_config=evaluator_config, initializer=export_thread_count)
     host, port = parse_tracker(rpc_tracker)

@@ -16,6 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.database import TuningRecord
 from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
+from ..schedule import register_rules
 from .database import workload_records
 
 __all__ = ["make_strategy", "space_for", "SearchProgress", "trials_to_90", "skip_measured"]
@@ -38,8 +39,11 @@ def make_strategy(trials: int, trials_per_iter: int) -> ms.search_strategy.Searc
     )
 
 
-def space_for(algorithm: str) -> ms.space_generator.SpaceGenerator:
+def space_for(algorithm: str, target_kind: str = "llvm") -> ms.space_generator.SpaceGenerator:
+    """The design space of a candidate: our rules for ``"winograd"`` (registered here, for
+    ``target_kind``), MetaSchedule's generic llvm space otherwise."""
     if algorithm == "winograd":
+        register_rules(target_kind)
         # Our rules schedule every block (and inline the constant matrices): no generic rule on top.
         return ms.space_generator.PostOrderApply(sch_rules=[ms.schedule_rule.ApplyCustomRule()])
     # MetaSchedule's default llvm rules and postprocs, without RewriteLayout: it pre-transforms the

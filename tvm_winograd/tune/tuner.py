@@ -2,7 +2,7 @@
 
 For one convolution (:class:`~tvm_winograd.workload.Conv2dSpec`) the candidates are the direct
 convolution (tuned with MetaSchedule's default llvm rules: it has no custom rule) and Winograd F(m, r)
-for every ``m`` of :data:`~tvm_winograd.workload.CANDIDATE_TILES` that fits the output (our design
+for every ``m`` of :data:`~tvm_winograd.heuristic.CANDIDATE_TILES` that fits the output (our design
 spaces, :mod:`tvm_winograd.schedule.cpu`).  Each candidate is one MetaSchedule task searched with
 evolutionary search and the XGBoost cost model; every measurement goes to the full tuning log
 (``tuning_logs/<target-dir>/``, via :func:`~tvm_winograd.tune.database.open_database`).
@@ -46,7 +46,6 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from .. import schedule as _schedule  # noqa: F401 - registers the custom CPU rules
 from ..compute import Epilogue
 from ..targets import resolve_target
 from ..workload import Conv2dSpec
@@ -226,7 +225,7 @@ def _search(run: _LayerRun, mod: tvm.IRModule, algorithm: str, name: str, index:
             callback: SearchProgress) -> None:
     """MetaSchedule's evolutionary search over the candidate's space for ``remaining`` more trials."""
     ctx = ms.TuneContext(
-        mod=mod, target=run.target, space_generator=space_for(algorithm),
+        mod=mod, target=run.target, space_generator=space_for(algorithm, run.target.kind.name),
         search_strategy=skip_measured(make_strategy(run.trials, run.per_iter)), task_name=name,
         rand_state=run.seed + 7919 * index, num_threads="physical",
         logger=ms.logging.get_loggers_from_work_dir(str(run.work_dir), [name])[0],

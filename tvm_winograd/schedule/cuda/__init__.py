@@ -2,7 +2,8 @@
 
 MetaSchedule calls ``s_tir.meta_schedule.cuda.<rule>(sch, block)`` for every block whose
 ``schedule_rule`` attribute is ``<rule>`` (the names of :data:`tvm_winograd.contract.SCHEDULE_RULES`);
-the rules are registered for the target keys ``cuda`` and ``gpu`` when this module is imported.
+the rules are registered for the target keys ``cuda`` and ``gpu`` by :func:`register_rules` (called by
+:func:`space_generator` and :func:`tvm_winograd.schedule.register_rules`; nothing is registered at import).
 PostOrderApply visits consumers first, so the stages are scheduled in this order:
 
 ``winograd_output``  the output (with its fused epilogue: bias, residual, ReLU) is split into m x m tiles;
@@ -164,14 +165,21 @@ def _as_rule(fn: Callable[..., list[s_tir.Schedule]]) -> Callable:
     return rule
 
 
+_registered = False
+
+
 def register_rules() -> None:
-    """Register the CUDA rules (idempotent; done at import)."""
+    """Register the CUDA rules for :data:`RULE_KEYS` (idempotent: once per process).
+
+    Not done at import: :func:`space_generator` and :func:`tvm_winograd.schedule.register_rules` call it
+    where MetaSchedule will look the rules up."""
+    global _registered
+    if _registered:
+        return
     for key in RULE_KEYS:
         for rule, fn in _RULES.items():
             tvm_ffi.register_global_func(f"s_tir.meta_schedule.{key}.{rule}", _as_rule(fn), override=True)
-
-
-register_rules()
+    _registered = True
 
 
 def _default_target(target: object | None) -> Target:
@@ -247,6 +255,7 @@ def space_generator() -> ms.space_generator.SpaceGenerator:
     defaults.  The custom rules see no target (MetaSchedule calls them with ``(sch, block)`` only): generate
     the spaces under ``with target:`` so the bgemm rule offers tensor cores only where the arch has them.
     """
+    register_rules()
     ensure_tensor_intrinsics()
     return ms.space_generator.PostOrderApply(sch_rules=[ms.schedule_rule.ApplyCustomRule()],
                                              postprocs="cuda-tensorcore", mutator_probs="cuda")
