@@ -40,6 +40,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from ._version import __version__
 from .accuracy import Precision, error_model
@@ -57,6 +59,7 @@ from .cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sampl
 from .cuda.driver_stub import ensure_cuda_runtime
 from .cuda.verify import verify_gpu
 from .frontend import load_model
+from .gpu_pack_run import file_sha256
 from .relax_pass import conv_workloads
 from .schedule.cuda import cuda_default_schedule, schedule_cuda_default
 from .schedule.cuda.context import postprocs_for
@@ -274,14 +277,6 @@ def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path)
 # The pack
 # --------------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _math_modules() -> list[Path]:
     """accuracy.py and every module of this package it imports, transitively (numpy-only: the math layer)."""
     package = Path(__file__).parent
@@ -300,6 +295,61 @@ def _math_modules() -> list[Path]:
     return [package / f"{name}.py" for name in sorted(seen)]
 
 
+_RUNTIME_PROBE = """
+import json, os, sys
+os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+import numpy as np
+import tvm
+from tvm.runtime.vm import VirtualMachine  # noqa: F401
+dev = tvm.cpu(0)
+lib = tvm.runtime.load_module(sys.argv[1])
+args = [tvm.runtime.tensor(np.ones(64, "float32"), dev), tvm.runtime.empty((64,), "float32", dev)]
+lib.time_evaluator("double", dev, number=1, repeat=2)(*args)
+args[-1].numpy()
+tvm.runtime.enabled("cuda")
+print(json.dumps(sorted({os.path.realpath(m.__file__) for n, m in list(sys.modules.items())
+                         if n.split(".")[0] in sys.argv[2].split(",") and getattr(m, "__file__", None)})))
+"""
+#: What run.py needs besides numpy (checked: ``import tvm`` with TVM_USE_RUNTIME_LIB=1 and only these on
+#: the path, no site-packages); the optional imports tvm_ffi tries (torch, ml_dtypes) are left out.
+_RUNTIME_PACKAGES = ("tvm", "tvm_ffi", "typing_extensions")
+
+
+def _bundle_runtime(out: Path) -> dict:
+    """Copy into ``out/lib`` what ``run.py`` needs of TVM for this Python: the modules of
+    :data:`_RUNTIME_PACKAGES` a runtime-only process loads (found by running one: loading a library,
+    timing it, asking for CUDA), TVM's runtime libraries (``libtvm_runtime*.so``, not the 250 MB
+    compiler) and tvm_ffi's.  ``run.py`` puts it first on ``sys.path`` when the GPU host's Python has the same
+    version (``tvm_ffi``'s extension is built per version); otherwise it uses an installed TVM."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from tvm import te
+
+    site = Path(tvm.__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        a = te.placeholder((64,), name="a")
+        double = te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2, name="b")])
+        library = Path(tmp) / "double.so"
+        tvm.tirx.build(tvm.IRModule({"double": double.with_attr("global_symbol", "double")}),
+                       target="llvm").export_library(str(library))
+        probe = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE, str(library), ",".join(_RUNTIME_PACKAGES)],
+                               capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})
+    if probe.returncode != 0:
+        raise RuntimeError(f"the runtime-only probe failed: {probe.stderr.strip().splitlines()[-1:]}")
+    files = [Path(f) for f in json.loads(probe.stdout.strip().splitlines()[-1])]
+    tvm_lib, ffi_lib = Path(tvm.__file__).parent / "lib", Path(tvm_ffi.__file__).parent / "lib"
+    files += sorted(tvm_lib.glob("libtvm_runtime*.so")) + sorted(ffi_lib.glob("*.so"))
+    for file in files:
+        target = out / "lib" / file.resolve().relative_to(site)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+    return {"python": ".".join(map(str, sys.version_info[:2])), "tvm": tvm.__version__,
+            "tvm_ffi": tvm_ffi.__version__, "files": len(files)}
+
+
 def _copy_runtime_files(out: Path) -> None:
     shutil.copyfile(RUNNER_MODULE, out / "run.py")
     lib = out / "lib" / "twmath"
@@ -312,7 +362,7 @@ def _copy_runtime_files(out: Path) -> None:
 def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, seed: int = 0,
                models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
                dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None,
-               progress: Callable[[str], None] | None = None) -> dict:
+               bundle_runtime: bool = True, progress: Callable[[str], None] | None = None) -> dict:
     """Build the GPU pack for ``target`` in ``out`` (created; it must be empty or absent); returns the manifest.
 
     Raises ``ValueError`` for a non-CUDA target, a non-empty ``out``, ``samples`` < 0 or a pack over
@@ -355,11 +405,13 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
         if progress is not None:
             progress(f"[{i + 1}/{len(layers)}] {layer.id}: {len(kernels)} kernels in {time.perf_counter() - t0:.1f} s")
     _copy_runtime_files(out)
+    runtime = _bundle_runtime(out) if bundle_runtime else None
     manifest = {"format": PACK_FORMAT, "version": PACK_VERSION, "package_version": __version__,
                 "tvm_version": tvm.__version__, "numpy_version": np.__version__, "arch": arch,
                 "target": json.loads(str(tgt)), "samples": samples, "seed": seed,
-                "tiles": list(TILES), "built_s": round(time.perf_counter() - start, 1), "layers": entries}
-    manifest["files"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
+                "tiles": list(TILES), "runtime": runtime, "built_s": round(time.perf_counter() - start, 1),
+                "layers": entries}
+    manifest["files"] = {str(p.relative_to(out)): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     if size > MAX_PACK_BYTES:

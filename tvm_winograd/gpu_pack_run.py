@@ -48,12 +48,22 @@ class PackError(ValueError):
 # The device
 # --------------------------------------------------------------------------------------------------
 
+def use_bundled_runtime(pack: Path, manifest: dict) -> bool:
+    """Put the pack's TVM runtime first on ``sys.path`` if it was bundled for this Python version (its
+    ``tvm_ffi`` extension is built per version); else an installed TVM is used.  Returns whether it was."""
+    runtime = manifest.get("runtime") or {}
+    if runtime.get("python") != f"{sys.version_info[0]}.{sys.version_info[1]}" or "tvm" in sys.modules:
+        return False
+    sys.path.insert(0, str(pack / "lib"))
+    return True
+
+
 class CudaDevice:
     """The GPU through TVM's runtime only."""
 
     def __init__(self) -> None:
-        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-        import tvm  # noqa: F401 - the runtime library only, with TVM_USE_RUNTIME_LIB=1
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # the runtime library only: the compiler is never loaded
+        import tvm
 
         self.tvm = tvm
         self.dev = None
@@ -109,7 +119,7 @@ class CudaDevice:
 # The pack
 # --------------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -130,7 +140,7 @@ def verify_pack(pack: Path) -> dict:
         file = pack / name
         if not file.is_file():
             raise PackError(f"the pack is incomplete: {name} is missing")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise PackError(f"the pack is damaged: {name} does not match its sha256")
     for layer in manifest["layers"]:
         for key in ("library", "reference"):
@@ -281,8 +291,10 @@ def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: 
     if not layers:
         raise PackError(f"no layer of the pack matches {select}")
     torch = _torch() if use_torch else None
+    tvm = sys.modules.get("tvm")
     report = {"format": REPORT_FORMAT, "version": 1, "pack": {k: manifest[k] for k in (
         "arch", "target", "package_version", "tvm_version", "samples", "seed", "tiles")},
+        "tvm": {"version": getattr(tvm, "__version__", None), "from": str(Path(getattr(tvm, "__file__", "")).parent)},
         "gpu": device.info(), "host": {"python": platform.python_version(), "numpy": np.__version__,
                                        "torch": getattr(torch, "__version__", None)},
         "layers": []}
@@ -339,8 +351,9 @@ def main(argv: list[str] | None = None, device=None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip the cuDNN column")
     args = parser.parse_args(argv)
     try:
-        verify_pack(args.pack)
+        manifest = verify_pack(args.pack)
         if device is None:
+            use_bundled_runtime(args.pack, manifest)
             device = CudaDevice()
         reason = device.unavailable()
         if reason is not None:
