@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging
@@ -87,6 +88,8 @@ DEFAULT_BATCHES = (1, 32)
 DEFAULT_DTYPES = ("float32", "float16")
 #: Draws per requested sample before a space is given up (postprocessors reject some samples).
 _MAX_DRAWS = 4
+#: The schedules' traces (for gpu-import), by layer id and kernel symbol: gzipped JSON.
+TRACES_FILE = "traces.json.gz"
 #: The standalone runner copied into every pack as run.py.
 RUNNER_MODULE = Path(__file__).with_name("gpu_pack_run.py")
 
@@ -227,35 +230,47 @@ def crop_windows(extent: int) -> list[tuple[int, int]]:
     return [(0, _WINDOW), (last, extent)]
 
 
+#: Output channels the reference windows cover at most (evenly spread, the first and last among them).
+_CHANNELS = 64
+
+
+def channel_subset(channels: int) -> np.ndarray:
+    """Up to :data:`_CHANNELS` output channels, evenly spread from the first to the last."""
+    return np.unique(np.linspace(0, channels - 1, min(channels, _CHANNELS)).round().astype(np.int64))
+
+
 def _window_model(data: dict[str, np.ndarray], spec: Conv2dSpec, epilogue: Epilogue, n: int, rows, cols,
-                  m: int | None, precision: Precision):
-    """The error model of the outputs ``[n, :, rows, cols]`` (NCHW) from the window of the padded input
-    they read, convolved without padding."""
+                  channels: np.ndarray, m: int | None, precision: Precision):
+    """The error model of the outputs ``[n, channels, rows, cols]`` (NCHW) from the window of the padded
+    input they read, convolved without padding (an output channel reads only its own filter and bias)."""
     pt, pl, pb, pr = spec.padding
     x = np.pad(data["x"][n:n + 1], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     r = spec.r
     xw = x[:, :, rows[0]:rows[1] + r - 1, cols[0]:cols[1] + r - 1]
-    residual = data.get("residual")
+    residual, bias = data.get("residual"), data.get("bias")
     if residual is not None:
-        residual = residual[n:n + 1, :, rows[0]:rows[1], cols[0]:cols[1]]
-    return error_model(xw, data["w"], m=m, padding=0, layout="NCHW", precision=precision,
-                       bias=data.get("bias"), residual=residual, relu=epilogue.relu, activation=epilogue.activation)
+        residual = residual[n:n + 1, channels, rows[0]:rows[1], cols[0]:cols[1]]
+    return error_model(xw, data["w"][channels], m=m, padding=0, layout="NCHW", precision=precision,
+                       bias=None if bias is None else bias[channels], residual=residual, relu=epilogue.relu,
+                       activation=epilogue.activation)
 
 
 def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path) -> dict:
     """Write ``path`` (.npz): the flat indices of the windows' outputs in the full output and, per
-    candidate algorithm (``direct``, ``winograd_m<m>``), the windows' reference, expected value, bound
-    and sigma; returns the scalars (gain sd, coherent outputs) per candidate for the manifest."""
+    candidate algorithm (``direct``, ``winograd_m<m>``), the windows' expected value (float64), its
+    difference to the exact reference, the bound and sigma (float32: small numbers or limits); returns the
+    scalars (gain sd, coherent outputs) per candidate for the manifest."""
     spec, ep = layer.spec, layer.epilogue
-    if spec.layout != "NCHW":
-        raise NotImplementedError(f"the GPU pack packs NCHW layers (CUDA keeps the model's layout), not {spec.layout}")
-    images = sorted({0, spec.batch - 1})
+    if spec.layout != "NCHW" or spec.groups != 1:
+        raise NotImplementedError(f"the GPU pack packs NCHW layers of one group (CUDA keeps the model's "
+                                  f"layout), not {spec.layout} with {spec.groups} groups")
+    images, channels = sorted({0, spec.batch - 1}), channel_subset(spec.out_channels)
     windows = [(n, rows, cols) for n in images for rows in crop_windows(spec.out_height)
                for cols in crop_windows(spec.out_width)]
     shape = spec.output_shape
-    index = np.concatenate([np.ravel_multi_index(np.ix_([n], range(shape[1]), range(*rows), range(*cols)),
+    index = np.concatenate([np.ravel_multi_index(np.ix_([n], channels, range(*rows), range(*cols)),
                                                  shape).ravel() for n, rows, cols in windows])
-    arrays: dict[str, np.ndarray] = {"index": index.astype(np.int64)}
+    arrays: dict[str, np.ndarray] = {"index": index.astype(np.int32 if index.max() < 2**31 else np.int64)}
     scalars: dict[str, dict] = {}
     candidates = [("direct", None)] + [(f"winograd_m{m}", m) for m in TILES]
     for name, m in candidates:
@@ -263,9 +278,13 @@ def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path)
         precision = (Precision(acc_dtype=config.acc_dtype, pack_dtype=config.resolved_pack_dtype(spec),
                                out_dtype=spec.out_dtype, separable=config.separable)
                      if config is not None else Precision(out_dtype=spec.out_dtype))
-        parts = [_window_model(data, spec, ep, n, rows, cols, m, precision) for n, rows, cols in windows]
-        for field in ("reference", "expected", "bound", "sigma"):
-            arrays[f"{name}.{field}"] = np.concatenate([getattr(p, field).ravel() for p in parts])
+        parts = [_window_model(data, spec, ep, n, rows, cols, channels, m, precision) for n, rows, cols in windows]
+        flat = {f: np.concatenate([getattr(p, f).ravel() for p in parts])
+                for f in ("reference", "expected", "bound", "sigma")}
+        arrays[f"{name}.expected"] = flat["expected"]
+        arrays[f"{name}.reference_delta"] = (flat["reference"] - flat["expected"]).astype(np.float32)
+        arrays[f"{name}.bound"] = flat["bound"].astype(np.float32)
+        arrays[f"{name}.sigma"] = flat["sigma"].astype(np.float32)
         # the windows share no tile: the gain statistic's variances add
         scalars[name] = {"gain_sd": float(np.sqrt(sum(p.gain_sd ** 2 for p in parts))),
                          "coherent": int(parts[0].coherent)}
@@ -405,6 +424,9 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
         if progress is not None:
             progress(f"[{i + 1}/{len(layers)}] {layer.id}: {len(kernels)} kernels in {time.perf_counter() - t0:.1f} s")
     _copy_runtime_files(out)
+    traces = {e["id"]: {k["symbol"]: k.pop("trace") for k in e["kernels"]} for e in entries}
+    with gzip.open(out / TRACES_FILE, "wt") as f:  # a trace is ~20 kB of JSON that compresses ~10x
+        json.dump(traces, f, separators=(",", ":"))
     runtime = _bundle_runtime(out) if bundle_runtime else None
     manifest = {"format": PACK_FORMAT, "version": PACK_VERSION, "package_version": __version__,
                 "tvm_version": tvm.__version__, "numpy_version": np.__version__, "arch": arch,
@@ -412,7 +434,7 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
                 "tiles": list(TILES), "runtime": runtime, "built_s": round(time.perf_counter() - start, 1),
                 "layers": entries}
     manifest["files"] = {str(p.relative_to(out)): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (out / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     if size > MAX_PACK_BYTES:
         raise ValueError(f"the pack is {size / 2**20:.1f} MiB, over the {MAX_PACK_BYTES / 2**20:.0f} MiB limit: "

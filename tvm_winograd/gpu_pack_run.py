@@ -23,6 +23,7 @@ of tvm_winograd but the numpy-only modules the pack carries.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -184,8 +185,10 @@ def assess(got: np.ndarray, refs, name: str, scalars: dict) -> dict:
     from twmath.accuracy import ErrorModel
     from twmath.accuracy import assess as assess_model
 
-    model = ErrorModel(refs[f"{name}.reference"], refs[f"{name}.expected"], refs[f"{name}.bound"],
-                       refs[f"{name}.sigma"], scalars["gain_sd"], scalars["coherent"])
+    expected = refs[f"{name}.expected"]
+    model = ErrorModel(expected + refs[f"{name}.reference_delta"].astype(np.float64), expected,
+                       refs[f"{name}.bound"].astype(np.float64), refs[f"{name}.sigma"].astype(np.float64),
+                       scalars["gain_sd"], scalars["coherent"])
     verdict = assess_model(np.asarray(got, dtype=np.float64).ravel()[refs["index"]], model)
     return {"ok": verdict.ok, "reason": verdict.reason, "worst": verdict.worst, "outputs": verdict.outputs,
             "max_relative_error": verdict.max_relative_error}
@@ -241,15 +244,16 @@ def time_cudnn(torch, entry: dict, data: dict[str, np.ndarray], budget_s: float,
 # The run
 # --------------------------------------------------------------------------------------------------
 
-def run_layer(pack: Path, entry: dict, device, budget_s: float, max_repeat: int, torch) -> dict:
-    """Check and time every kernel of one layer."""
+def run_layer(pack: Path, entry: dict, device, budget_s: float, max_repeat: int, torch, traces: dict) -> dict:
+    """Check and time every kernel of one layer (``traces``: its kernels' schedule traces, by symbol)."""
     module = device.load(pack / entry["library"])
     refs = np.load(pack / entry["reference"])
     data, same_inputs = make_inputs(entry)
     out_spec = entry["kernels"][0]["args"][-1]
     rows = []
     for kernel in entry["kernels"]:
-        row = {k: kernel[k] for k in ("symbol", "algorithm", "m", "space", "seed", "trace")}
+        row = {k: kernel[k] for k in ("symbol", "algorithm", "m", "space", "seed")}
+        row["trace"] = traces.get(kernel["symbol"])  # for gpu-import
         try:
             args = [device.put(a) for a in kernel_args(kernel, data)] + [device.empty(out_spec["shape"],
                                                                                        out_spec["dtype"])]
@@ -291,6 +295,8 @@ def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: 
     if not layers:
         raise PackError(f"no layer of the pack matches {select}")
     torch = _torch() if use_torch else None
+    with gzip.open(pack / "traces.json.gz", "rt") as f:
+        traces = json.load(f)
     tvm = sys.modules.get("tvm")
     report = {"format": REPORT_FORMAT, "version": 1, "pack": {k: manifest[k] for k in (
         "arch", "target", "package_version", "tvm_version", "samples", "seed", "tiles")},
@@ -303,7 +309,7 @@ def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: 
              f"{sum(len(e['kernels']) for e in layers)} kernels")
     for i, entry in enumerate(layers):
         t0 = time.perf_counter()
-        row = run_layer(pack, entry, device, budget_ms / 1e3, max_repeat, torch)
+        row = run_layer(pack, entry, device, budget_ms / 1e3, max_repeat, torch, traces.get(entry["id"], {}))
         report["layers"].append(row)
         failed = sum(k["numerics"].get("ok") is False for k in row["kernels"])
         progress(f"[{i + 1}/{len(layers)}] {entry['id']}: {len(row['kernels'])} kernels, {failed} failed, "
