@@ -168,7 +168,7 @@ def _calls(func) -> list:
 
 
 _RUNTIME_ONLY_RUN = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import numpy as np
     import tvm
     from tvm.base import _LOADED_LIBS
@@ -177,7 +177,8 @@ _RUNTIME_ONLY_RUN = textwrap.dedent("""
     np.save(sys.argv[4], y)
     maps = open("/proc/self/maps").read()
     print(json.dumps({"tvm": tvm.__file__, "libs": sorted(_LOADED_LIBS), "compiler_mapped": "libtvm_compiler" in maps,
-                      "relax": sorted(m for m in sys.modules if m.startswith("tvm.relax"))}))
+                      "relax": sorted(m for m in sys.modules if m.startswith("tvm.relax")),
+                      "threads": int(tvm.runtime.num_threads()), "allowed": len(os.sched_getaffinity(0))}))
 """)
 
 
@@ -185,7 +186,8 @@ def test_runtime_alone_runs_the_library_with_its_params(built, tmp_path):
     """In a process whose TVM has no libtvm_compiler.so (test_runtime's copy of the package, first on
     PYTHONPATH, TVM_USE_RUNTIME_LIB=1): the separate library and its params file (moved elsewhere and
     given by path) load, transform and run, bitwise equal to the same library run here; no compiler
-    library mapped, no Relax Python imported."""
+    library mapped, no Relax Python imported; the pool was sized before the transforms' parallel code
+    (one worker per allowed CPU, not TVM's default of half)."""
     site = _tvm_without_compiler(tmp_path)
     moved = tmp_path / "weights" / "renamed.params"
     moved.parent.mkdir()
@@ -198,7 +200,7 @@ def test_runtime_alone_runs_the_library_with_its_params(built, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["tvm"].startswith(str(site)) and got["libs"] == ["tvm_runtime"] and not got["compiler_mapped"], got
-    assert got["relax"] == [], got
+    assert got["relax"] == [] and got["threads"] == got["allowed"], got
     vm, dev = load_vm(built["separate"]["lib"])
     assert np.array_equal(np.load(out), run(vm, built["feed"], dev)[0])
 
