@@ -245,3 +245,28 @@ def test_compile_params_option_is_documented_and_checked(built):
     assert "--params FILE.params" in cli(built["root"], "run", "--help").stdout
     with pytest.raises(ValueError, match="params 'both' is not one of embed, separate"):
         prepare_model(load_model("tiny_mixed")[0], "llvm", built["root"], params="both")
+
+
+def test_cuda_build_with_separate_params_carries_cubins(tmp_path):
+    """No GPU here: ``compile --target sm_80 --params separate`` builds with nvcc (driver stand-in), the
+    library holds a cubin, and ``main_transform_params``' weight transforms were scheduled for the GPU
+    (an unscheduled GPU function fails the build).  With the model's layout kept on GPUs the params file
+    is the model's own initializers (a Gemm's weight transposed, as TVM's ONNX importer folds it)."""
+    from onnx import numpy_helper
+
+    from tvm_winograd.cuda.build import file_cuda_images
+
+    lib = tmp_path / "tiny_sm80.so"
+    proc = cli(tmp_path, "compile", "tiny_mixed", "--target", "sm_80", "--algo", "winograd", "--params", "separate",
+               "-o", str(lib), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["winograd_layers"] == 4 and summary["unscheduled"] == []
+    assert summary["function_counts"]["weight_transform"] == 4
+    assert 80 in {img.sm for img in file_cuda_images(lib) if img.kind == "cubin"}
+    weights = [w.numpy() for w in tvm.runtime.load_param_dict(params_path_for(lib).read_bytes()).values()]
+    _, info = load_model("tiny_mixed")
+    inits = [numpy_helper.to_array(t) for t in info.onnx_model.graph.initializer]
+    assert len(weights) == len(inits)
+    for w in weights:
+        assert any(np.array_equal(w, i) or (w.ndim == 2 and np.array_equal(w, i.T)) for i in inits), w.shape
