@@ -357,30 +357,31 @@ def library_metadata(vm) -> dict | None:
     return getattr(vm, _METADATA_ATTR, None)
 
 
-def _read_params(params: Path, record: Mapping[str, object], library: Path, given: bool) -> bytes:
-    """The bytes of the params file ``params`` if they are the ones the library's trailer ``record`` names."""
+def _check_params(params: Path, record: Mapping[str, object], library: Path, given: bool) -> None:
+    """Refuse the params file ``params`` unless it is the one the library's trailer ``record`` names
+    (its size, then its sha256, read in blocks)."""
     if not params.is_file() and given:
         raise ValueError(f"params file {str(params)!r} does not exist")
     if not params.is_file():
         raise ValueError(f"library {str(library)!r} takes its weights from {str(params)!r}, which does not exist "
                          "(give its params file with --params)")
-    data = params.read_bytes()
-    want = int(record.get("bytes", -1))
-    if len(data) != want:
+    size, want = params.stat().st_size, int(record.get("bytes", -1))
+    if size != want:
         raise ValueError(f"params file {str(params)!r} does not belong to library {str(library)!r}: it has "
-                         f"{len(data)} bytes, the library's has {want} (truncated, or another model's)")
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+                         f"{size} bytes, the library's has {want} (truncated, or another model's)")
+    with open(params, "rb") as f:
+        digest = _sha256(f, 0, size).hex()
+    if digest != record.get("sha256"):
         raise ValueError(f"params file {str(params)!r} does not belong to library {str(library)!r}: its sha256 "
                          "differs from the one written at compile time (damaged, or another model's)")
-    return data
 
 
-def _transform_weights(vm, dev, data: bytes, record: Mapping[str, object], params: Path) -> list:
+def _transform_weights(vm, dev, record: Mapping[str, object], params: Path) -> list:
     """Load the params file's weights to ``dev`` and run ``main_transform_params`` on them once."""
     import tvm
 
     try:
-        loaded = tvm.runtime.load_param_dict(data)
+        loaded = tvm.runtime.load_param_dict_from_file(str(params))
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"params file {str(params)!r} is not a TVM params file: {_last_line(err)}") from None
     names = [str(n) for n in record.get("names", [])]
@@ -442,10 +443,10 @@ def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None
     if params is not None and record is None:
         raise ValueError(f"library {str(path)!r} has its weights inside: it takes no params file "
                          f"(got {str(params)!r})")
-    params_file = data = None
+    params_file = None
     if record is not None:
         params_file = Path(params) if params is not None else path.parent / str(record["file"])
-        data = _read_params(params_file, record, path, given=params is not None)
+        _check_params(params_file, record, path, given=params is not None)
     try:
         rt_mod = tvm.runtime.load_module(str(path))
     except (RuntimeError, ValueError, OSError) as err:  # TVM raises its own error types for a bad file
@@ -459,7 +460,7 @@ def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None
         raise ValueError(f"library {str(path)!r} is not a Relax VM executable: {_last_line(err)}") from None
     setattr(vm, _METADATA_ATTR, metadata)
     configure_threads(threads)  # before the first parallel call: the weight transforms below
-    setattr(vm, _WEIGHTS_ATTR, [] if record is None else _transform_weights(vm, dev, data, record, params_file))
+    setattr(vm, _WEIGHTS_ATTR, [] if record is None else _transform_weights(vm, dev, record, params_file))
     return vm, dev
 
 
