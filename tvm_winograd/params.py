@@ -36,8 +36,8 @@ from tvm import relax
 
 from .runtime import TRANSFORM_FUNC
 
-__all__ = ["PARAMS_MODES", "check_params_mode", "TRANSFORM_FUNC", "PARAMS_ATTR", "weights_as_inputs", "lift_weight_transforms",
-           "write_params", "params_path_for"]
+__all__ = ["PARAMS_MODES", "check_params_mode", "TRANSFORM_FUNC", "PARAMS_ATTR", "weights_as_inputs",
+           "lift_weight_transforms", "write_params", "params_path_for"]
 
 #: ``embed``: the weights (transformed at compile time) inside the library, the default;
 #: ``separate``: the library without weights, plus a params file; transforms run at load.
@@ -53,7 +53,7 @@ def check_params_mode(mode: str) -> str:
     return mode
 
 
-def _is_weight(const: relax.Constant) -> bool:
+def _is_weight(const: tvm.ir.expr.Constant) -> bool:
     """A floating-point constant of rank >= 1 (scalars and integer constants stay in the library)."""
     value = const.value
     return isinstance(value, tvm.runtime.Tensor) and len(value.shape) >= 1 and "float" in str(value.dtype)
@@ -69,7 +69,7 @@ class _ConstantsToVars(relax.PyExprMutator):
         self.values: list[tvm.runtime.Tensor] = []
         self._seen: dict = {}  # constant -> var (TVM objects hash and compare by identity)
 
-    def visit_generic_const_(self, const: relax.Constant) -> relax.Expr:  # noqa: N802 - TVM's name
+    def visit_generic_const_(self, const: tvm.ir.expr.Constant) -> relax.Expr:  # noqa: N802 - TVM's name
         if not _is_weight(const):
             return const
         var = self._seen.get(const)

@@ -387,13 +387,15 @@ def _transform_weights(vm, dev, record: Mapping[str, object], params: Path) -> l
     names = [str(n) for n in record.get("names", [])]
     missing = [n for n in names if n not in loaded]
     if missing:
-        raise ValueError(f"params file {str(params)!r} lacks {len(missing)} of the library's weights ({missing[0]!r}, ...)")
+        raise ValueError(f"params file {str(params)!r} lacks {len(missing)} of the library's weights "
+                         f"({missing[0]!r}, ...)")
     on_host = dev.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
     weights = [loaded[n] if on_host else loaded[n].copyto(dev) for n in names]
     try:
         return list(vm[TRANSFORM_FUNC](weights))
     except (RuntimeError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"params file {str(params)!r}: the library's {TRANSFORM_FUNC} failed: {_last_line(err)}") from None
+        raise ValueError(f"params file {str(params)!r}: the library's {TRANSFORM_FUNC} failed: "
+                         f"{_last_line(err)}") from None
 
 
 def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None,
