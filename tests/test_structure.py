@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tune", ("tune", "verify", "cuda.verify", "cuda.check")),
     ("graph pass", ("relax_pass", "relax_layout", "relax_channels", "frontend", "models")),
     ("pipeline", ("pipeline", "module_schedules", "compile_report", "model_tasks", "export", "api", "runtime",
+                  "params",  # --params separate: weights lifted out of the library, the params file
                   "gpu_pack",  # builds the GPU pack: models through the graph pass, CUDA builds, references
                   "gpu_pack_run")),  # the pack's run.py: imports none of the package (numpy, tvm.runtime)
     ("cli, bench", ("cli", "bench", "accuracy_report", "")),

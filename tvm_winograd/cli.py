@@ -212,17 +212,25 @@ def cmd_compile(args) -> int:
     start = time.perf_counter()
     with _progress(f"compiling {args.model} for {target.kind.name}"):
         # on CUDA: loads the driver (stand-in), nvcc
-        ex, reports = compile_model(mod, target, sdir, args.algo, layout=args.layout)
+        ex, reports = compile_model(mod, target, sdir, args.algo, layout=args.layout, params=args.params)
         path = export_library(ex, args.output)
     if is_cuda(target):
         from .cuda.build import require_cubin
 
         require_cubin(path, str(target.attrs.get("arch", "")))
     seconds = time.perf_counter() - start
+    params_file = None
+    if args.params == "separate":
+        from .params import params_path_for
+
+        params_file = params_path_for(path)
     n_wino = sum(r.algorithm == "winograd" for r in reports)
     records = schedules_dir(target, sdir)
     tuned = records / "database_tuning_record.json"
     summary = {"output": str(path), "target": str(target), "seconds": round(seconds, 2),
+               "library_bytes": path.stat().st_size,
+               "params_file": str(params_file) if params_file else None,
+               "params_bytes": params_file.stat().st_size if params_file else None,
                "schedules": str(records) if tuned.is_file() else None,
                "inputs": {n: {"shape": list(info.input_shapes[n]), "dtype": info.input_dtypes[n]}
                           for n in info.input_names},
@@ -240,6 +248,8 @@ def cmd_compile(args) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s: "
               f"{n_wino} of {len(reports)} convolutions use Winograd, {summary['layout_transforms']} layout transforms "
               f"({reports.layout_transforms['inside']} inside the model)")
+        if params_file:
+            print(f"weights: {params_file} ({params_file.stat().st_size / 1e6:.1f} MB), transformed at load")
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
         print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
         print(f"{len(reports.functions)} functions, scheduled by: "
@@ -257,7 +267,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--repeat {args.repeat} must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads} must be at least 1")
-    vm, device = load_vm(args.library, args.device, threads=args.threads)
+    vm, device = load_vm(args.library, args.device, threads=args.threads, params=args.params)
     outputs = _run_checked(vm, inputs, device)
     times = []
     for _ in range(args.repeat):
@@ -295,11 +305,10 @@ def cmd_run(args) -> int:
 def _run_checked(vm, inputs: dict, device) -> list:
     """Run once; no input at all names the model's inputs (the rest is checked by ``runtime.run``:
     names, dtypes and shapes, each a one-line ValueError)."""
-    from .runtime import run
+    from .runtime import input_names, run
 
     if not inputs:
-        arity = vm._get_function_arity("main")
-        names = [vm._get_function_param_name("main", i) for i in range(arity)]
+        names = input_names(vm)
         raise UsageError(f"no --input given: the model takes {', '.join(names)}")
     return run(vm, inputs, device)
 
@@ -476,11 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", choices=("auto", "winograd", "direct"), default="auto",
                    help="auto: measured choice, else heuristic (default)")
     _add_layout(p)
+    p.add_argument("--params", choices=("embed", "separate"), default="embed",
+                   help="embed: the weights, transformed at compile time, inside the library (default); "
+                        "separate: the library without weights plus OUT.params beside it (the model's weights "
+                        "in its dtype), transformed once at load on the device")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "run", cmd_run, "run a compiled library with the TVM runtime on .npy inputs",
              "tvm-winograd run resnet18.so --input input=x.npy -o y.npy --repeat 10")
     p.add_argument("library", help="the .so written by `tvm-winograd compile`")
+    p.add_argument("--params", metavar="FILE.params",
+                   help="the params file of a library compiled with --params separate (default: the file its "
+                        "trailer names, in the library's directory: OUT.params beside OUT.so)")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input (repeatable)")
     p.add_argument("-o", "--output", metavar="Y.npy", help="write the output(s) here")
     p.add_argument("--repeat", type=int, default=1, help="timed runs after one warm-up (default 1)")

@@ -20,8 +20,14 @@
 The returned :class:`~tvm_winograd.compile_report.CompileReport` lists the convolutions' decisions
 and, per PrimFunc, what scheduled it (``unscheduled`` ones are also logged as a warning).
 
+With ``params="separate"`` the weights stay out of the library: step 2 leaves them parameters of
+``main`` (:func:`tvm_winograd.params.weights_as_inputs`) and before step 5 Relax's
+``LiftTransformParams`` moves the weight transforms into ``main_transform_params``, which the runtime
+runs once at load (:mod:`tvm_winograd.params`).
+
 ``export_library`` appends the integrity trailer of :mod:`tvm_winograd.runtime` (format version,
-versions, target, ``main``'s inputs).  Loading and running live in :mod:`tvm_winograd.runtime`
+versions, target, ``main``'s inputs; with separate params the params file's name and sha256) and
+writes the params file beside the library.  Loading and running live in :mod:`tvm_winograd.runtime`
 (runtime only); ``load_vm``, ``load_and_run`` and ``run`` are re-exported here (the documented API).
 
 Steps 3-4 live in :mod:`tvm_winograd.module_schedules`, step 5's pipeline and build environment in
@@ -42,6 +48,7 @@ from .compile_report import CompileReport, FunctionReport
 from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, kind_of, our_prim_funcs
 from .frontend import model_signature
 from .module_schedules import apply_database, default_schedules
+from .params import check_params_mode, lift_weight_transforms, params_path_for, weights_as_inputs, write_params
 from .pipeline import build_pipeline, cuda_build_env, describe_compile_failure
 from .relax_layout import layout_transform_sites, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
@@ -68,6 +75,8 @@ logger = logging.getLogger(__name__)
 
 #: The attribute of a compiled Executable that carries what ``export_library`` writes into the trailer.
 _METADATA_ATTR = "_tvm_winograd_metadata"
+#: The attribute of a compiled Executable holding its separate weights (name -> numpy array), if any.
+_WEIGHTS_ATTR = "_tvm_winograd_weights"
 
 
 class CompileError(NotImplementedError):
@@ -83,11 +92,12 @@ def prepare_model(
     rewrite: bool = True,
     ineligible: str = "tir",
     layout: str = "auto",
+    params: str = "embed",
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
     tgt = resolve_target(target)
     mod, reports = rewrite_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
-                                 layout=layout)
+                                 layout=layout, params=params)
     return schedule_model(mod, tgt, schedules_dir), reports
 
 
@@ -100,19 +110,24 @@ def rewrite_model(
     rewrite: bool = True,
     ineligible: str = "tir",
     layout: str = "auto",
+    params: str = "embed",
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-2: the conv layout, the channel padding, the Winograd pass and the constant folding; our
-    PrimFuncs are not scheduled yet (what the schedules database is queried with)."""
+    PrimFuncs are not scheduled yet (what the schedules database is queried with).  ``params="separate"``:
+    the weights become parameters of ``main`` before the folding (their transforms stay in the module)."""
+    check_params_mode(params)
     reports: list[LayerReport] = []
     mod = convert_conv_layout(mod, target, layout)
     if rewrite and not is_cuda(target):  # whole vectors of output channels for the CPU tiles
         mod = pad_output_channels(relax.transform.FoldConstant()(mod))
     if rewrite:
         mod, reports = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible)
+    if params == "separate":  # the weight transforms stay, to be lifted into main_transform_params
+        mod = weights_as_inputs(mod)
     mod = relax.transform.FoldConstant()(mod)
     mod = remove_dead_code(mod)
     leftover = [n for n, f in our_prim_funcs(mod).items() if kind_of(f) == "weight_transform"]
-    if leftover:
+    if leftover and params == "embed":
         # Only a non-constant weight can leave one; rewrite_winograd never plans that.
         logger.warning("weight transforms left at run time (weights not constant?): %s", leftover)
     return mod, reports
@@ -165,6 +180,7 @@ def compile_model(
     rewrite: bool = True,
     ineligible: str = "tir",
     layout: str = "auto",
+    params: str = "embed",
 ) -> tuple[tvm.runtime.Executable, CompileReport]:
     """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
 
@@ -190,6 +206,11 @@ def compile_model(
         Layout of the convolutions: ``"auto"`` (default) converts them to NHWC on CPUs and keeps the
         model's on GPUs; ``"NCHW"`` / ``"NHWC"`` force one; ``"keep"`` leaves the model's
         (see :func:`~tvm_winograd.relax_pass.convert_conv_layout`).  Applies with ``rewrite=False`` too.
+    params
+        ``"embed"`` (default): the weights, transformed at compile time, inside the library.
+        ``"separate"``: the library takes its weights from a params file (which
+        :func:`export_library` writes beside it) and transforms them once at load
+        (``main_transform_params``, see :mod:`tvm_winograd.params`).
 
     Returns
     -------
@@ -207,7 +228,10 @@ def compile_model(
     """
     tgt = resolve_target(target)
     mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
-                                 layout=layout)
+                                 layout=layout, params=params)
+    weights = None
+    if params == "separate":
+        mod, weights = lift_weight_transforms(mod)
     sites = layout_transform_sites(mod)
     metadata = {"package_version": __version__, "tvm_version": tvm.__version__, "target": str(tgt),
                 "inputs": [{**e, "shape": list(e["shape"])} for e in model_signature(mod)],
@@ -220,6 +244,7 @@ def compile_model(
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
     setattr(ex, _METADATA_ATTR, metadata)  # for export_library
+    setattr(ex, _WEIGHTS_ATTR, weights)
     if sites["inside"]:
         logger.info("%d layout transforms left inside the model (besides %d at its inputs, %d at its outputs)",
                     sites["inside"], sites["input"], sites["output"])
@@ -233,14 +258,24 @@ def export_library(ex: tvm.runtime.Executable, path: str | os.PathLike) -> Path:
     version, the package and TVM versions, the target and the inputs of ``main`` (name, shape with
     symbolic dimensions as strings, dtype) as :func:`compile_model` recorded them (``null`` for an
     Executable compiled otherwise), then the sha256 of the file.  ``load_vm`` checks it.
+
+    An Executable compiled with ``params="separate"`` also writes its weights to the params file
+    beside the library (:func:`tvm_winograd.params.params_path_for`: ``x.so`` -> ``x.params``); the
+    trailer's ``params`` entry names that file and holds its sha256, size and parameter order.
     """
     path = Path(path)
     if path.suffix not in (".so", ".dylib", ".dll", ".tar"):
         raise ValueError(f"library path {str(path)!r} must end in .so (or .tar)")
+    weights = getattr(ex, _WEIGHTS_ATTR, None)
+    if weights is not None and path.suffix != ".so":
+        raise ValueError(f"library path {str(path)!r} must end in .so with separate params (its trailer names the "
+                         "params file)")
     path.parent.mkdir(parents=True, exist_ok=True)
     ex.export_library(str(path))
     if path.suffix == ".so":
         metadata = getattr(ex, _METADATA_ATTR, None) or {
             "package_version": __version__, "tvm_version": tvm.__version__, "target": None, "inputs": None}
+        if weights is not None:
+            metadata = {**metadata, "params": write_params(params_path_for(path), weights)}
         append_trailer(path, metadata)
     return path

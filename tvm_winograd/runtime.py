@@ -25,6 +25,16 @@ symbolic dimensions as strings, dtype), which :func:`run` checks inputs against.
 the trailer (exported by plain TVM) gets a structural ELF check instead: ELF magic, a shared object,
 the program and section header tables, every ``PT_LOAD`` segment and every section within the file.
 
+Separate params
+---------------
+A library compiled with ``--params separate`` (:mod:`tvm_winograd.params`) holds no weights: its
+trailer's ``params`` entry names the params file (TVM's parameter-dict format, looked up beside the
+library unless another path is given), with its sha256, size and parameter order.  :func:`load_vm`
+checks the file against that entry (a missing, truncated, damaged or other model's file is one line
+naming it), loads it to the device, runs ``main_transform_params`` once there (the Winograd weight
+transforms, the direct convolutions' weight packing) and keeps the transformed weights on the VM;
+:func:`run` passes them to every call of ``main`` after the inputs.
+
 Cost of the check at load time, measured on this project's 2-core host with the README's ResNet-18
 library (97.4 MB, page cache warm, median of 5): the trailer check (sha256 of the whole file, read in
 4 MiB blocks) 74 ms, about 0.75 ms per MB; the ELF check alone 0.05 ms.  For scale,
@@ -53,7 +63,9 @@ __all__ = [
     "load_and_run",
     "run",
     "library_metadata",
+    "input_names",
     "check_inputs",
+    "TRANSFORM_FUNC",
     "TRAILER_MAGIC",
     "FORMAT_VERSION",
 ]
@@ -257,6 +269,10 @@ def check_library(path: str | os.PathLike) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 
 _METADATA_ATTR = "_tvm_winograd_metadata"
+#: The VM attribute holding the transformed weights of a library with separate params.
+_WEIGHTS_ATTR = "_tvm_winograd_weights"
+#: The function Relax's ``LiftTransformParams`` makes for ``main``: weights tuple -> transformed weights tuple.
+TRANSFORM_FUNC = "main_transform_params"
 
 
 def _last_line(err: BaseException) -> str:
@@ -270,7 +286,49 @@ def library_metadata(vm) -> dict | None:
     return getattr(vm, _METADATA_ATTR, None)
 
 
-def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None):
+def _check_params(params: Path, record: Mapping[str, object], library: Path, given: bool) -> None:
+    """Refuse the params file ``params`` unless it is the one the library's trailer ``record`` names
+    (its size, then its sha256, read in blocks)."""
+    if not params.is_file() and given:
+        raise ValueError(f"params file {str(params)!r} does not exist")
+    if not params.is_file():
+        raise ValueError(f"library {str(library)!r} takes its weights from {str(params)!r}, which does not exist "
+                         "(give its params file with --params)")
+    size, want = params.stat().st_size, int(record.get("bytes", -1))
+    if size != want:
+        raise ValueError(f"params file {str(params)!r} does not belong to library {str(library)!r}: it has "
+                         f"{size} bytes, the library's has {want} (truncated, or another model's)")
+    with open(params, "rb") as f:
+        digest = _sha256(f, 0, size).hex()
+    if digest != record.get("sha256"):
+        raise ValueError(f"params file {str(params)!r} does not belong to library {str(library)!r}: its sha256 "
+                         "differs from the one written at compile time (damaged, or another model's)")
+
+
+def _transform_weights(vm, dev, record: Mapping[str, object], params: Path) -> list:
+    """Load the params file's weights to ``dev`` and run ``main_transform_params`` on them once."""
+    import tvm
+
+    try:
+        loaded = tvm.runtime.load_param_dict_from_file(str(params))
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"params file {str(params)!r} is not a TVM params file: {_last_line(err)}") from None
+    names = [str(n) for n in record.get("names", [])]
+    missing = [n for n in names if n not in loaded]
+    if missing:
+        raise ValueError(f"params file {str(params)!r} lacks {len(missing)} of the library's weights "
+                         f"({missing[0]!r}, ...)")
+    on_host = dev.dlpack_device_type() == tvm.cpu(0).dlpack_device_type()
+    weights = [loaded[n] if on_host else loaded[n].copyto(dev) for n in names]
+    try:
+        return list(vm[TRANSFORM_FUNC](weights))
+    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"params file {str(params)!r}: the library's {TRANSFORM_FUNC} failed: "
+                         f"{_last_line(err)}") from None
+
+
+def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None,
+            params: str | os.PathLike | None = None):
     """Load an exported library with the TVM runtime alone (no frontend, no compiler pass).
 
     Parameters
@@ -282,17 +340,24 @@ def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None
     threads
         CPU worker threads (:func:`configure_threads`, for the calling thread); ``None``: the user's
         ``TVM_NUM_THREADS`` / ``OMP_NUM_THREADS`` if set, else every CPU this process may use.
+    params
+        The params file of a library compiled with separate params; ``None``: the file its trailer
+        names, in the library's directory.  A library with its weights inside takes none.
 
     Returns
     -------
     (tvm.runtime.vm.VirtualMachine, tvm.runtime.Device)
-        The library's Relax VM on ``device``, and that device (for :func:`run`).
+        The library's Relax VM on ``device``, and that device (for :func:`run`).  With separate
+        params the weights were transformed on ``device`` (``main_transform_params``, once) and are
+        kept on the VM for :func:`run`.
 
     Raises
     ------
     ValueError
-        One line naming ``path``, ``device`` or ``threads``: the file is missing, damaged or truncated
-        (:func:`check_library`), not loadable, not a Relax VM executable, or no CUDA GPU is visible.
+        One line naming ``path``, ``device``, ``threads`` or the params file: the file is missing,
+        damaged or truncated (:func:`check_library`), not loadable, not a Relax VM executable, or no
+        CUDA GPU is visible; the params file is missing, is not the one the library was compiled
+        with (size or sha256), or is given for a library that has its weights inside.
     """
     import tvm
     from tvm.runtime.vm import VirtualMachine
@@ -305,6 +370,14 @@ def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None
     if not path.is_file():
         raise ValueError(f"library {str(path)!r} does not exist")
     metadata = check_library(path)
+    record = metadata.get("params") if metadata else None
+    if params is not None and record is None:
+        raise ValueError(f"library {str(path)!r} has its weights inside: it takes no params file "
+                         f"(got {str(params)!r})")
+    params_file = None
+    if record is not None:
+        params_file = Path(params) if params is not None else path.parent / str(record["file"])
+        _check_params(params_file, record, path, given=params is not None)
     try:
         rt_mod = tvm.runtime.load_module(str(path))
     except (RuntimeError, ValueError, OSError) as err:  # TVM raises its own error types for a bad file
@@ -317,8 +390,17 @@ def load_vm(path: str | os.PathLike, device: str = "cpu", *, threads: int | None
     except (RuntimeError, ValueError, AttributeError) as err:
         raise ValueError(f"library {str(path)!r} is not a Relax VM executable: {_last_line(err)}") from None
     setattr(vm, _METADATA_ATTR, metadata)
-    configure_threads(threads)
+    configure_threads(threads)  # before the first parallel call: the weight transforms below
+    setattr(vm, _WEIGHTS_ATTR, [] if record is None else _transform_weights(vm, dev, record, params_file))
     return vm, dev
+
+
+def input_names(vm, func: str = "main") -> list[str]:
+    """The names of ``func``'s inputs (for ``main`` of a library with separate params: without the
+    transformed weights :func:`load_vm` passes after them)."""
+    arity = vm._get_function_arity(func)
+    bound = len(getattr(vm, _WEIGHTS_ATTR, None) or []) if func == "main" else 0
+    return [vm._get_function_param_name(func, i) for i in range(arity - bound)]
 
 
 def _describe(dtype: str, shape: Sequence[object]) -> str:
@@ -378,8 +460,8 @@ def run(vm, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], device=None
     import tvm
 
     device = device or tvm.cpu(0)
-    arity = vm._get_function_arity(func)
-    names = [vm._get_function_param_name(func, i) for i in range(arity)]
+    names = input_names(vm, func)
+    arity = len(names)
     if isinstance(inputs, Mapping):
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in names]
@@ -397,6 +479,8 @@ def run(vm, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], device=None
     if signature and [str(e["name"]) for e in signature] == names:
         check_inputs(signature, named)
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in named.values()]
+    if func == "main":
+        args += getattr(vm, _WEIGHTS_ATTR, None) or []
     try:
         result = vm[func](*args)
     except (ValueError, TypeError) as err:  # the VM's argument checks (shape, dtype, rank)
@@ -407,7 +491,9 @@ def run(vm, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray], device=None
 
 
 def load_and_run(path: str | os.PathLike, inputs: Mapping[str, np.ndarray] | Sequence[np.ndarray],
-                 device: str = "cpu", *, threads: int | None = None) -> list[np.ndarray]:
-    """Load an exported library with the TVM runtime alone (:func:`load_vm`) and run ``main`` on ``inputs``."""
-    vm, dev = load_vm(path, device, threads=threads)
+                 device: str = "cpu", *, threads: int | None = None,
+                 params: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """Load an exported library with the TVM runtime alone (:func:`load_vm`, ``params`` its params
+    file if not beside it) and run ``main`` on ``inputs``."""
+    vm, dev = load_vm(path, device, threads=threads, params=params)
     return run(vm, inputs, dev)
