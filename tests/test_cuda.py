@@ -587,3 +587,17 @@ def test_resnet18_cuda_build_every_kernel_verified(runtime, tmp_path):
     ex, _ = compile_model(mod, target, tmp_path / "schedules", algo="winograd")
     images = require_cubin(export_library(ex, tmp_path / "resnet18_cuda.so"), "sm_80")
     assert any(img.kind == "cubin" and img.sm == 80 for img in images)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_batched_nchw_layer_passes_every_check(runtime, m):
+    """Batch 2, NCHW, 32 channels at 12x12: the default CUDA schedule and a sample of each design space
+    pass GPU verification, nvcc and the serial CPU run (the output's fused thread loop once put K
+    between the batch and the tiles; the inverse's tile index was then not quasi-affine and every
+    schedule of a batched NCHW layer was rejected, the default included)."""
+    from tvm_winograd.cuda.check import cuda_check, passed
+
+    spec = make_spec((2, 32, 12, 12), (32, 32, 3, 3), padding=1)
+    rows = cuda_check(spec, "sm_80", samples=1, m=m)
+    assert {r.space for r in rows} == {"default", "shared", "direct"}
+    assert passed(rows), [(r.space, r.rejected, [c.error for c in r.candidates]) for r in rows]

@@ -25,36 +25,28 @@ import pytest
 import tvm
 from tvm import relax
 
+from tvm_winograd.accuracy import model_tolerance as accuracy_model_tolerance
+from tvm_winograd.accuracy import rms_amplification
 from tvm_winograd.contract import kind_of, our_prim_funcs
 from tvm_winograd.export import compile_model, export_library, load_and_run, load_vm, prepare_model, run
 from tvm_winograd.frontend import load_model
 from tvm_winograd.relax_pass import LayerReport
-from tvm_winograd.transforms import winograd_matrices
 
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def rms_amplification(m: int, r: int) -> float:
-    """2D amplification of random-sign rounding errors by F(m, r) (module docstring)."""
-    a_t, g, b_t = winograd_matrices(m, r)
-    rows = [np.sqrt(sum((a_t[i, j] * np.linalg.norm(g[j]) * np.linalg.norm(b_t[j])) ** 2
-                        for j in range(a_t.shape[1]))) for i in range(a_t.shape[0])]
-    return float(max(rows)) ** 2
-
-
 def model_tolerance(report: list[LayerReport], ref: np.ndarray) -> float:
-    """The derived fp32 bound on ``max |ours - onnxruntime|`` (module docstring)."""
-    total = 0.0
+    """The derived fp32 bound on ``max |ours - onnxruntime|`` (module docstring;
+    :func:`tvm_winograd.accuracy.model_tolerance` over the report's convolutions)."""
+    convs = []
     for r in report:
         kh, kw = (int(v) for v in r.kernel.split("x"))
         # The reduction length C r^2 / groups is the weight's size per output channel, in either layout:
         # OIHW (kernel last) or HWIO (kernel first; models compile NHWC on CPUs), where input_shape[1] is H.
         ws = tuple(int(v) for v in r.weight_shape)
         out_channels = ws[0] if ws[2:] == (kh, kw) else ws[3]
-        fan_in = int(np.prod(ws)) // out_channels
-        kappa = rms_amplification(r.m, kh) if r.algorithm == "winograd" else 1.0
-        total += EPS32 * kappa * np.sqrt(fan_in)
-    return total * float(np.abs(ref).max())
+        convs.append((r.m if r.algorithm == "winograd" else None, kh, int(np.prod(ws)) // out_channels))
+    return accuracy_model_tolerance(convs, float(np.abs(ref).max()))
 
 
 def test_model_tolerance_reads_channels_from_the_weight_in_either_layout():

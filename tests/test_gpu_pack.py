@@ -33,8 +33,17 @@ def _select(layer) -> bool:
     return LAYER in layer.id and layer.epilogue.tag() == "br"
 
 
-#: The packs the tests build: sm_80 with an fp32 and an fp16 layer (tensor-core spaces), sm_90 fp32 only.
-PACKS = {"sm_80": ("float32", "float16"), "sm_90": ("float32",)}
+#: The packs the tests build: sm_80, ResNet-18's 512@7 layer in fp32 and fp16 (tensor-core spaces);
+#: sm_90, tiny_mixed's first layer (8 -> 16 channels at 16x16) at batch 2 (windows in the first and last
+#: image) and the whole tiny_mixed model.
+PACKS = {
+    "sm_80": dict(models=("resnet18",), batches=(1,), dtypes=("float32", "float16"), select=_select,
+                  whole_models=False),
+    "sm_90": dict(models=("tiny_mixed",), batches=(2,), dtypes=("float32",),
+                  select=lambda layer: "c8_h16_w16_k16" in layer.id, whole_models=True),
+}
+#: The reference outputs of each pack's first layer: channels (at most 64) x window outputs x images.
+WINDOW_OUTPUTS = {"sm_80": 64 * 7 * 7, "sm_90": 16 * 16 * 16 * 2}
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +53,9 @@ def packs(tmp_path_factory):
 
     ensure_cuda_runtime()
     out = {}
-    for arch, dtypes in PACKS.items():
+    for arch, kwargs in PACKS.items():
         path = tmp_path_factory.mktemp(f"pack_{arch}")
-        out[arch] = (arch, path, build_pack(path, arch, samples=1, models=("resnet18",), batches=(1,),
-                                            dtypes=dtypes, select=_select))
+        out[arch] = (arch, path, build_pack(path, arch, samples=1, **kwargs))
     return out
 
 
@@ -77,11 +85,15 @@ def test_pack_is_complete_and_small(pack):
         assert {("winograd", 2, "default"), ("winograd", 4, "default"), ("winograd", 2, "shared"),
                 ("winograd", 4, "direct"), ("direct", None, "dlight")} <= spaces
         assert ({s for _, _, s in spaces} >= {"tensorcore", "tensorcore_pipelined"}) == ("float16" in layer["id"])
+    assert [m["name"] for m in manifest["models"]] == (["tiny_mixed"] if arch == "sm_90" else [])
+    for model in manifest["models"]:
+        assert any(img.kind == "cubin" for img in file_cuda_images(out / model["library"]))
+        assert model["weights"]["params"] and model["tolerance"] > 0 and not list(out.rglob("*.params"))
         with gzip.open(out / "traces.json.gz", "rt") as f:
             traces = json.load(f)[layer["id"]]
         assert all(traces[k["symbol"]] for k in layer["kernels"] if k["algorithm"] == "winograd")
         refs = np.load(out / layer["reference"])
-        assert refs["index"].size == 64 * 7 * 7  # batch 1, 7x7: one window of the whole image, 64 of 512 channels
+        assert refs["index"].size == WINDOW_OUTPUTS[arch]
         for name in ("direct", "winograd_m2", "winograd_m4"):
             assert np.all(refs[f"{name}.bound"] > 0) and np.all(refs[f"{name}.sigma"] > 0)
 
@@ -240,6 +252,45 @@ def test_gpu_import_then_compile_applies_the_records(emulated, tmp_path):
     assert all((row["algorithm"], row["m"], row["source"]) == ("winograd", 2, "tuned") for row in layers), layers
     tuned = [f["name"] for f in compiled["functions"] if f["scheduled_by"] == "tuned"]
     assert tuned == [next(row["func"] for row in layers if row["epilogue"] == "br")], compiled["functions"]
+
+
+def _cpu_device(out: Path):
+    """run.py's own device class on the CPU: the whole-model path (weights regenerated, transformed once,
+    checked, timed) without a GPU."""
+    sys.path.insert(0, str(out))
+    try:
+        import run as runner
+    finally:
+        sys.path.pop(0)
+    before = os.environ.get("TVM_USE_RUNTIME_LIB")
+    device = runner.CudaDevice()  # sets TVM_USE_RUNTIME_LIB for its process (run.py's): not for this one
+    if before is None:
+        del os.environ["TVM_USE_RUNTIME_LIB"]
+    device.dev = tvm.cpu(0)
+    return runner, device
+
+
+def test_whole_model_runs_from_regenerated_weights(packs, tmp_path):
+    """A model packed for llvm (tiny_mixed, its 4 eligible layers on Winograd, separate params, no params
+    file): run.py regenerates its
+    weights from the model's seed, transforms them once and matches the CPU reference within the derived
+    tolerance; with the weights drawn from another seed the check fails."""
+    from tvm_winograd.gpu_pack import pack_model
+
+    _, out, _ = packs["sm_90"]  # for its lib/twmath and run.py
+    entry = pack_model("tiny_mixed", "llvm", tmp_path, tmp_path / "scratch", algo="winograd")
+    assert entry["winograd_layers"] >= 1 and not list(tmp_path.rglob("*.params"))
+    runner, device = _cpu_device(out)
+    sys.path.insert(0, str(out / "lib"))
+    try:
+        row = runner.run_model(tmp_path, entry, device, budget_s=0.05, max_repeat=5)
+        assert row["check"]["ok"] and row["check"]["top1_same"] and row["median_ms"] > 0, row
+        assert row["check"]["max_error"] <= entry["tolerance"] < 1e-3
+        other = {**entry, "weights": {**entry["weights"], "seed": 1}}
+        bad = runner.run_model(tmp_path, other, device, budget_s=0.05, max_repeat=5)
+        assert bad["check"]["ok"] is False and "tolerance" in bad["check"]["reason"], bad
+    finally:
+        sys.path.remove(str(out / "lib"))
 
 
 def test_gpu_import_refuses_a_file_that_is_not_a_report(tmp_path):

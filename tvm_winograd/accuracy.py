@@ -55,7 +55,7 @@ import numpy as np
 
 from . import activations
 from .reference import conv2d_direct, conv2d_winograd_abs, to_nchw, winograd_stages
-from .transforms import as_float_matrix, exact_matrices
+from .transforms import as_float_matrix, exact_matrices, winograd_matrices
 from .workload import Padding
 
 __all__ = [
@@ -509,6 +509,35 @@ def assess(got: np.ndarray, model: ErrorModel) -> Assessment:
     scale = max(float(np.abs(model.reference).max()), tiny)
     return Assessment(not reason, reason, n, bound_ratio, rms_ratio, rms_max, peak_ratio, peak_limit, gain,
                       gain_z, gain_limit, float(abs_err.max()) / scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole models
+# --------------------------------------------------------------------------------------------------
+
+def rms_amplification(m: int, r: int) -> float:
+    """2D amplification of random-sign rounding errors by F(m, r): the square of the root-sum-square row
+    norm ``max_i sqrt(sum_j (A_T[i,j] |G[j,:]|_2 |B_T[j,:]|_2)^2)`` (31.3 for F(4,3), against 876 for
+    the worst-case L1 norm; 1 for direct convolution)."""
+    a_t, g, b_t = winograd_matrices(m, r)
+    rows = [np.sqrt(sum((a_t[i, j] * np.linalg.norm(g[j]) * np.linalg.norm(b_t[j])) ** 2
+                        for j in range(a_t.shape[1]))) for i in range(a_t.shape[0])]
+    return float(max(rows)) ** 2
+
+
+def model_tolerance(convs, scale: float, dtype: str = "float32") -> float:
+    """A derived bound on ``max |output - reference|`` of a whole model computed in ``dtype``.
+
+    ``convs``: ``(m, r, fan_in)`` per convolution (``m`` None for direct; ``fan_in`` the reduction length
+    C r^2 / groups); ``scale``: the largest output magnitude.  Each convolution adds a rounding error of
+    about ``eps * kappa * sqrt(fan_in)`` relative to the activation magnitude (``kappa``:
+    :func:`rms_amplification`; ``sqrt(fan_in)`` the random-sign growth of the reduction); in models that
+    keep activations O(1) and each layer's gain near 1 (He init, scaled residual branches, as the built-in
+    models are) the layers' errors add at most linearly to the output: the bound is their sum times
+    ``scale``.  Wrong results are O(1) errors, far above it."""
+    eps = float(np.finfo(dtype).eps)
+    return scale * sum(eps * (rms_amplification(m, r) if m is not None else 1.0) * float(np.sqrt(fan_in))
+                       for m, r, fan_in in convs)
 
 
 def relative_errors(y: np.ndarray, y_ref: np.ndarray) -> tuple[float, float]:

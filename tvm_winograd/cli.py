@@ -379,7 +379,7 @@ def cmd_gpu_pack(args) -> int:
         raise UsageError(f"batch {min(batches)} must be positive")
     select = (lambda layer: any(t in layer.id for t in args.layers)) if args.layers else None
     manifest = build_pack(args.output, args.target, samples=args.samples, seed=args.seed, models=models,
-                          batches=batches, dtypes=dtypes, select=select,
+                          batches=batches, dtypes=dtypes, select=select, whole_models=not args.no_models,
                           progress=None if args.json else (lambda line: print(line, flush=True)))
     size = sum(p.stat().st_size for p in Path(args.output).rglob("*") if p.is_file())
     kernels = sum(len(layer["kernels"]) for layer in manifest["layers"])
@@ -541,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", action="append", metavar="TEXT", help="only layers whose id contains TEXT")
     p.add_argument("--samples", type=int, default=2, help="sampled schedules per design space (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-models", action="store_true", help="pack the layers only, not the whole models")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "gpu-import", cmd_gpu_import,

@@ -293,13 +293,88 @@ def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path)
 
 
 # --------------------------------------------------------------------------------------------------
+# Whole models
+# --------------------------------------------------------------------------------------------------
+
+#: The seed of the whole models' input (:meth:`tvm_winograd.models.Net.input_feed`).
+MODEL_INPUT_SEED = 1
+
+
+def _weight_recipe(names: Sequence[str], params: dict, net) -> list[dict]:
+    """For each of the library's parameters (in ``main_transform_params``' order) the built-in model's
+    weight it is -- ``(layer, weight)`` of :class:`~tvm_winograd.models.Net` -- with the permutation of its
+    axes and the shape it takes (TVM's ONNX importer transposes a Gemm weight and makes its bias a row; on
+    CPUs conv weights are HWIO), so run.py
+    regenerates the weights from the model's seed instead of carrying them (VGG-16's are 553 MB)."""
+    import itertools
+
+    weights = [(layer.output, key, array) for layer in net.layers for key, array in layer.weights.items()]
+    recipe = []
+    for name in names:
+        value = params[name].numpy()
+        match = next(((out, key, list(axes)) for out, key, array in weights if array.size == value.size
+                      for axes in itertools.permutations(range(array.ndim))
+                      if np.array_equal(array.transpose(axes).reshape(value.shape), value)), None)
+        if match is None:
+            raise RuntimeError(f"parameter {name} {value.dtype}{list(value.shape)} is none of the model's weights: "
+                               "the pack cannot regenerate it")
+        recipe.append({"param": name, "layer": match[0], "weight": match[1], "axes": match[2],
+                       "shape": list(value.shape)})
+    return recipe
+
+
+def pack_model(name: str, target, out: Path, scratch: Path, algo: str = "auto") -> dict:
+    """Compile built-in model ``name`` for ``target`` with separate params into ``out/models`` (untuned:
+    the heuristic's choices, or ``algo``), the recipe that regenerates its weights, and the CPU reference of its
+    output on the seeded input (TVM's direct convolution on llvm) with the derived tolerance of both."""
+    from .accuracy import model_tolerance
+    from .export import compile_model, export_library
+    from .models import build_net
+    from .params import params_path_for
+    from .runtime import check_library
+
+    mod, info = load_model(name)
+    net = build_net(name)
+    (out / "models").mkdir(exist_ok=True)
+    ex, report = compile_model(mod, target, scratch / "schedules", algo=algo, params="separate")
+    library = export_library(ex, out / "models" / f"{name}.so")
+    record = check_library(library)["params"]
+    params_file = params_path_for(library)
+    recipe = _weight_recipe(record["names"], tvm.runtime.load_param_dict_from_file(str(params_file)), net)
+    params_file.unlink()  # regenerated on the GPU host from the seed
+    feed = net.input_feed(MODEL_INPUT_SEED)
+    ref_ex, ref_report = compile_model(mod, "llvm", scratch / "schedules", algo="direct")
+    reference = np.asarray(tvm.runtime.vm.VirtualMachine(ref_ex, tvm.cpu())["main"](
+        tvm.runtime.tensor(feed["input"])).numpy(), dtype=np.float32)
+    np.save(out / "models" / f"{name}.reference.npy", reference)
+
+    def convs(rows):  # (m, r, C r^2 / groups) per conv; weights OIHW on CUDA, HWIO after the CPU's NHWC
+        out = []
+        for r in rows:
+            kh, kw = (int(v) for v in r.kernel.split("x"))
+            ws = tuple(int(v) for v in r.weight_shape)
+            fan_in = int(np.prod(ws)) // (ws[0] if ws[2:] == (kh, kw) else ws[3])
+            out.append((r.m if r.algorithm == "winograd" else None, kh, fan_in))
+        return out
+
+    scale = float(np.abs(reference).max())
+    return {"name": name, "library": f"models/{name}.so", "reference": f"models/{name}.reference.npy",
+            "input": {"name": "input", "shape": list(net.input_shape), "dtype": "float32", "seed": MODEL_INPUT_SEED,
+                      "sha256": hashlib.sha256(feed["input"].tobytes()).hexdigest()},
+            "weights": {"model": name, "seed": 0, "params": recipe},
+            "tolerance": model_tolerance(convs(report), scale) + model_tolerance(convs(ref_report), scale),
+            "winograd_layers": sum(r.algorithm == "winograd" for r in report), "conv_layers": len(report)}
+
+
+# --------------------------------------------------------------------------------------------------
 # The pack
 # --------------------------------------------------------------------------------------------------
 
 def _math_modules() -> list[Path]:
-    """accuracy.py and every module of this package it imports, transitively (numpy-only: the math layer)."""
+    """accuracy.py (the check), models.py (the built-in models' weights) and every module of this package
+    they import, transitively (numpy-only)."""
     package = Path(__file__).parent
-    todo, seen = ["accuracy"], set()
+    todo, seen = ["accuracy", "models"], set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -381,7 +456,8 @@ def _copy_runtime_files(out: Path) -> None:
 def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, seed: int = 0,
                models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
                dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None,
-               bundle_runtime: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+               whole_models: bool = True, bundle_runtime: bool = True,
+               progress: Callable[[str], None] | None = None) -> dict:
     """Build the GPU pack for ``target`` in ``out`` (created; it must be empty or absent); returns the manifest.
 
     Raises ``ValueError`` for a non-CUDA target, a non-empty ``out``, ``samples`` < 0 or a pack over
@@ -423,6 +499,17 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
         })
         if progress is not None:
             progress(f"[{i + 1}/{len(layers)}] {layer.id}: {len(kernels)} kernels in {time.perf_counter() - t0:.1f} s")
+    model_entries = []
+    if whole_models:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            for name in models:
+                t0 = time.perf_counter()
+                model_entries.append(pack_model(name, tgt, out, Path(scratch)))
+                if progress is not None:
+                    progress(f"model {name}: separate params, {model_entries[-1]['winograd_layers']} Winograd layers, "
+                             f"{time.perf_counter() - t0:.1f} s")
     _copy_runtime_files(out)
     traces = {e["id"]: {k["symbol"]: k.pop("trace") for k in e["kernels"]} for e in entries}
     with gzip.open(out / TRACES_FILE, "wt") as f:  # a trace is ~20 kB of JSON that compresses ~10x
@@ -432,7 +519,7 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
                 "tvm_version": tvm.__version__, "numpy_version": np.__version__, "arch": arch,
                 "target": json.loads(str(tgt)), "samples": samples, "seed": seed,
                 "tiles": list(TILES), "runtime": runtime, "built_s": round(time.perf_counter() - start, 1),
-                "layers": entries}
+                "layers": entries, "models": model_entries}
     manifest["files"] = {str(p.relative_to(out)): file_sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

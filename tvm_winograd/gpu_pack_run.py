@@ -107,6 +107,11 @@ class CudaDevice:
     def get(self, tensor) -> np.ndarray | None:
         return tensor.numpy()
 
+    def vm(self, module):
+        from tvm.runtime.vm import VirtualMachine
+
+        return VirtualMachine(module, self.dev)
+
     def time(self, module, symbol: str, args, budget_s: float, max_repeat: int) -> list[float]:
         """Seconds per call: warm-up, then ``repeat`` timings (CUDA events) of ``number`` calls each."""
         probe = module.time_evaluator(symbol, self.dev, number=1, repeat=1)(*args).results[0]
@@ -285,6 +290,48 @@ def run_layer(pack: Path, entry: dict, device, budget_s: float, max_repeat: int,
     return out
 
 
+def model_weights(entry: dict) -> list[np.ndarray]:
+    """The library's parameters, regenerated from the built-in model's seed (``lib/twmath/models.py``), in
+    the order ``main_transform_params`` takes them."""
+    from twmath.models import build_net
+
+    recipe = entry["weights"]
+    net = build_net(recipe["model"], seed=recipe["seed"])
+    weights = {(layer.output, key): array for layer in net.layers for key, array in layer.weights.items()}
+    return [np.ascontiguousarray(weights[p["layer"], p["weight"]].transpose(p["axes"]).reshape(p["shape"]))
+            for p in recipe["params"]]
+
+
+def run_model(pack: Path, entry: dict, device, budget_s: float, max_repeat: int) -> dict:
+    """A whole model with separate params: its weights regenerated, transformed once on the device
+    (``main_transform_params``), its output on the seeded input against the CPU reference within the
+    derived tolerance, and its time (``time_evaluator`` of ``main``)."""
+    row = {k: entry[k] for k in ("name", "tolerance", "winograd_layers", "conv_layers")}
+    try:
+        vm = device.vm(device.load(pack / entry["library"]))
+        spec = entry["input"]
+        x = np.random.default_rng(spec["seed"]).standard_normal(tuple(spec["shape"]), dtype=spec["dtype"])
+        same_input = hashlib.sha256(x.tobytes()).hexdigest() == spec["sha256"]
+        weights = list(vm["main_transform_params"]([device.put(w) for w in model_weights(entry)]))
+        args = [device.put(x)] + weights
+        got = device.get(vm["main"](*args))
+        reference = np.load(pack / entry["reference"]).astype(np.float64)
+        if got is None or not same_input:
+            row["check"] = {"ok": None, "reason": "no output" if got is None else
+                            f"numpy {np.__version__} drew another input than the pack's"}
+        else:
+            error = float(np.abs(np.asarray(got, dtype=np.float64) - reference).max())
+            row["check"] = {"ok": error <= entry["tolerance"], "max_error": error, "reason": "" if
+                            error <= entry["tolerance"] else f"max error {error:.3g} > tolerance {entry['tolerance']:.3g}",
+                            "top1_same": bool(np.array_equal(np.argmax(got, -1), np.argmax(reference, -1)))}
+        times = device.time(vm, "main", args, budget_s, max_repeat)  # a VM has time_evaluator as a module does
+        row.update(median_ms=float(np.median(times)) * 1e3, runs=len(times))
+    except Exception as err:  # noqa: BLE001 - a model that fails to load or run is a failed row
+        text = str(err).strip().splitlines()
+        row.update(check={"ok": False, "reason": f"failed: {text[-1] if text else type(err).__name__}"}, median_ms=None)
+    return row
+
+
 def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: float = 100.0,
              max_repeat: int = 50, use_torch: bool = True, progress=print) -> dict:
     """Check and time the pack on ``device``; the report (also written as report.json / report.md by main)."""
@@ -292,7 +339,7 @@ def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: 
     manifest = verify_pack(pack)
     sys.path.insert(0, str(pack / "lib"))
     layers = [e for e in manifest["layers"] if not select or any(s in e["id"] for s in select)]
-    if not layers:
+    if not layers and not any(not select or any(s in m["name"] for s in select) for m in manifest.get("models", [])):
         raise PackError(f"no layer of the pack matches {select}")
     torch = _torch() if use_torch else None
     with gzip.open(pack / "traces.json.gz", "rt") as f:
@@ -314,8 +361,18 @@ def run_pack(pack: Path, device, *, select: list[str] | None = None, budget_ms: 
         failed = sum(k["numerics"].get("ok") is False for k in row["kernels"])
         progress(f"[{i + 1}/{len(layers)}] {entry['id']}: {len(row['kernels'])} kernels, {failed} failed, "
                  f"{time.perf_counter() - t0:.1f} s (elapsed {time.perf_counter() - start:.0f} s)")
+    report["models"] = []
+    for entry in manifest.get("models", []):
+        if select and not any(s in entry["name"] for s in select):
+            continue
+        t0 = time.perf_counter()
+        row = run_model(pack, entry, device, budget_ms / 1e3, max_repeat)
+        report["models"].append(row)
+        progress(f"model {entry['name']}: {'ok' if row['check'].get('ok') else row['check'].get('reason')}, "
+                 f"{_fmt(row.get('median_ms'))} ms, {time.perf_counter() - t0:.1f} s")
     report["elapsed_s"] = round(time.perf_counter() - start, 1)
-    report["passed"] = all(k["numerics"].get("ok") is not False for r in report["layers"] for k in r["kernels"])
+    report["passed"] = (all(k["numerics"].get("ok") is not False for r in report["layers"] for k in r["kernels"])
+                        and all(m["check"].get("ok") is not False for m in report["models"]))
     return report
 
 
@@ -342,6 +399,16 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {row['key']} | {name} | {_fmt(best and best['median_ms'])} | "
                      f"{_fmt(min(defaults) if defaults else None)} | {_fmt(direct)} | {_fmt(cudnn)} | {ratio} | "
                      f"{ok}/{len(row['kernels'])} |")
+    if report.get("models"):
+        lines += ["", "| model | Winograd layers | ms | max error | tolerance | same top-1 | check |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in report["models"]:
+            check = row["check"]
+            error = f"{check['max_error']:.3g}" if "max_error" in check else "-"
+            verdict = "ok" if check.get("ok") else check.get("reason")
+            lines.append(f"| {row['name']} | {row['winograd_layers']}/{row['conv_layers']} | "
+                         f"{_fmt(row.get('median_ms'))} | {error} | {row['tolerance']:.3g} | "
+                         f"{check.get('top1_same', '-')} | {verdict} |")
     lines += ["", f"overall: {'PASS' if report['passed'] else 'FAIL'}"]
     return "\n".join(lines) + "\n"
 

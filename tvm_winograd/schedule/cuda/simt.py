@@ -67,7 +67,10 @@ def schedule_output(sch: s_tir.Schedule, out, pin: bool = False) -> list[s_tir.S
     ho, hi = sch.split(h, [None, m])
     wo, wi = sch.split(w, [None, m])
     # NHWC keeps K innermost among the fused axes so neighbouring threads write neighbouring channels.
-    outer = (n, k, ho, wo) if nchw else (n, ho, wo, k)
+    # NCHW puts K outermost: (n, ho, wo) stay adjacent, so the tile index p = (n nH + ho) nW + wo that the
+    # inverse (computed at this loop) reads is quasi-affine in the fused loop; with (n, k, ho, wo) and
+    # a batch above 1, RewriteReductionBlock rejected every schedule.
+    outer = (k, n, ho, wo) if nchw else (n, ho, wo, k)
     sch.reorder(*outer, hi, wi)
     threads = categorical(sch, THREAD_CHOICES, DEFAULT_THREADS if pin else None)
     bind_threads(sch, sch.fuse(*outer), threads)
