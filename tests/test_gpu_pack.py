@@ -122,7 +122,7 @@ def test_run_py_needs_no_installed_tvm(pack, tmp_path):
     import numpy
 
     _, out, manifest = pack
-    assert manifest["runtime"]["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert manifest["runtime"]["pythons"][0] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     lib = out / "lib"
     assert (lib / "tvm" / "lib" / "libtvm_runtime.so").is_file() and not list(lib.rglob("libtvm_compiler*"))
     assert sum(p.stat().st_size for p in lib.rglob("*") if p.is_file()) < 16 * 2**20
@@ -299,3 +299,27 @@ def test_gpu_import_refuses_a_file_that_is_not_a_report(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tvm_winograd.cli", "gpu-import", str(bad)], capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=300)
     assert run.returncode == 2 and "not a GPU pack report" in run.stderr and str(bad) in run.stderr
+
+
+def test_other_python_versions_get_their_tvm_ffi_extension(tmp_path, monkeypatch, caplog):
+    """``extra_pythons``: the extension of tvm_ffi's wheel for that version is added beside this one's (pip
+    stands in here: it writes a wheel holding cp312's core module); a version pip cannot fetch is left out
+    with a warning naming it."""
+    import subprocess as sp
+    import zipfile
+
+    from tvm_winograd import gpu_pack
+
+    def fake_pip(cmd, **kwargs):
+        version = cmd[cmd.index("--python-version") + 1]
+        if version == "3.12":
+            with zipfile.ZipFile(Path(cmd[cmd.index("-d") + 1]) / "apache_tvm_ffi-cp312.whl", "w") as wheel:
+                wheel.writestr("tvm_ffi/core.cpython-312-x86_64-linux-gnu.so", b"\x7fELF312")
+            return sp.CompletedProcess(cmd, 0, "", "")
+        return sp.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(sp, "run", fake_pip)
+    assert gpu_pack._add_ffi_extension(tmp_path, "3.12")
+    assert (tmp_path / "core.cpython-312-x86_64-linux-gnu.so").read_bytes() == b"\x7fELF312"
+    assert not gpu_pack._add_ffi_extension(tmp_path, "3.13")
+    assert "3.13" in caplog.text and "No matching distribution" in caplog.text

@@ -380,6 +380,7 @@ def cmd_gpu_pack(args) -> int:
     select = (lambda layer: any(t in layer.id for t in args.layers)) if args.layers else None
     manifest = build_pack(args.output, args.target, samples=args.samples, seed=args.seed, models=models,
                           batches=batches, dtypes=dtypes, select=select, whole_models=not args.no_models,
+                          extra_pythons=tuple(v.strip() for v in args.python.split(",") if v.strip()),
                           progress=None if args.json else (lambda line: print(line, flush=True)))
     size = sum(p.stat().st_size for p in Path(args.output).rglob("*") if p.is_file())
     kernels = sum(len(layer["kernels"]) for layer in manifest["layers"])
@@ -542,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="sampled schedules per design space (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-models", action="store_true", help="pack the layers only, not the whole models")
+    p.add_argument("--python", default="3.12,3.13", metavar="X.Y,...",
+                   help="other Python versions the pack's TVM runtime serves besides this one (tvm_ffi's "
+                        "extension fetched with pip; default 3.12,3.13; '' for none)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "gpu-import", cmd_gpu_import,

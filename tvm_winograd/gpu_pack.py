@@ -335,7 +335,7 @@ def pack_model(name: str, target, out: Path, scratch: Path, algo: str = "auto") 
 
     mod, info = load_model(name)
     net = build_net(name)
-    (out / "models").mkdir(exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
     ex, report = compile_model(mod, target, scratch / "schedules", algo=algo, params="separate")
     library = export_library(ex, out / "models" / f"{name}.so")
     record = check_library(library)["params"]
@@ -409,12 +409,43 @@ print(json.dumps(sorted({os.path.realpath(m.__file__) for n, m in list(sys.modul
 _RUNTIME_PACKAGES = ("tvm", "tvm_ffi", "typing_extensions")
 
 
-def _bundle_runtime(out: Path) -> dict:
+def _add_ffi_extension(directory: Path, version: str) -> bool:
+    """Add tvm_ffi's extension module for Python ``version`` (e.g. ``"3.12"``) to ``directory``, from the
+    wheel of the same tvm_ffi release (``pip download``: the package index is needed here, at build time).
+    Python picks the extension of its own version, so several sit side by side; the rest of tvm_ffi and
+    TVM's runtime are the same for every version.  ``False`` (with a warning) when it cannot be fetched."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch = subprocess.run([sys.executable, "-m", "pip", "download", f"apache-tvm-ffi=={tvm_ffi.__version__}",
+                                "--python-version", version, "--only-binary=:all:", "--no-deps", "--quiet",
+                                "-d", tmp], capture_output=True, text=True, timeout=600)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if fetch.returncode != 0 or not wheels:
+            logger.warning("tvm_ffi %s for Python %s could not be fetched (%s): the pack's runtime serves the "
+                           "other versions only", tvm_ffi.__version__, version,
+                           (fetch.stderr.strip().splitlines() or ["no wheel"])[-1])
+            return False
+        tag = "cpython-" + version.replace(".", "")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            names = [n for n in wheel.namelist() if n.startswith("tvm_ffi/core.") and tag in n]
+            if not names:
+                logger.warning("the tvm_ffi wheel for Python %s holds no %s extension", version, tag)
+                return False
+            (directory / Path(names[0]).name).write_bytes(wheel.read(names[0]))
+    return True
+
+
+def _bundle_runtime(out: Path, extra_pythons: Sequence[str] = ()) -> dict:
     """Copy into ``out/lib`` what ``run.py`` needs of TVM for this Python: the modules of
     :data:`_RUNTIME_PACKAGES` a runtime-only process loads (found by running one: loading a library,
     timing it, asking for CUDA), TVM's runtime libraries (``libtvm_runtime*.so``, not the 250 MB
     compiler) and tvm_ffi's.  ``run.py`` puts it first on ``sys.path`` when the GPU host's Python has the same
-    version (``tvm_ffi``'s extension is built per version); otherwise it uses an installed TVM."""
+    version (``tvm_ffi``'s extension is built per version: ``extra_pythons`` adds those of other versions,
+    :func:`_add_ffi_extension`); otherwise it uses an installed TVM."""
     import subprocess
     import sys
     import tempfile
@@ -440,7 +471,11 @@ def _bundle_runtime(out: Path) -> dict:
         target = out / "lib" / file.resolve().relative_to(site)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, target)
-    return {"python": ".".join(map(str, sys.version_info[:2])), "tvm": tvm.__version__,
+    pythons = [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+    for version in extra_pythons:
+        if version not in pythons and _add_ffi_extension(out / "lib" / "tvm_ffi", version):
+            pythons.append(version)
+    return {"pythons": pythons, "tvm": tvm.__version__,
             "tvm_ffi": tvm_ffi.__version__, "files": len(files)}
 
 
@@ -456,7 +491,7 @@ def _copy_runtime_files(out: Path) -> None:
 def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, seed: int = 0,
                models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
                dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None,
-               whole_models: bool = True, bundle_runtime: bool = True,
+               whole_models: bool = True, bundle_runtime: bool = True, extra_pythons: Sequence[str] = (),
                progress: Callable[[str], None] | None = None) -> dict:
     """Build the GPU pack for ``target`` in ``out`` (created; it must be empty or absent); returns the manifest.
 
@@ -514,7 +549,7 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
     traces = {e["id"]: {k["symbol"]: k.pop("trace") for k in e["kernels"]} for e in entries}
     with gzip.open(out / TRACES_FILE, "wt") as f:  # a trace is ~20 kB of JSON that compresses ~10x
         json.dump(traces, f, separators=(",", ":"))
-    runtime = _bundle_runtime(out) if bundle_runtime else None
+    runtime = _bundle_runtime(out, extra_pythons) if bundle_runtime else None
     manifest = {"format": PACK_FORMAT, "version": PACK_VERSION, "package_version": __version__,
                 "tvm_version": tvm.__version__, "numpy_version": np.__version__, "arch": arch,
                 "target": json.loads(str(tgt)), "samples": samples, "seed": seed,

@@ -53,7 +53,7 @@ def use_bundled_runtime(pack: Path, manifest: dict) -> bool:
     """Put the pack's TVM runtime first on ``sys.path`` if it was bundled for this Python version (its
     ``tvm_ffi`` extension is built per version); else an installed TVM is used.  Returns whether it was."""
     runtime = manifest.get("runtime") or {}
-    if runtime.get("python") != f"{sys.version_info[0]}.{sys.version_info[1]}" or "tvm" in sys.modules:
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" not in runtime.get("pythons", []) or "tvm" in sys.modules:
         return False
     sys.path.insert(0, str(pack / "lib"))
     return True
