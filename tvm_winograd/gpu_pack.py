@@ -56,7 +56,7 @@ from ._version import __version__
 from .accuracy import Precision, error_model
 from .compute import Epilogue, direct_func, target_config, winograd_func
 from .cuda.build import build_cuda, export_cuda, target_sm
-from .cuda.check import apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
+from .cuda.check import MAX_DRAWS_PER_SAMPLE, apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
 from .cuda.driver_stub import ensure_cuda_runtime
 from .cuda.verify import verify_gpu
 from .frontend import load_model
@@ -86,8 +86,6 @@ MAX_PACK_BYTES = 60 * 2**20
 DEFAULT_MODELS = ("resnet18", "vgg16")
 DEFAULT_BATCHES = (1, 32)
 DEFAULT_DTYPES = ("float32", "float16")
-#: Draws per requested sample before a space is given up (postprocessors reject some samples).
-_MAX_DRAWS = 4
 #: The schedules' traces (for gpu-import), by layer id and kernel symbol: gzipped JSON.
 TRACES_FILE = "traces.json.gz"
 #: The standalone runner copied into every pack as run.py.
@@ -151,13 +149,14 @@ class PackedKernel:
 
 def _sampled(func: tvm.tirx.PrimFunc, target, samples: int, seed: int) -> list[tuple[str, int, tvm.s_tir.Schedule]]:
     """``samples`` seeded samples of each design space of ``func``, through the postprocessors (as the
-    search draws them); a rejected draw is replaced, up to :data:`_MAX_DRAWS` per sample."""
+    search draws them); a rejected draw is replaced, up to
+    :data:`~tvm_winograd.cuda.check.MAX_DRAWS_PER_SAMPLE` per sample."""
     mod = tvm.IRModule({"main": func})
     postprocs = postprocs_for(target, mod)
     out = []
     for si, (name, space) in enumerate(design_spaces(func, target)):
         kept = 0
-        for draw in range(samples * _MAX_DRAWS):
+        for draw in range(samples * MAX_DRAWS_PER_SAMPLE):
             if kept >= samples:
                 break
             draw_seed = 1 + seed * 1_000_003 + si * 1_009 + draw
@@ -319,7 +318,7 @@ def _weight_recipe(names: Sequence[str], params: dict, net) -> list[dict]:
             raise RuntimeError(f"parameter {name} {value.dtype}{list(value.shape)} is none of the model's weights: "
                                "the pack cannot regenerate it")
         recipe.append({"param": name, "layer": match[0], "weight": match[1], "axes": match[2],
-                       "shape": list(value.shape)})
+                       "shape": list(value.shape), "sha256": hashlib.sha256(value.tobytes()).hexdigest()})
     return recipe
 
 
