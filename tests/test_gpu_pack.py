@@ -42,8 +42,6 @@ PACKS = {
     "sm_90": dict(models=("tiny_mixed",), batches=(2,), dtypes=("float32",),
                   select=lambda layer: "c8_h16_w16_k16" in layer.id, whole_models=True),
 }
-#: The reference outputs of each pack's first layer: channels (at most 64) x window outputs x images.
-WINDOW_OUTPUTS = {"sm_80": 64 * 7 * 7, "sm_90": 16 * 16 * 16 * 2}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +63,7 @@ def pack(request, packs):
 
 
 def test_pack_is_complete_and_small(pack):
-    """Every layer has a library with a cubin for the arch, a reference and kernels of every space; the
+    """Every layer has a library with a cubin for the arch, the candidates' stage dtypes and kernels of every space; the
     manifest lists every file with its sha256; the pack is far below the 60 MiB limit."""
     from tvm_winograd.cuda.build import file_cuda_images
     from tvm_winograd.gpu_pack import MAX_PACK_BYTES, PACK_FORMAT
@@ -74,8 +72,9 @@ def test_pack_is_complete_and_small(pack):
     assert manifest["format"] == PACK_FORMAT and manifest["arch"].startswith(arch)
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     assert files == set(manifest["files"])
-    assert {"run.py", "traces.json.gz", "lib/twmath/accuracy.py", "lib/twmath/reference.py"} <= files
-    # TVM's runtime (lib/tvm, lib/tvm_ffi: ~12 MiB) plus two layers' kernels and references
+    assert {"run.py", "traces.json.gz", "lib/twmath/windows.py", "lib/twmath/accuracy.py",
+            "lib/twmath/models.py"} <= files
+    # TVM's runtime (lib/tvm, lib/tvm_ffi: ~12 MiB) aside: the layers' kernels
     assert sum((out / f).stat().st_size for f in files if not f.startswith(("lib/tvm/", "lib/tvm_ffi/"))) \
         < MAX_PACK_BYTES / 8
     for layer in manifest["layers"]:
@@ -92,10 +91,9 @@ def test_pack_is_complete_and_small(pack):
         with gzip.open(out / "traces.json.gz", "rt") as f:
             traces = json.load(f)[layer["id"]]
         assert all(traces[k["symbol"]] for k in layer["kernels"] if k["algorithm"] == "winograd")
-        refs = np.load(out / layer["reference"])
-        assert refs["index"].size == WINDOW_OUTPUTS[arch]
-        for name in ("direct", "winograd_m2", "winograd_m4"):
-            assert np.all(refs[f"{name}.bound"] > 0) and np.all(refs[f"{name}.sigma"] > 0)
+        assert set(layer["candidates"]) == {"direct", "winograd_m2", "winograd_m4"}
+        assert {c["precision"]["pack_dtype"] for c in layer["candidates"].values()} \
+            == {None, "float16" if "float16" in layer["id"] else "float32"}
 
 
 def test_run_py_refuses_here_and_on_a_damaged_pack(pack, tmp_path):

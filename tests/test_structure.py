@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("transforms", ("transforms",)),  # exact Cook-Toom matrices (fractions, numpy)
     ("spec", ("workload",)),  # Conv2dSpec, validation, eligibility (stdlib only)
-    ("math", ("reference", "accuracy", "activations")),  # numpy oracles and error analysis, no TVM
+    ("math", ("reference", "accuracy", "activations", "windows")),  # numpy oracles and error analysis, no TVM
     ("platform", ("_version", "targets", "threads", "cuda", "cuda.driver_stub", "cuda.build", "cuda.measure")),
     ("contract", ("contract",)),
     ("compute", ("compute",)),

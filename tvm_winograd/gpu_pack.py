@@ -4,14 +4,16 @@ No machine of this project has a GPU.  A GPU host is often a bare node: the NVID
 compiler toolchain, no package index.  :func:`build_pack` therefore builds, on any machine with nvcc, a
 self-contained directory::
 
-    DIR/manifest.json        what is in the pack: target, layers, kernels (space, seed, trace), inputs,
+    DIR/manifest.json        what is in the pack: target, layers, kernels (space, seed), inputs, models,
                              the sha256 of every file
+    DIR/traces.json.gz       each kernel's schedule trace (for gpu-import)
     DIR/run.py               the runner (:mod:`tvm_winograd.gpu_pack_run`): imports only numpy and
                              tvm.runtime (TVM_USE_RUNTIME_LIB=1), checks and times every kernel
     DIR/layers/<id>.so       one CUDA library per layer configuration (cubins for the target's arch)
-    DIR/refs/<id>.npz        the float64 reference of a crop of each layer's output, with its error model
-    DIR/lib/twmath/          the numpy-only modules the check needs (a copy of accuracy.py and what it
-                             imports: the same assessment as ``cuda-check`` and the CPU tuner)
+    DIR/models/<name>.so     the whole models, their weights separate (regenerated there from the seed)
+    DIR/lib/twmath/          the numpy-only modules of this package the check needs (windows.py,
+                             accuracy.py, models.py and what they import)
+    DIR/lib/tvm, tvm_ffi     TVM's runtime for the Python versions listed in the manifest (no compiler)
 
 Per layer configuration -- each distinct Winograd-eligible conv (+ epilogue) of the pack's models, at each
 batch and dtype -- the library holds: for each tile ``m`` of :data:`TILES` the default CUDA schedule and
@@ -20,14 +22,10 @@ PrimFunc under the default CUDA schedule a compile gives it (DLight), the baseli
 candidate.  Every kernel passed TVM's GPU verification for the target before it is packed.
 
 The reference.  A full float64 reference of VGG-16's conv1_2 at batch 32 is 118 GFLOP and 411 MB, too
-much to carry or to recompute on the GPU host in minutes.  Winograd computes each output tile from its
-own input patch, so the outputs of a window of whole tiles (rows and columns aligned to every tile of
-:data:`TILES`) are computed exactly as the same window cut from the padded input, convolved without
-padding, computes them.  The pack holds the error model (:func:`tvm_winograd.accuracy.error_model`:
-float64 reference, worst-case bound, random-rounding sigma) of a few such windows per layer -- the first
-and last images, the top-left and bottom-right corners -- per candidate algorithm, and ``run.py`` judges
-each kernel's output there with :func:`tvm_winograd.accuracy.assess`.  The inputs are regenerated on the
-GPU host from the seed (``numpy.random.default_rng``) and checked against their sha256 first.
+much to carry or to recompute on the GPU host in minutes.  ``run.py`` regenerates the inputs from the
+seed (checked against their sha256), computes the float64 error model of a few windows of whole tiles
+per layer (:mod:`tvm_winograd.windows`) with the stage dtypes the manifest gives per candidate, and
+judges each kernel's output there with :func:`tvm_winograd.accuracy.assess`.
 
 ``tvm-winograd gpu-import report.json`` (:mod:`tvm_winograd.tune.gpu_import`) turns the measured kernels
 into MetaSchedule tuning records and per-layer algorithm choices that ``compile`` applies.
@@ -53,7 +51,7 @@ import tvm
 import tvm_ffi
 
 from ._version import __version__
-from .accuracy import Precision, error_model
+from .accuracy import Precision
 from .compute import Epilogue, direct_func, target_config, winograd_func
 from .cuda.build import build_cuda, export_cuda, target_sm
 from .cuda.check import MAX_DRAWS_PER_SAMPLE, apply_postprocs_keep_pre_tensorize, design_spaces, sample_space
@@ -69,7 +67,7 @@ from .tune.database import trace_to_json
 from .workload import Conv2dSpec
 
 __all__ = ["PACK_FORMAT", "PACK_VERSION", "TILES", "MAX_PACK_BYTES", "PackLayer", "pack_layers", "build_pack",
-           "crop_windows", "RUNNER_MODULE"]
+           "RUNNER_MODULE"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +75,6 @@ PACK_FORMAT = "tvm-winograd-gpu-pack"
 PACK_VERSION = 1
 #: The Winograd tiles packed per layer: F(2,3) and F(4,3) (fp16 storage stops at alpha 6, F(4,3)).
 TILES = (2, 4)
-#: Output windows are aligned to every tile of TILES (their least common multiple).
-_ALIGN = 4
-#: Output rows (and columns) per window: two tiles of the largest m.
-_WINDOW = 2 * max(TILES)
 #: The pack must fit a small transfer.
 MAX_PACK_BYTES = 60 * 2**20
 DEFAULT_MODELS = ("resnet18", "vgg16")
@@ -219,76 +213,17 @@ def make_inputs(spec: Conv2dSpec, epilogue: Epilogue, seed: int) -> dict[str, np
     return {name: rng.standard_normal(shape).astype(dtype) for name, shape, dtype in input_arrays(spec, epilogue)}
 
 
-def crop_windows(extent: int) -> list[tuple[int, int]]:
-    """Disjoint output ranges ``[start, stop)`` along one axis of ``extent`` outputs: the first
-    :data:`_WINDOW` and the last ones, both starting at a multiple of every tile; the whole axis when
-    it is short."""
-    if extent <= 2 * _WINDOW:
-        return [(0, extent)]
-    last = (extent - _WINDOW) // _ALIGN * _ALIGN
-    return [(0, _WINDOW), (last, extent)]
-
-
-#: Output channels the reference windows cover at most (evenly spread, the first and last among them).
-_CHANNELS = 64
-
-
-def channel_subset(channels: int) -> np.ndarray:
-    """Up to :data:`_CHANNELS` output channels, evenly spread from the first to the last."""
-    return np.unique(np.linspace(0, channels - 1, min(channels, _CHANNELS)).round().astype(np.int64))
-
-
-def _window_model(data: dict[str, np.ndarray], spec: Conv2dSpec, epilogue: Epilogue, n: int, rows, cols,
-                  channels: np.ndarray, m: int | None, precision: Precision):
-    """The error model of the outputs ``[n, channels, rows, cols]`` (NCHW) from the window of the padded
-    input they read, convolved without padding (an output channel reads only its own filter and bias)."""
-    pt, pl, pb, pr = spec.padding
-    x = np.pad(data["x"][n:n + 1], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    r = spec.r
-    xw = x[:, :, rows[0]:rows[1] + r - 1, cols[0]:cols[1] + r - 1]
-    residual, bias = data.get("residual"), data.get("bias")
-    if residual is not None:
-        residual = residual[n:n + 1, channels, rows[0]:rows[1], cols[0]:cols[1]]
-    return error_model(xw, data["w"][channels], m=m, padding=0, layout="NCHW", precision=precision,
-                       bias=None if bias is None else bias[channels], residual=residual, relu=epilogue.relu,
-                       activation=epilogue.activation)
-
-
-def reference_windows(layer: PackLayer, data: dict[str, np.ndarray], path: Path) -> dict:
-    """Write ``path`` (.npz): the flat indices of the windows' outputs in the full output and, per
-    candidate algorithm (``direct``, ``winograd_m<m>``), the windows' expected value (float64), its
-    difference to the exact reference, the bound and sigma (float32: small numbers or limits); returns the
-    scalars (gain sd, coherent outputs) per candidate for the manifest."""
-    spec, ep = layer.spec, layer.epilogue
-    if spec.layout != "NCHW" or spec.groups != 1:
-        raise NotImplementedError(f"the GPU pack packs NCHW layers of one group (CUDA keeps the model's "
-                                  f"layout), not {spec.layout} with {spec.groups} groups")
-    images, channels = sorted({0, spec.batch - 1}), channel_subset(spec.out_channels)
-    windows = [(n, rows, cols) for n in images for rows in crop_windows(spec.out_height)
-               for cols in crop_windows(spec.out_width)]
-    shape = spec.output_shape
-    index = np.concatenate([np.ravel_multi_index(np.ix_([n], channels, range(*rows), range(*cols)),
-                                                 shape).ravel() for n, rows, cols in windows])
-    arrays: dict[str, np.ndarray] = {"index": index.astype(np.int32 if index.max() < 2**31 else np.int64)}
-    scalars: dict[str, dict] = {}
-    candidates = [("direct", None)] + [(f"winograd_m{m}", m) for m in TILES]
-    for name, m in candidates:
-        config = target_config(spec, m, "cuda") if m is not None else None
-        precision = (Precision(acc_dtype=config.acc_dtype, pack_dtype=config.resolved_pack_dtype(spec),
-                               out_dtype=spec.out_dtype, separable=config.separable)
-                     if config is not None else Precision(out_dtype=spec.out_dtype))
-        parts = [_window_model(data, spec, ep, n, rows, cols, channels, m, precision) for n, rows, cols in windows]
-        flat = {f: np.concatenate([getattr(p, f).ravel() for p in parts])
-                for f in ("reference", "expected", "bound", "sigma")}
-        arrays[f"{name}.expected"] = flat["expected"]
-        arrays[f"{name}.reference_delta"] = (flat["reference"] - flat["expected"]).astype(np.float32)
-        arrays[f"{name}.bound"] = flat["bound"].astype(np.float32)
-        arrays[f"{name}.sigma"] = flat["sigma"].astype(np.float32)
-        # the windows share no tile: the gain statistic's variances add
-        scalars[name] = {"gain_sd": float(np.sqrt(sum(p.gain_sd ** 2 for p in parts))),
-                         "coherent": int(parts[0].coherent)}
-    np.savez_compressed(path, **arrays)
-    return scalars
+def candidate_precisions(spec: Conv2dSpec) -> dict[str, dict]:
+    """Per candidate algorithm (``direct``, ``winograd_m<m>``) its ``m`` and the stage dtypes of the
+    function a compile builds for CUDA (:class:`~tvm_winograd.accuracy.Precision` fields): what run.py's
+    reference windows (:func:`tvm_winograd.windows.window_models`) are modelled with."""
+    out = {"direct": {"m": None, "precision": dataclasses.asdict(Precision(out_dtype=spec.out_dtype))}}
+    for m in TILES:
+        config = target_config(spec, m, "cuda")
+        out[f"winograd_m{m}"] = {"m": m, "precision": dataclasses.asdict(Precision(
+            acc_dtype=config.acc_dtype, pack_dtype=config.resolved_pack_dtype(spec), out_dtype=spec.out_dtype,
+            separable=config.separable))}
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,10 +305,10 @@ def pack_model(name: str, target, out: Path, scratch: Path, algo: str = "auto") 
 # --------------------------------------------------------------------------------------------------
 
 def _math_modules() -> list[Path]:
-    """accuracy.py (the check), models.py (the built-in models' weights) and every module of this package
-    they import, transitively (numpy-only)."""
+    """windows.py (the reference windows and, through accuracy.py, the check), models.py (the built-in
+    models' weights) and every module of this package they import, transitively (numpy-only)."""
     package = Path(__file__).parent
-    todo, seen = ["accuracy", "models"], set()
+    todo, seen = ["windows", "models"], set()
     while todo:
         name = todo.pop()
         if name in seen:
@@ -487,7 +422,7 @@ def _copy_runtime_files(out: Path) -> None:
         shutil.copyfile(path, lib / path.name)
 
 
-def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, seed: int = 0,
+def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 1, seed: int = 0,
                models: Sequence[str] = DEFAULT_MODELS, batches: Sequence[int] = DEFAULT_BATCHES,
                dtypes: Sequence[str] = DEFAULT_DTYPES, select: Callable[[PackLayer], bool] | None = None,
                whole_models: bool = True, bundle_runtime: bool = True, extra_pythons: Sequence[str] = (),
@@ -508,7 +443,6 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
     ensure_cuda_runtime()
     arch = target_sm(tgt)
     (out / "layers").mkdir(parents=True, exist_ok=True)
-    (out / "refs").mkdir(exist_ok=True)
     start = time.perf_counter()
     layers = pack_layers(tgt, models, batches, dtypes, select)
     if not layers:
@@ -519,16 +453,15 @@ def build_pack(out: str | Path, target: object = "sm_90", *, samples: int = 2, s
         kernels = layer_kernels(layer, tgt, samples, seed)
         images = _library(kernels, tgt, out / "layers" / f"{layer.id}.so")
         data = make_inputs(layer.spec, layer.epilogue, seed)
-        scalars = reference_windows(layer, data, out / "refs" / f"{layer.id}.npz")
         entries.append({
             "id": layer.id, "key": layer.spec.key(), "sources": list(layer.sources),
             "spec": _spec_json(layer.spec), "epilogue": dataclasses.asdict(layer.epilogue),
-            "flops": int(layer.spec.flops), "library": f"layers/{layer.id}.so", "reference": f"refs/{layer.id}.npz",
+            "flops": int(layer.spec.flops), "library": f"layers/{layer.id}.so",
             "cubin": [f"{img.kind} sm_{img.sm}" for img in images],
             "inputs": {"seed": seed, "arrays": [{"name": n, "shape": list(s), "dtype": d,
                                                  "sha256": hashlib.sha256(data[n].tobytes()).hexdigest()}
                                                 for n, s, d in input_arrays(layer.spec, layer.epilogue)]},
-            "models": scalars,
+            "candidates": candidate_precisions(layer.spec),
             "kernels": [k.manifest() for k in kernels],
         })
         if progress is not None:

@@ -8,8 +8,9 @@ Needs the NVIDIA driver, Python with numpy, and TVM's runtime (``import tvm`` wi
 the compiler library is never loaded).  No network, no pip; PyTorch is used for the cuDNN column if it
 is installed with CUDA.  For every kernel of every layer:
 
-* numerics: its output on the GPU, at the pack's reference windows, judged against float64 by the
-  project's assessment (``lib/twmath/accuracy.py``: worst-case bound and random-rounding model) -- this
+* numerics: its output on the GPU at a few windows of whole tiles, judged against their float64 error
+  model (``lib/twmath/windows.py``; the project's assessment in ``accuracy.py``: worst-case bound and
+  random-rounding model) -- this
   covers what CPU emulation cannot: fragment layouts, barriers, races, dynamic shared memory;
 * time: the TVM runtime's ``time_evaluator`` (CUDA events), after a warm-up, the median of repeats;
 * cuDNN: PyTorch's ``conv2d`` (+ bias, residual, ReLU as the layer has them) with
@@ -148,10 +149,9 @@ def verify_pack(pack: Path) -> dict:
             raise PackError(f"the pack is incomplete: {name} is missing")
         if file_sha256(file) != digest:
             raise PackError(f"the pack is damaged: {name} does not match its sha256")
-    for layer in manifest["layers"]:
-        for key in ("library", "reference"):
-            if layer[key] not in manifest["files"]:
-                raise PackError(f"the manifest names {layer[key]} but does not list it")
+    for entry in manifest["layers"] + manifest.get("models", []):
+        if entry["library"] not in manifest["files"]:
+            raise PackError(f"the manifest names {entry['library']} but does not list it")
     return manifest
 
 
@@ -189,18 +189,32 @@ def kernel_args(kernel: dict, data: dict[str, np.ndarray], put) -> list:
     return args
 
 
-def assess(got: np.ndarray, refs, name: str, scalars: dict) -> dict:
-    """The verdict of the pack's check on ``got`` (the full output) at the reference windows."""
-    from twmath.accuracy import ErrorModel
-    from twmath.accuracy import assess as assess_model
+class References:
+    """A layer's reference windows per candidate algorithm, computed once from the regenerated inputs
+    (``lib/twmath/windows.py``: float64 error models of whole-tile windows, with the stage dtypes the
+    manifest gives per candidate)."""
 
-    expected = refs[f"{name}.expected"]
-    model = ErrorModel(expected + refs[f"{name}.reference_delta"].astype(np.float64), expected,
-                       refs[f"{name}.bound"].astype(np.float64), refs[f"{name}.sigma"].astype(np.float64),
-                       scalars["gain_sd"], scalars["coherent"])
-    verdict = assess_model(np.asarray(got, dtype=np.float64).ravel()[refs["index"]], model)
-    return {"ok": verdict.ok, "reason": verdict.reason, "worst": verdict.worst, "outputs": verdict.outputs,
-            "max_relative_error": verdict.max_relative_error}
+    def __init__(self, entry: dict, data: dict[str, np.ndarray]) -> None:
+        from twmath.workload import spec_from_dict
+
+        self.entry, self.data, self.spec = entry, data, spec_from_dict(entry["spec"])
+        self.models: dict = {}
+
+    def assess(self, got: np.ndarray, name: str) -> dict:
+        """The verdict of the pack's check on ``got`` (the full output) for candidate ``name``."""
+        from twmath.accuracy import Precision
+        from twmath.accuracy import assess as assess_model
+        from twmath.windows import window_models
+
+        if name not in self.models:
+            candidate, ep = self.entry["candidates"][name], self.entry["epilogue"]
+            self.models[name] = window_models(self.data, self.spec, candidate["m"],
+                                              Precision(**candidate["precision"]), relu=ep["relu"],
+                                              activation=ep["activation"])
+        index, model = self.models[name]
+        verdict = assess_model(np.asarray(got, dtype=np.float64).ravel()[index], model)
+        return {"ok": verdict.ok, "reason": verdict.reason, "worst": verdict.worst, "outputs": verdict.outputs,
+                "max_relative_error": verdict.max_relative_error}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,8 +270,8 @@ def time_cudnn(torch, entry: dict, data: dict[str, np.ndarray], budget_s: float,
 def run_layer(pack: Path, entry: dict, device, budget_s: float, max_repeat: int, torch, traces: dict) -> dict:
     """Check and time every kernel of one layer (``traces``: its kernels' schedule traces, by symbol)."""
     module = device.load(pack / entry["library"])
-    refs = np.load(pack / entry["reference"])
     data, same_inputs = make_inputs(entry)
+    references = References(entry, data)
     out_spec = entry["kernels"][0]["args"][-1]
     uploaded: dict = {}
 
@@ -280,7 +294,7 @@ def run_layer(pack: Path, entry: dict, device, budget_s: float, max_repeat: int,
             elif not same_inputs:
                 row["numerics"] = {"ok": None, "reason": f"numpy {np.__version__} drew other inputs than the pack's"}
             else:
-                row["numerics"] = assess(got, refs, name, entry["models"][name])
+                row["numerics"] = references.assess(got, name)
             times = device.time(module, kernel["symbol"], args, budget_s, max_repeat)
             row.update(median_ms=float(np.median(times)) * 1e3, runs=len(times), times_ms=[t * 1e3 for t in times])
         except PackError:
