@@ -63,8 +63,8 @@ def pack(request, packs):
 
 
 def test_pack_is_complete_and_small(pack):
-    """Every layer has a library with a cubin for the arch, the candidates' stage dtypes and kernels of every space; the
-    manifest lists every file with its sha256; the pack is far below the 60 MiB limit."""
+    """Every layer has a library with a cubin for the arch, the candidates' stage dtypes and kernels of
+    every space; the manifest lists every file with its sha256; the pack is far below the 60 MiB limit."""
     from tvm_winograd.cuda.build import file_cuda_images
     from tvm_winograd.gpu_pack import MAX_PACK_BYTES, PACK_FORMAT
 
