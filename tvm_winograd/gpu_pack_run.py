@@ -212,7 +212,7 @@ class References:
                                               Precision(**candidate["precision"]), relu=ep["relu"],
                                               activation=ep["activation"])
         index, model = self.models[name]
-        verdict = assess_model(np.asarray(got, dtype=np.float64).ravel()[index], model)
+        verdict = assess_model(np.asarray(got).ravel()[index].astype(np.float64), model)  # index first: 411 MB outputs
         return {"ok": verdict.ok, "reason": verdict.reason, "worst": verdict.worst, "outputs": verdict.outputs,
                 "max_relative_error": verdict.max_relative_error}
 
