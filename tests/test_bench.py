@@ -162,7 +162,8 @@ def test_winograd_limit_counts_the_gemm_transforms_and_bytes():
     lim = winograd_limit(spec, 4, probe)
     tiles = 14 * 14
     gemm = 36 * 64 * 64 * tiles
-    transforms = tiles * (64 * 2 * 216 + 64 * (4 * 36 + 16 * 6))
+    # one vector operation per non-zero of B_T (22 of 36) and A_T (18 of 24) per separable pass
+    transforms = tiles * (64 * 2 * 6 * 22 + 64 * (6 + 4) * 18)
     assert lim.macs == gemm + transforms
     assert lim.compute_ms == pytest.approx(2 * lim.macs / 500e9 * 1e3)
     u, x, y = 36 * 64 * 64 * 4, 56 * 56 * 64 * 4, 56 * 56 * 64 * 4
@@ -174,6 +175,23 @@ def test_winograd_limit_counts_the_gemm_transforms_and_bytes():
     direct = direct_limit(spec, probe)
     assert direct.macs == 64 * 64 * 9 * 56 * 56
     assert lim.ms < direct.ms / 2
+
+
+def test_stage_limits_split_the_layer_limit():
+    """Per stage: the data transform owns the input, the GEMM owns U, the inverse the output; their
+    multiply-adds and bytes add up to the layer's limit."""
+    from tvm_winograd.bench.roofline import STAGES, winograd_stage_limits
+
+    spec = make_spec((1, 28, 28, 128), (3, 3, 128, 256), padding=1, layout="NHWC")
+    probe = _probe()
+    stages = winograd_stage_limits(spec, 2, probe)
+    whole = winograd_limit(spec, 2, probe)
+    assert list(stages) == list(STAGES)
+    assert sum(s.macs for s in stages.values()) == whole.macs
+    assert sum(s.bytes_moved for s in stages.values()) == whole.bytes_moved
+    assert stages["bgemm"].macs == 16 * 128 * 256 * 14 * 14
+    assert stages["bgemm"].bytes_moved == 16 * 128 * 256 * 4
+    assert stages["data_pack"].bytes_moved == 28 * 28 * 128 * 4
 
 
 def test_winograd_limit_reads_large_arrays_from_dram():
@@ -204,3 +222,52 @@ def test_isolated_competitors_run_in_worker_processes(tmp_path):
     t = timings["onnxruntime[spin=0]"]
     assert len(t.samples_ms) == 2 and all(s > 0 for s in t.samples_ms)
     assert t.config.endswith("(own process)") and t.group == "onnxruntime"
+
+
+@pytest.mark.parametrize("size, fused", [(32, True), (16, False)])
+def test_staged_function_runs_exactly_the_first_stages(size, fused):
+    """The per-stage profile's gates (bench/stages.py): F(4,3) NHWC under the default schedule, fused
+    (64 tiles: the stages run inside the parallel step) and stage by stage (16 tiles).  With fewer
+    than 3 stages the output is left untouched; with 3 it equals the float64 reference."""
+    import tvm
+
+    from tvm_winograd.bench.roofline import STAGES
+    from tvm_winograd.bench.stages import stage_of_block, staged_function
+    from tvm_winograd.compute import block_kernel_pack, kernel_block_of, target_config, winograd_func
+    from tvm_winograd.reference import conv2d_direct, winograd_weight_transform
+    from tvm_winograd.schedule.default import default_decisions, schedule_llvm_default
+
+    assert [stage_of_block(b) for b in ("input_tile", "data_pack_rows_init", "bgemm_local", "inverse_rows",
+                                        "conv2d_winograd", "kernel_pack")] == \
+        ["data_pack", "data_pack", "bgemm", "inverse", "inverse", None]
+    spec = make_spec((1, size, size, 16), (3, 3, 16, 16), padding=1, layout="NHWC")
+    unscheduled = winograd_func(spec, target_config(spec, 4, "llvm"))
+    assert ("fused.tiles" in default_decisions(unscheduled)) == fused
+    func = schedule_llvm_default(unscheduled)
+    fn = tvm.compile(tvm.IRModule({"main": staged_function(func)}), target="llvm")["main"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    u = block_kernel_pack(winograd_weight_transform(w, 4, "NHWC"), kernel_block_of(func))
+    reference = conv2d_direct(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), padding=1).transpose(0, 2, 3, 1)
+    dev = tvm.cpu(0)
+    for count in range(len(STAGES) + 1):
+        sentinel = np.full(spec.output_shape, 7.0, dtype="float32")
+        args = [tvm.runtime.tensor(a.astype("float32"), dev) for a in (x, u, sentinel)]
+        fn(*args, count)
+        out = args[2].numpy()
+        if count == len(STAGES):
+            np.testing.assert_allclose(out, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+        else:
+            assert (out == 7.0).all()
+
+
+def test_staged_function_refuses_a_function_without_stage_nests():
+    """A function whose top-level nests are not one data_pack -> bgemm -> inverse sequence is refused."""
+    from tvm_winograd.bench.stages import staged_function
+    from tvm_winograd.compute import target_config, winograd_func
+
+    spec = make_spec((1, 8, 8, 16), (3, 3, 16, 16), padding=1, layout="NHWC")
+    with pytest.raises(ValueError, match="stage"):
+        # unscheduled: the nests of the constant matrices A, B, G belong to no stage
+        staged_function(winograd_func(spec, target_config(spec, 4, "llvm")))
