@@ -176,14 +176,17 @@ def test_load_and_run_errors(tiny_compiled, tmp_path):
 
 
 def test_resnet18_end_to_end(tmp_path):
-    """ResNet-18, batch 1, 224x224: the 3x3 stride-1 layers the heuristic picks run Winograd; the
+    """ResNet-18, batch 1, 224x224: the 3x3 stride-1 layers run what the heuristic picks for this host
+    (Winograd down to 14x14 on any CPU; 512@7 is a near-tie whose pick follows the CPU's FMA rate); the
     output matches onnxruntime (and PyTorch, when installed) within the derived bound."""
     mod, info = load_model("resnet18")
     ex, report = compile_model(mod, "llvm", tmp_path, algo="auto")
     by = {r.index: r for r in report}
     assert len(report) == 20
     three_by_three = [r for r in report if r.kernel == "3x3" and r.stride == (1, 1)]
-    assert len(three_by_three) == 13 and all(r.algorithm == "winograd" for r in three_by_three)
+    assert len(three_by_three) == 13 and all(r.source == "heuristic" for r in three_by_three)
+    assert all(r.algorithm == "winograd" for r in three_by_three if min(r.input_shape[1:]) >= 14)  # H, W, C
+    assert sum(r.algorithm == "winograd" for r in three_by_three) >= 10
     assert by[0].algorithm == "direct" and "stride" in by[0].reason  # 7x7 stride-2 stem
     feed = info.net.input_feed()
     ref = _ort(info, feed)

@@ -22,6 +22,7 @@ from tvm_winograd.relax_pass import conv_workloads, format_report, rewrite_winog
 from tvm_winograd.targets import host_target, target_dirname
 from tvm_winograd.tune.choices import AlgorithmChoice, save_choices
 from tvm_winograd.heuristic import choose_algorithm
+from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import make_spec
 
 ELIGIBLE = {0, 1, 5, 6}
@@ -78,7 +79,7 @@ def test_auto_follows_the_heuristic(tiny, no_schedules):
             assert r.source == "ineligible"
             continue
         spec = make_spec(r.input_shape, r.weight_shape, padding=int(r.kernel[0]) // 2)
-        algorithm, m, reason = choose_algorithm(spec)
+        algorithm, m, reason = choose_algorithm(spec, resolve_target("llvm"))  # the host's CPU model
         assert (r.algorithm, r.m, r.reason, r.source) == (algorithm, m, reason, "heuristic")
         assert r.lowering == ("winograd" if algorithm == "winograd" else "direct_tir")
 

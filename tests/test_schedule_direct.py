@@ -17,7 +17,7 @@ import tvm
 from tvm_winograd.compute import Epilogue, direct_func
 from tvm_winograd.contract import mark_scheduled
 from tvm_winograd.reference import conv2d_direct
-from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, depthwise_tile, direct_tile, hoist_weight_packing, schedule_direct_llvm
+from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, depthwise_tile, direct_tile, hoist_weight_packing, schedule_direct_llvm, split_weight_packing
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import make_spec
 
@@ -177,3 +177,28 @@ def test_weight_packing_is_hoisted_and_folded(signed, layout):
     got = vm["main"](tvm.runtime.tensor(x, tvm.cpu(0))).numpy()
     ref, bound = _reference(x, w, b, None, 1, 2, 1, layout, False)
     assert np.all(np.abs(got - ref) <= bound)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_split_weight_packing_runs_the_packing_once_ahead(signed, layout):
+    """:func:`split_weight_packing` (the per-layer benchmark's direct conv, as a model runs it): the
+    packing function maps the weight to what the prepacked convolution reads, and packing then
+    convolving equals the float64 reference; a function that packs nothing comes back unchanged."""
+    x_shape, w_shape = ((1, 8, 9, 9), (32, 8, 3, 3)) if layout == "NCHW" else ((1, 9, 9, 8), (3, 3, 8, 32))
+    spec = make_spec(x_shape, w_shape, padding=1, layout=layout)
+    func = schedule_direct_llvm(direct_func(spec, Epilogue(bias=True)), pack_weight=True)
+    prepacked, packing = split_weight_packing(func)
+    assert packing is not None and LAYOUT_REWRITE_PREPROC not in prepacked.script()
+    packed_shape = tuple(int(d) for d in packing.params[1].shape)
+    assert packed_shape == tuple(int(d) for d in prepacked.params[1].shape) == (2, 3, 3, 8, 16)
+    x, w, b = signed(x_shape), signed(w_shape), signed((32,))
+    dev, target = tvm.cpu(0), resolve_target("llvm")
+    packed = tvm.runtime.empty(packed_shape, "float32", dev)
+    tvm.compile(tvm.IRModule({"main": packing}), target=target)["main"](tvm.runtime.tensor(w, dev), packed)
+    out = tvm.runtime.empty(tuple(int(d) for d in spec.output_shape), "float32", dev)
+    tvm.compile(tvm.IRModule({"main": prepacked}), target=target)["main"](
+        tvm.runtime.tensor(x, dev), packed, tvm.runtime.tensor(b, dev), out)
+    ref, bound = _reference(x, w, b, None, 1, 1, 1, layout, False)
+    assert np.all(np.abs(out.numpy() - ref) <= bound)
+    plain = schedule_direct_llvm(direct_func(spec), pack_weight=False)
+    assert split_weight_packing(plain) == (plain, None)

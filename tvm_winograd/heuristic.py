@@ -15,7 +15,10 @@ where Winograd is forced.  The relax pass, ``cuda-check``, the benchmarks and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Union
+
+from tvm.target import Target
 
 from .compute import WinogradConfig, tile_counts
 from .schedule.fusion import spec_fused_step
@@ -31,6 +34,7 @@ __all__ = [
     "candidate_tiles",
     "cheapest_tile",
     "choose_algorithm",
+    "cpu_cost_model",
     "direct_cost",
     "winograd_cost",
 ]
@@ -57,24 +61,36 @@ def _transform_macs(spec: Conv2dSpec, m: int) -> tuple[int, int]:
 class CpuCostModel:
     """The CPU cost model: multiply-adds and floats moved through memory, in GEMM multiply-add units.
 
-    Fitted by ``scripts/heuristic_sweep.py`` on the untuned default schedules of the ResNet-18 and
-    VGG-16 3x3 layers (NHWC, 2 threads, 2026-11-22; tables in BENCHMARKS.md): it picks the measured
-    best of direct / F(2,3) / F(4,3) / F(6,3) on 11 of 12 NHWC layers (7 of 8 NCHW) and costs 0.5% on
-    average (the NHWC miss: F(4,3) for F(2,3) on VGG conv5_1, 6% slower); before the fused schedule's
-    terms it picked F(6,3) on six of them and cost 15% on average.  ``tests/test_heuristic.py`` pins
-    its picks.  The fused schedule's own thresholds are the schedule's (:mod:`.schedule.fusion`).
+    Fitted by ``scripts/heuristic_sweep.py --cold`` on the untuned default schedules of the ResNet-18 and
+    VGG-16 3x3 layers (NHWC, 2 threads, 2026-12-05; table in BENCHMARKS.md), each call made after reading
+    twice the last-level cache, as inside a whole model whose weights do not stay in the cache: it picks the
+    measured best of F(2,3) / F(4,3) / F(6,3) on 11 of 12 layers and costs 0.2 % on average (the miss:
+    F(4,3) for F(2,3) on ResNet 128@28, 2 % slower).  The earlier fit on hot calls (weights in cache,
+    2026-11-22) kept F(4,3) on VGG conv5_1 and ResNet 256@14 and 128@28, 7-22 % slower than F(2,3) in a
+    model.  The fit's machine was a Zen 5 (two 512-bit FMAs per cycle per core); on a Zen 4 (half the
+    FMA rate, the same DRAM bandwidth: 2026-12-06) :func:`cpu_cost_model` halves ``dram_weight`` and the
+    model then picks the measured best of direct / F(2,3) / F(4,3) / F(6,3) on all 12 layers (F(4,3) on
+    VGG conv5_1 and ResNet 256@14, F(2,3) on 512@7).  ``tests/test_heuristic.py`` pins its picks.  The
+    fused schedule's own thresholds are the schedule's (:mod:`.schedule.fusion`).
     """
 
     #: Relative cost of one (separable, vectorized) transform multiply-add vs one register-tiled GEMM
     #: multiply-add: the transforms gather, store and run far from the FMA peak.
     transform_weight: float = 3.0
-    #: Cost of one float read or written from memory: the transformed weights U (alpha^2 / r^2 times
-    #: the weights) and, unless the fused schedule keeps them in cache, the V and M buffers.
+    #: Cost of one float of the weights read from DRAM: U for Winograd (alpha^2 / r^2 times the weights),
+    #: the weights for direct.  A model's weights do not stay in the cache between its calls; one float
+    #: at ~9.5 G floats/s (38 GB/s) costs what ~23 multiply-adds of the GEMM do at ~80 % of the FMA peak
+    #: (~216 G/s on 2 threads; half that on a Zen 4).  Any value from 20 to 40 gives the fit's picks.
+    dram_weight: float = 24.0
+    #: Cost of one float of the V and M buffers written and read (unless the fused schedule keeps
+    #: them in cache).
     memory_weight: float = 8.0
     #: Cost of one float of U re-read from the last-level cache (the fused schedule reads U once per step).
     cache_weight: float = 0.8
-    #: Winograd must be estimated at least this much cheaper than direct (the model's error is ~10%).
-    min_gain: float = 1.2
+    #: Winograd must be estimated at least this much cheaper than direct.  On the cold Zen 4 sweep the
+    #: estimated direct / Winograd ratio was 16 % under to 6 % over the measured one (12 layers); 1.2
+    #: kept direct on ResNet 512@7, where F(2,3) measured 1.19x faster (Zen 4) and 1.07x (Zen 5, in a model).
+    min_gain: float = 1.1
     #: The CPU GEMM micro-kernel holds ``rows`` tiles x 2 vectors of accumulators, ``rows`` the largest
     #: divisor of the tiles (of a fused step) up to 8 (schedule/default.py); with fewer rows it runs at
     #: rows/8 of its rate (fewer independent FMAs per loaded vector of U).  F(6,3) on 112 pixels has
@@ -91,20 +107,21 @@ class CpuCostModel:
         data, inverse = _transform_macs(spec, m)
         u = alpha * alpha * c * k
         step = spec_fused_step(spec, m, target_kind)
-        if step is None:  # U read once; V and M written and read once each
-            memory = self.memory_weight * (u + 2 * tiles * alpha * alpha * (c + k))
-        else:  # U from memory once, then from the last-level cache once per further step
-            memory = self.memory_weight * u + self.cache_weight * (tiles / step - 1) * u
+        memory = self.dram_weight * u  # U from DRAM once
+        if step is None:  # V and M written and read once each
+            memory += self.memory_weight * 2 * tiles * alpha * alpha * (c + k)
+        else:  # U from the last-level cache once per further step
+            memory += self.cache_weight * (tiles / step - 1) * u
         if target_kind == "llvm":
             rows = step or max(d for d in range(1, self.full_rows + 1) if tiles % d == 0)
             gemm /= min(1.0, rows / self.full_rows)
         return gemm + self.transform_weight * (data + inverse) + memory
 
     def direct_cost(self, spec: Conv2dSpec) -> float:
-        """Estimated cost of the direct convolution: its multiply-adds and one read of the weights."""
+        """Estimated cost of the direct convolution: its multiply-adds and one read of the weights from DRAM."""
         kh, kw = spec.kernel
         weights = spec.out_channels * (spec.in_channels // spec.groups) * kh * kw
-        return spec.flops / 2 + self.memory_weight * weights
+        return spec.flops / 2 + self.dram_weight * weights
 
 
 @dataclass(frozen=True)
@@ -160,34 +177,66 @@ def _itemsize(dtype: str) -> int:
     return {"float16": 2, "float32": 4, "float64": 8}[str(dtype)]
 
 
-#: The CPU model's fitted constants (the only instance the package uses).
+#: The CPU model's fitted constants (Zen 5: two 512-bit FMAs per cycle per core); :func:`cpu_cost_model`
+#: derives the one for a CPU of half that FMA rate.
 CPU_COST_MODEL = CpuCostModel()
+#: LLVM ``mcpu`` names of the CPUs that issue two 512-bit FMAs per cycle per core, as the one the CPU model
+#: was fitted on (Zen 5: ~270 GFLOP/s fp32 per thread at ~4.2 GHz); Zen 4 (``znver4``: ~117 per thread,
+#: measured by the machine probe), client AVX-512 parts with one 512-bit FMA and AVX2-only CPUs run half.
+FULL_RATE_AVX512 = frozenset({"znver5", "skylake-avx512", "cascadelake", "cooperlake", "icelake-server",
+                              "sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d"})
 #: The CUDA heuristic's constants (datasheet balance, not measured).
 CUDA_HEURISTIC = CudaHeuristic()
 
 
-def winograd_cost(spec: Conv2dSpec, m: int, target_kind: str = "llvm") -> float:
+#: What the heuristic's functions take for the target: a kind name (``"llvm"``: the fit's CPU, ``"cuda"``)
+#: or a :class:`tvm.target.Target`, whose ``mcpu`` selects the CPU model's balance (:func:`cpu_cost_model`).
+TargetLike = Union[str, Target]
+
+
+def cpu_cost_model(mcpu: str | None = None) -> CpuCostModel:
+    """The CPU model for LLVM's ``mcpu``: the fit's constants (:data:`CPU_COST_MODEL`) where ``mcpu`` is
+    unknown or issues two 512-bit FMAs per cycle per core (:data:`FULL_RATE_AVX512`); elsewhere half the
+    FMA rate per core (Zen 4's AVX-512 runs as two 256-bit halves, AVX2-only CPUs have 256-bit FMAs)
+    makes a float read from DRAM worth half as many multiply-adds."""
+    if mcpu is None or mcpu in FULL_RATE_AVX512:
+        return CPU_COST_MODEL
+    return replace(CPU_COST_MODEL, dram_weight=CPU_COST_MODEL.dram_weight / 2)
+
+
+def _kind(target: TargetLike) -> str:
+    return target if isinstance(target, str) else str(target.kind.name)
+
+
+def _cpu_model(target: TargetLike) -> CpuCostModel:
+    mcpu = None if isinstance(target, str) else target.attrs.get("mcpu")
+    return cpu_cost_model(None if mcpu is None else str(mcpu))
+
+
+def winograd_cost(spec: Conv2dSpec, m: int, target_kind: TargetLike = "llvm") -> float:
     """Estimated cost of F(m, r) on ``spec`` for ``target_kind`` (the units of that kind's model)."""
-    if target_kind == "cuda":
+    if _kind(target_kind) == "cuda":
         return CUDA_HEURISTIC.winograd_cost(spec, m)
-    return CPU_COST_MODEL.winograd_cost(spec, m, target_kind)
+    return _cpu_model(target_kind).winograd_cost(spec, m, _kind(target_kind))
 
 
-def direct_cost(spec: Conv2dSpec, target_kind: str = "llvm") -> float:
+def direct_cost(spec: Conv2dSpec, target_kind: TargetLike = "llvm") -> float:
     """Estimated cost of the direct convolution on ``spec`` for ``target_kind``."""
-    return CUDA_HEURISTIC.direct_cost(spec) if target_kind == "cuda" else CPU_COST_MODEL.direct_cost(spec)
+    if _kind(target_kind) == "cuda":
+        return CUDA_HEURISTIC.direct_cost(spec)
+    return _cpu_model(target_kind).direct_cost(spec)
 
 
-def _min_gain(target_kind: str) -> float:
-    return CUDA_HEURISTIC.min_gain if target_kind == "cuda" else CPU_COST_MODEL.min_gain
+def _min_gain(target_kind: TargetLike) -> float:
+    return CUDA_HEURISTIC.min_gain if _kind(target_kind) == "cuda" else _cpu_model(target_kind).min_gain
 
 
-def cheapest_tile(spec: Conv2dSpec, target_kind: str = "llvm") -> int:
+def cheapest_tile(spec: Conv2dSpec, target_kind: TargetLike = "llvm") -> int:
     """The candidate tile of least estimated cost (the smaller m on a tie), eligibility not checked."""
     return min(candidate_tiles(spec), key=lambda m: (winograd_cost(spec, m, target_kind), m))
 
 
-def choose_algorithm(spec: Conv2dSpec, target_kind: str = "llvm") -> tuple[str, int | None, str]:
+def choose_algorithm(spec: Conv2dSpec, target_kind: TargetLike = "llvm") -> tuple[str, int | None, str]:
     """``("winograd", m, reason)`` or ``("direct", None, reason)`` for ``spec`` without measurements."""
     why = winograd_ineligibility(spec)
     if why is not None:

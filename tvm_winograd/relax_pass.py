@@ -41,7 +41,7 @@ from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
 from .tune.paths import schedules_dir as schedules_dir_for
-from .heuristic import cheapest_tile, choose_algorithm
+from .heuristic import TargetLike, cheapest_tile, choose_algorithm
 from .workload import Conv2dSpec, make_spec, winograd_ineligibility
 
 __all__ = [
@@ -217,20 +217,20 @@ def _bias_vector(expr: relax.Expr, spec: Conv2dSpec) -> np.ndarray | None:
 # ------------------------------------------------------------------------------------------------
 
 def _decide(spec: Conv2dSpec, algo: str, choices: dict[str, AlgorithmChoice],
-            target_kind: str) -> tuple[str, int | None, str, str]:
+            target: TargetLike) -> tuple[str, int | None, str, str]:
     """``(algorithm, m, reason, source)`` for an eligible spec (the heuristic's costs depend on the
-    target kind: only llvm has the fused schedule)."""
+    target: only llvm has the fused schedule, and the CPU's FMA rate weighs the weights' DRAM reads)."""
     if algo == "direct":
         return "direct", None, "algo='direct' requested", "override"
     if algo == "winograd":
-        m = cheapest_tile(spec, target_kind)  # the heuristic's m where it picks Winograd
+        m = cheapest_tile(spec, target)  # the heuristic's m where it picks Winograd
         return "winograd", m, f"algo='winograd' requested: F({m},{spec.r})", "override"
     choice = choices.get(spec.key())
     if choice is not None:
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in sorted(choice.times_ms.items()))
         what = f"F({choice.m},{spec.r})" if choice.algorithm == "winograd" else "direct"
         return choice.algorithm, choice.m, f"measured: {what} fastest" + (f" ({times})" if times else ""), "tuned"
-    algorithm, m, reason = choose_algorithm(spec, target_kind)
+    algorithm, m, reason = choose_algorithm(spec, target)
     return algorithm, m, reason, "heuristic"
 
 
@@ -411,7 +411,7 @@ def _report_fields(index: int, var, call: relax.Call, in_shape: tuple, w_shape: 
 
 
 def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerReport],
-          ineligible: str = "relax", target_kind: str = "llvm") -> tuple[dict, set]:
+          ineligible: str = "relax", target: TargetLike = "llvm") -> tuple[dict, set]:
     """Find every conv2d of ``func``; decide; record the chains to rewrite."""
     graph = Bindings(func)
     plan: dict = {}
@@ -435,7 +435,7 @@ def _plan(func: relax.Function, algo: str, choices: dict, reports: list[LayerRep
         if why is not None:
             algorithm, m, reason, source = "direct", None, why[1], "ineligible"
         else:
-            algorithm, m, reason, source = _decide(spec, algo, choices, target_kind)
+            algorithm, m, reason, source = _decide(spec, algo, choices, target)
         chain, bias, residual, relu, activation = _grow_chain(graph, var, spec, skip)
         graph.claimed.update(chain)
         epi = Epilogue(bias=bias is not None, residual=residual is not None, relu=relu, activation=activation)
@@ -524,7 +524,7 @@ def conv_workloads(
     for _gv, func in mod.functions.items():
         if not isinstance(func, relax.Function):
             continue
-        plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
+        plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target))
         planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
     return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
 
@@ -583,7 +583,7 @@ def rewrite_winograd(
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
-        plan, skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target).kind.name)
+        plan, skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target))
         if not plan:
             continue
         mutator = _WinogradMutator(mod, plan, skip, funcs, resolve_target(target).kind.name)

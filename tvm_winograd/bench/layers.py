@@ -5,7 +5,8 @@ OpenVINO vs PyTorch, side by side in one run, with the machine probe and the Win
 the heuristic's algorithm and tile (:func:`~tvm_winograd.heuristic.choose_algorithm`) under the default
 schedule; with ``--trials N`` :func:`~tvm_winograd.tune.tuner.tune_layer` tunes direct and each Winograd
 tile with N trials and the fastest measured one is kept.  ``tvm_direct`` is our direct convolution
-under its default (register-tiled) schedule: TVM's pipeline schedules nothing by itself on llvm.
+under its default schedule as in a model (register-tiled, weights packed once ahead): TVM's pipeline
+schedules nothing by itself on llvm.
 Our functions run in ``--layout`` (NHWC by default); the peers get the same data in NCHW (PyTorch
 also channels_last: the faster of the two is reported).  Weights are constant: Winograd's weight
 transform is done ahead of time, as onnxruntime/oneDNN/OpenVINO pre-pack theirs.
@@ -85,17 +86,34 @@ def _ours(spec, args, target):
         func = apply_best(candidate_func(spec, candidate_name(choice.algorithm, choice.m), Epilogue()), target,
                           result.schedules_dir)
         return func, f"{choice.algorithm} (tuned)", choice.algorithm, choice.m, seconds
-    algorithm, m, _why = choose_algorithm(spec, target.kind.name)
+    algorithm, m, _why = choose_algorithm(spec, target)
     if algorithm == "winograd":
         return schedule_llvm_default(winograd_func(spec, target_config(spec, m, "llvm"))), "default", algorithm, m, 0.0
     return _direct_default(spec), "default", "direct", None, 0.0
 
 
 def _direct_default(spec):
+    """The direct conv as ``compile`` schedules it in a model: register-tiled, weights packed (the
+    packing runs once ahead, see :func:`_prepacked`)."""
     from ..compute import direct_func
     from ..schedule.direct import schedule_direct_llvm
 
-    return schedule_direct_llvm(direct_func(spec), pack_weight=False)
+    return schedule_direct_llvm(direct_func(spec), pack_weight=True)
+
+
+def _prepacked(func, w: np.ndarray) -> tuple:
+    """``(func, weight)`` to time: a function that packs its weight is split, and the weight packed once
+    here -- in a model the packing is folded on the constant weights at compile time."""
+    import tvm
+
+    from ..schedule.direct import split_weight_packing
+
+    prepacked, packing = split_weight_packing(func)
+    if packing is None:
+        return func, w
+    packed = tvm.runtime.empty([int(s) for s in packing.params[1].shape], "float32", tvm.cpu())
+    tvm.compile(tvm.IRModule({"main": packing}), target="llvm")["main"](tvm.runtime.tensor(w), packed)
+    return prepacked, packed.numpy()
 
 
 def _export_func(func, target, path: Path) -> str:
@@ -123,10 +141,12 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
     x = rng.standard_normal(spec.input_shape).astype("float32")
     w = rng.standard_normal(spec.weight_shape).astype("float32")
     func, label, algorithm, m, tune_s = _ours(spec, args, target)
-    ours_args = [x, w]
     if algorithm == "winograd":
         pack = winograd_weight_transform(w.astype(np.float64), m, spec.layout)
         ours_args = [x, block_kernel_pack(pack, kernel_block_of(func)).astype("float32")]
+    else:
+        func, packed = _prepacked(func, w)
+        ours_args = [x, packed]
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     out_shape = list(spec.output_shape)
@@ -134,9 +154,10 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
                 "library": _export_func(func, target, d / "ours.so"),
                 "args": save_npz(d / "ours.npz", {f"a{i}": a for i, a in enumerate(ours_args)})}]
     if "tvm_direct" not in skip:
+        direct, packed = _prepacked(_direct_default(spec), w)
         recipes.append({"name": "tvm_direct", "kind": "tvm_func", "threads": threads, "out_shape": out_shape,
-                        "library": _export_func(_direct_default(spec), target, d / "direct.so"),
-                        "args": save_npz(d / "direct.npz", {"a0": x, "a1": w})})
+                        "library": _export_func(direct, target, d / "direct.so"),
+                        "args": save_npz(d / "direct.npz", {"a0": x, "a1": packed})})
     x_nchw, w_oihw = _nchw(x, spec.layout), _nchw(w, spec.layout, weight=True)
     onnx_path = d / "conv.onnx"
     onnx_path.write_bytes(conv_onnx(x_nchw.shape, w_oihw, 1).SerializeToString())

@@ -149,7 +149,7 @@ def profile_layer(name: str, batch: int, threads: int, probe, work: Path, rounds
 
     spec = layer_spec(name, batch, "NHWC")
     target = resolve_target({"kind": "llvm", "num-cores": threads})
-    algorithm, m, _why = choose_algorithm(spec, "llvm")
+    algorithm, m, _why = choose_algorithm(spec, target)
     m = m if algorithm == "winograd" else 4  # profile Winograd even where the heuristic picks direct
     unscheduled = winograd_func(spec, target_config(spec, m, "llvm"))
     fused = default_decisions(unscheduled).get("fused.tiles")

@@ -318,6 +318,24 @@ def schedule_direct_simple(func: tirx.PrimFunc, lanes: int = 16) -> tirx.PrimFun
     return sch.mod["main"]
 
 
+def split_weight_packing(func: tirx.PrimFunc) -> tuple[tirx.PrimFunc, tirx.PrimFunc | None]:
+    """``(prepacked, packing)`` of a scheduled PrimFunc ``(data, weight, ..., output)``: ``packing`` maps
+    the weight to the layout ``prepacked`` reads in its place (``relax.transform.SplitLayoutRewritePreproc``,
+    as :func:`hoist_weight_packing` does in a model); ``(func, None)`` when ``func`` packs nothing.  For a
+    single layer outside a model (the per-layer benchmark): pack once, then time ``prepacked``."""
+    params = [relax.Var(f"p{i}", relax.TensorType([int(d) for d in p.shape], str(p.dtype)))
+              for i, p in enumerate(func.params)]
+    bb = relax.BlockBuilder()
+    with bb.function("main", params[:-1]):
+        gv = bb.add_func(func, "conv")
+        bb.emit_func_output(bb.emit(relax.call_tir(gv, params[:-1], params[-1].ty)))
+    split = relax.transform.SplitLayoutRewritePreproc()(bb.get())
+    prims = {gv.name_hint: f for gv, f in split.functions.items() if isinstance(f, tirx.PrimFunc)}
+    if "conv_prepacked" not in prims:
+        return func, None
+    return prims["conv_prepacked"], prims["conv_weight_prepack"]
+
+
 def hoist_weight_packing(mod: tvm.IRModule) -> tvm.IRModule:
     """Move the weight-packing blocks of scheduled PrimFuncs into their own PrimFuncs
     (``relax.transform.SplitLayoutRewritePreproc``) and fold them on constant weights
