@@ -95,6 +95,9 @@ def test_reliability_flags_a_slow_peer_a_loaded_machine_and_a_cli_mismatch():
     slow.check_peer(200.0, 520.0, "onnxruntime on VGG conv3_2")  # the old harness's figure
     assert not slow.reliable and "38%" in slow.problems[0]
     assert "UNRELIABLE" in slow.markdown()
+    low_probe = Reliability()
+    low_probe.check_peer(208.0, 117.0, "onnxruntime on VGG conv3_2")  # a probe that saw one core of two
+    assert not low_probe.reliable and "178%" in low_probe.problems[0] and "probe" in low_probe.problems[0]
     cli = Reliability()
     cli.check_cli("resnet18 ours", 6.5, 12.4)  # `run` on one core of two
     assert not cli.reliable and "1.91x" in cli.problems[0]
