@@ -69,8 +69,8 @@ class CpuCostModel:
     2026-11-22) kept F(4,3) on VGG conv5_1 and ResNet 256@14 and 128@28, 7-22 % slower than F(2,3) in a
     model.  The fit's machine was a Zen 5 (two 512-bit FMAs per cycle per core); on a Zen 4 (half the
     FMA rate, the same DRAM bandwidth: 2026-12-06) :func:`cpu_cost_model` halves ``dram_weight`` and the
-    model then picks the measured best of direct / F(2,3) / F(4,3) / F(6,3) on all 12 layers (F(4,3) on
-    VGG conv5_1 and ResNet 256@14, F(2,3) on 512@7).  ``tests/test_heuristic.py`` pins its picks.  The
+    model then picks the measured best of direct / F(2,3) / F(4,3) / F(6,3) on 11-12 of 12 layers in two
+    sweeps (F(4,3) on VGG conv5_1 and ResNet 256@14, a tie with F(2,3) there; F(2,3) on 512@7).  ``tests/test_heuristic.py`` pins its picks.  The
     fused schedule's own thresholds are the schedule's (:mod:`.schedule.fusion`).
     """
 

@@ -521,10 +521,11 @@ def conv_workloads(
     mod, choices = _check_and_fold(mod, target, schedules_dir, algo, ineligible)
     reports: list[LayerReport] = []
     planned: list[tuple[int, Conv2dSpec, Epilogue]] = []
+    tgt = resolve_target(target)
     for _gv, func in mod.functions.items():
         if not isinstance(func, relax.Function):
             continue
-        plan, _skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target))
+        plan, _skip = _plan(func, algo, choices, reports, ineligible, tgt)
         planned.extend((layer["report_index"], layer["spec"], layer["epilogue"]) for layer in plan.values())
     return [ConvWorkload(spec, epi, reports[index]) for index, spec, epi in sorted(planned, key=lambda t: t[0])]
 
@@ -580,13 +581,14 @@ def rewrite_winograd(
     mod, choices = _check_and_fold(mod, target, schedules_dir, algo, ineligible)
     reports: list[LayerReport] = []
     funcs: dict = {}
+    tgt = resolve_target(target)
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
-        plan, skip = _plan(func, algo, choices, reports, ineligible, resolve_target(target))
+        plan, skip = _plan(func, algo, choices, reports, ineligible, tgt)
         if not plan:
             continue
-        mutator = _WinogradMutator(mod, plan, skip, funcs, resolve_target(target).kind.name)
+        mutator = _WinogradMutator(mod, plan, skip, funcs, tgt.kind.name)
         new_func = mutator.visit_expr(func)
         mod = mutator.builder_.get()
         mod[gv] = new_func
