@@ -17,7 +17,7 @@ import tvm
 from tvm_winograd.compute import Epilogue, direct_func
 from tvm_winograd.contract import mark_scheduled
 from tvm_winograd.reference import conv2d_direct
-from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, depthwise_tile, direct_tile, hoist_weight_packing, schedule_direct_llvm, split_weight_packing
+from tvm_winograd.schedule.direct import LAYOUT_REWRITE_PREPROC, PARTITION_HINT, depthwise_tile, direct_tile, hoist_weight_packing, schedule_direct_llvm, split_weight_packing
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.workload import make_spec
 
@@ -33,6 +33,9 @@ CASES = [
                  id="3x3s1-nchw-residual"),
     pytest.param((1, 8, 13, 13), 32, 3, 1, 1, 1, "NCHW", Epilogue(bias=True, relu=True), True, id="prime-width-nchw"),
     pytest.param((1, 8, 13, 13), 32, 3, 1, 1, 1, "NHWC", Epilogue(residual=True), True, id="prime-width-nhwc"),
+    pytest.param((1, 24, 17, 17), 32, 1, 0, 1, 1, "NHWC-packed", Epilogue(bias=True, relu=True), True,
+                 id="1x1-width-17-peeled-tail"),
+    pytest.param((1, 8, 17, 17), 32, 3, 1, 1, 1, "NCHW", Epilogue(residual=True), True, id="width-17-nchw-peeled-tail"),
     pytest.param((1, 8, 9, 9), 16, 3, 1, 1, 2, "NCHW", Epilogue(bias=True), False, id="grouped-nchw"),
     pytest.param((1, 8, 10, 10), 6, 3, 1, 1, 1, "NCHW", Epilogue(), False, id="6-channels-nchw"),
     pytest.param((1, 8, 10, 10), 32, 3, 1, 1, 1, "NHWC", Epilogue(bias=True, relu=True), True, id="3x3s1-nhwc"),
@@ -97,6 +100,10 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
     assert (LAYOUT_REWRITE_PREPROC in script) == (tiled and (layout == "NCHW" or bool(pack_weight)))
     if tiled:  # 16 output channels per zmm register
         assert any(f"T.vectorized({v})" in script for v in (4, 8, 16)), script
+        # a partial last tile is peeled by LoopPartition (no guard inside the reduction loop)
+        tile = (depthwise_tile(k, spec.out_width) if groups == k == c and groups > 1
+                else direct_tile(k, spec.out_width, group_channels=k // groups if groups > 1 else None))
+        assert (PARTITION_HINT in script) == (spec.out_width % tile[2] != 0), script
 
     x = signed(x_shape)
     w = signed(w_shape)
