@@ -53,7 +53,7 @@ def _reference(x, w, b, relu, r):
 
 
 @pytest.mark.parametrize("channels, expected", [(9, 16), (27, 32), (3, 8), (1, 8), (17, 32), (16, None), (12, None),
-                                                (6, 8)])
+                                                (6, 8), (40, None), (104, 112), (440, 448), (72, 80), (208, None)])
 def test_padded_channels(channels, expected):
     assert relax_channels.padded_channels(channels) == expected
 
@@ -63,6 +63,7 @@ def test_padded_channels(channels, expected):
     ((1, 8, 11, 13), 27, 3, False, False),  # no bias: the slice follows the conv itself
     ((1, 16, 9, 9), 3, 5, True, False),     # an RGB head
     ((1, 24, 7, 7), 9, 1, True, True),
+    ((1, 16, 7, 9), 104, 1, True, True),    # RegNetY's 104: 8-lane vectors would fit, padded to 112
 ])
 def test_padded_conv_matches_float64(signed, x_shape, k, r, bias, relu):
     rng = np.random.default_rng(3)
