@@ -328,10 +328,10 @@ def test_input_shape_for_an_unknown_name(conv, tmp_path):
 
 
 def test_unet_compiles_by_default_and_failures_inside_tvm_are_one_line(tmp_path):
-    """ConvTranspose: TVM 0.27 lowers conv2d_transpose in NCHW only, so the NHWC conversion keeps it
-    NCHW and the default compile works (the transposes: the input's, before the ConvTranspose, of
-    the first conv's output for the NCHW concat at the output).  One forced into NHWC has no
-    lowering (VM codegen error): CompileError, one line naming the op and the layout."""
+    """ConvTranspose: its 2x2 stride-2 form compiles by default as a 1x1 conv and a depth-to-space (the
+    transposes: the input's, the depth-to-space's interleave, the output's).  TVM 0.27 lowers
+    conv2d_transpose itself in NCHW only: one forced into NHWC has no lowering (VM codegen error):
+    CompileError, one line naming the op and the layout."""
     from tvm import relax
 
     from tvm_winograd.export import CompileError, compile_model

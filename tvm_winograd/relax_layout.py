@@ -34,7 +34,9 @@ project three things defeat it (TVM 0.27):
    followed by a permute composes into one, whatever reads the values between them.
    Inference batch norms are decomposed into elementwise ops first (step 2), so they join regions.
 
-``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side.
+``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side;
+on CPUs one whose kernel equals its stride (a U-Net's 2x2 stride 2) was already rewritten into a 1x1
+conv and a depth-to-space (:mod:`tvm_winograd.relax_conv_transpose`), which convert like any other.
 :func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2 (1 if its output
 has no spatial axes), and :func:`layout_transform_sites` says where they sit (input, output, inside).
 """
