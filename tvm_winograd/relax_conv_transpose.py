@@ -1,20 +1,20 @@
-"""Graph-level rewrite: a transposed convolution whose kernel equals its stride is a 1x1 convolution
-followed by a depth-to-space.
+"""Graph-level rewrite: a transposed convolution as one stride-1 convolution and a depth-to-space.
 
 TVM 0.27 legalizes ``relax.nn.conv2d_transpose`` (NCHW/IOHW only) into topi's form, a direct conv over
 the input dilated with zeros, which no rule of ours tiles: a U-Net's 2x2 stride-2 up-convolutions ran
 at 1.3 GFLOP/s (512 -> 256 channels at 14x14: 154 ms, 90 % of the model's time, measured on the Zen 4).
-With ``kernel == stride`` (no padding, no output padding, no dilation, one group) every output pixel
-``(h s + i, w s + j)`` reads exactly one input pixel ``(h, w)`` through the kernel tap ``(i, j)``::
 
-    y[n, k, h s + i, w s + j] = sum_c x[n, c, h, w] W[c, k, i, j]          (W: IOHW)
-
-which is a 1x1 ``conv2d`` to ``K s s`` channels (channel ``(k s + i) s + j`` holds tap ``(i, j)`` of
-output channel ``k``) and a reshape / permute / reshape that interleaves them, exactly (the same
-products, summed in the same order over ``c``).  The 1x1 conv then takes the layout conversion, the
-channel padding and the direct-conv schedule like any other; the interleave is an injective copy.
-Other transposed convolutions (overlapping taps: 4x4 stride 2, 3x3 stride 2 with padding) are left
-to TVM's legalization.
+Per axis, ``y[o] = sum x[h] W[i]`` over ``o = h s + i - p``.  The outputs of one *phase* ``a`` (``o = s q +
+a``) take the kernel taps ``i = t + s u`` (``t = (a + p) mod s``) and read ``x[q + d - u]`` (``d = (a + p -
+t) / s``): each phase is a stride-1 correlation of ``x`` with a sub-kernel.  All ``s x s`` phases run as
+one ``conv2d`` over the union of their windows (zero taps where a phase reads less), with ``K s s``
+output channels (channel ``(k s + a) s + b`` is phase ``(a, b)`` of output channel ``k``), then a reshape /
+permute / reshape interleaves the phases (a depth-to-space) and a slice drops the outputs past the edge.
+Every output is the same sum of the same products as before.  Kernel == stride (a U-Net's 2x2 stride 2)
+gives a 1x1 conv; 4x4 stride 2 padding 1 (GAN generators, decoders) a 3x3 conv, Winograd-eligible,
+with 9 taps per phase where 4 are non-zero; 3x3 stride 2 padding 1 a 2x2 conv.  The conv then takes the
+layout conversion, the channel padding, the Winograd pass and the direct-conv schedule like any other.
+Grouped or dilated transposed convolutions, and strides that differ per axis, are left to TVM.
 """
 
 from __future__ import annotations
@@ -38,26 +38,64 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def conv_transpose_as_conv(call: relax.Expr) -> tuple[int, np.ndarray] | None:
-    """``(stride, 1x1 OIHW weight)`` when ``call`` is a ``conv2d_transpose`` this module rewrites (kernel
-    equal to its stride, NCHW/IOHW, constant weight, static shapes, nothing else set), else None."""
+def _phases(k: int, s: int, pad: int, size: int, out: int):
+    """Per output phase ``a`` (outputs ``o = s q + a``) of one axis: the taps ``(window offset, kernel
+    index)`` it sums, and the shared window ``(lo, R, pad_begin, pad_end, Q)`` of the conv that computes
+    every phase; None when that conv would need negative padding.
+
+    ``y[o] = sum x[h] W[i]`` over ``o = h s + i - pad``: phase ``a`` takes ``i = t + s u`` with
+    ``t = (a + pad) mod s``, reading ``x[q + d - u]``, ``d = (a + pad - t) / s``."""
+    taps, offsets = [], []
+    for a in range(s):
+        t = (a + pad) % s
+        d = (a + pad - t) // s
+        phase = [(d - u, t + s * u) for u in range(-(-(k - t) // s))]
+        taps.append(phase)
+        offsets += [e for e, _ in phase]
+    lo, hi = min(offsets), max(offsets)
+    window, q = hi - lo + 1, -(-out // s)
+    pad_begin, pad_end = -lo, q - size + hi
+    if pad_begin < 0 or pad_end < 0:
+        return None
+    return taps, (lo, window, pad_begin, pad_end, q)
+
+
+def conv_transpose_as_conv(call: relax.Expr) -> dict | None:
+    """How to compute ``call`` as one stride-1 ``conv2d`` and a depth-to-space (module docstring), or
+    None when it is not a ``conv2d_transpose`` this module rewrites: NCHW/IOHW, one group, no dilation,
+    a constant weight and static shapes.  Returns the conv's OIHW weight (channel ``(k s + a) s + b``
+    holds phase ``(a, b)`` of output channel ``k``), its padding, the stride and the output size."""
     if not (isinstance(call, relax.Call) and call.op == _CONV_TRANSPOSE):
         return None
     attrs = call.attrs
     if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "IOHW", "NCHW"):
         return None
     weight = call.args[1]
-    if not isinstance(weight, tvm.ir.expr.Constant) or static_shape(call.args[0]) is None:
+    in_shape, out_shape = static_shape(call.args[0]), static_shape(call)
+    if not isinstance(weight, tvm.ir.expr.Constant) or in_shape is None or out_shape is None:
         return None
-    c, k, kh, kw = (int(v) for v in weight.value.shape)
-    strides = _ints(attrs.strides)
-    if (kh, kw) != tuple(strides) or kh != kw or int(attrs.groups) != 1 or any(_ints(attrs.padding)) \
-            or any(_ints(attrs.output_padding)) or _ints(attrs.dilation) != [1, 1]:
+    if int(attrs.groups) != 1 or _ints(attrs.dilation) != [1, 1]:
         return None
     if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", str(weight.value.dtype)):
         return None
-    w = weight.value.numpy()  # [c, k, i, j] -> [(k s + i) s + j, c, 1, 1]
-    return kh, np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(k * kh * kw, c, 1, 1))
+    c, k, kh, kw = (int(v) for v in weight.value.shape)
+    (sh, sw), (pt, pl, _, _) = _ints(attrs.strides), _ints(attrs.padding)
+    if sh != sw:  # one depth-to-space block size
+        return None
+    rows = _phases(kh, sh, pt, in_shape[2], out_shape[2])
+    cols = _phases(kw, sw, pl, in_shape[3], out_shape[3])
+    if rows is None or cols is None:
+        return None
+    (row_taps, (row_lo, r_h, pad_t, pad_b, q_h)), (col_taps, (col_lo, r_w, pad_l, pad_r, q_w)) = rows, cols
+    w = weight.value.numpy()
+    conv_w = np.zeros((k, sh, sw, c, r_h, r_w), w.dtype)
+    for a, row in enumerate(row_taps):
+        for b, col in enumerate(col_taps):
+            for e_h, i in row:
+                for e_w, j in col:
+                    conv_w[:, a, b, :, e_h - row_lo, e_w - col_lo] = w[:, :, i, j].T
+    return {"weight": conv_w.reshape(k * sh * sw, c, r_h, r_w), "padding": (pad_t, pad_l, pad_b, pad_r),
+            "stride": sh, "tiles": (q_h, q_w), "out": tuple(out_shape[2:])}
 
 
 @relax.expr_functor.mutator
@@ -71,14 +109,18 @@ class _Rewrite(relax.PyExprMutator):
         plan = conv_transpose_as_conv(call)
         if plan is None:
             return call
-        s, w1 = plan
-        n, _, h, w = static_shape(call.args[0])
-        k = w1.shape[0] // (s * s)
-        y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(w1)))
-        y = self.builder_.emit(relax.op.reshape(y, (n, k, s, s, h, w)))
-        y = self.builder_.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # (n, k, h, i, w, j)
+        s, (q_h, q_w), out = plan["stride"], plan["tiles"], plan["out"]
+        n = static_shape(call.args[0])[0]
+        k = plan["weight"].shape[0] // (s * s)
+        y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(plan["weight"]), padding=plan["padding"]))
+        if s > 1:
+            y = self.builder_.emit(relax.op.reshape(y, (n, k, s, s, q_h, q_w)))
+            y = self.builder_.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # (n, k, q_h, a, q_w, b)
+            y = relax.op.reshape(y, (n, k, q_h * s, q_w * s))
+        if (q_h * s, q_w * s) != out:  # the last phases ran one output past the edge
+            y = relax.op.strided_slice(self.builder_.emit(y), axes=[2, 3], begin=[0, 0], end=list(out))
         self.rewritten += 1
-        return relax.op.reshape(y, (n, k, h * s, w * s))
+        return y
 
 
 def rewrite_conv_transpose(mod: tvm.IRModule) -> tvm.IRModule:
