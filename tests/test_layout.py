@@ -187,7 +187,7 @@ BLOCKS = {
     efficientnet_block: (2, ""),
     densenet_block: (2, ""),
     unet: (3, "the 2x2 stride-2 transposed conv is a 1x1 conv and a depth-to-space, whose interleave is a "
-              "transpose of its own (relax_conv_transpose)"),
+              "transpose of its own (relax_conv_forms)"),
     sr_head: (3, "each depth-to-space is a transpose of its own; the last one merges with the output's"),
     convnext_block: (2, ""),
 }

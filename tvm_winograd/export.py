@@ -2,8 +2,8 @@
 
 ``compile_model`` runs, in order:
 
-1. on CPUs, transposed convs with kernel == stride as 1x1 convs + depth-to-space
-   (:mod:`~tvm_winograd.relax_conv_transpose`), the conv layout (NHWC) and whole vectors of output
+1. on CPUs, transposed convs as stride-1 convs + depth-to-space and dilated convs as batches of
+   undilated ones (:mod:`~tvm_winograd.relax_conv_forms`), the conv layout (NHWC) and whole vectors of output
    channels (:mod:`~tvm_winograd.relax_channels`); then :func:`~tvm_winograd.relax_pass.rewrite_winograd`
    (all of step 1 skipped with ``rewrite=False``: the same TVM pipeline without our pass, the baseline);
 2. ``FoldConstant`` (evaluates the weight transforms on the constant weights) and
@@ -56,7 +56,7 @@ from .relax_layout import layout_transform_sites, remove_dead_code
 from .relax_pass import LayerReport, convert_conv_layout, rewrite_winograd
 from .runtime import append_trailer, load_and_run, load_vm, run  # noqa: F401 (load/run re-exported)
 from .relax_channels import pad_output_channels
-from .relax_conv_transpose import rewrite_conv_transpose
+from .relax_conv_forms import rewrite_conv_forms
 from .schedule.default import default_schedule_path
 from .schedule.direct import hoist_weight_packing
 from .targets import is_cuda, resolve_target
@@ -120,8 +120,8 @@ def rewrite_model(
     the weights become parameters of ``main`` before the folding (their transforms stay in the module)."""
     check_params_mode(params)
     reports: list[LayerReport] = []
-    if rewrite and not is_cuda(target):  # kernel == stride: a 1x1 conv our CPU schedules tile
-        mod = rewrite_conv_transpose(mod)
+    if rewrite and not is_cuda(target):  # transposed and dilated convs as convs our CPU schedules tile
+        mod = rewrite_conv_forms(mod)
     mod = convert_conv_layout(mod, target, layout)
     if rewrite and not is_cuda(target):  # whole vectors of output channels for the CPU tiles
         mod = pad_output_channels(relax.transform.FoldConstant()(mod))

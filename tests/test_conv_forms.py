@@ -1,5 +1,5 @@
-"""Transposed convolutions run as one stride-1 conv and a depth-to-space
-(``tvm_winograd.relax_conv_transpose``), against a float64 numpy scatter.
+"""Transposed convolutions run as one stride-1 conv and a depth-to-space, dilated ones as a batch of
+undilated ones (``tvm_winograd.relax_conv_forms``), against float64 numpy (a scatter; the direct conv).
 
 Tolerance: each output is one sum of at most ``C k k`` float32 products plus the bias (the rewritten
 conv adds zero taps, which add nothing); recursive summation errs by at most ``(C k k + 2) u sum |x w|``
@@ -18,7 +18,8 @@ from tvm import relax
 
 from tvm_winograd.export import compile_model, run
 from tvm_winograd.frontend import from_onnx_model
-from tvm_winograd.relax_conv_transpose import conv_transpose_as_conv
+from tvm_winograd.reference import conv2d_direct
+from tvm_winograd.relax_conv_forms import conv_transpose_as_conv, dilation_as_batch
 
 U32 = 2.0**-24
 
@@ -83,3 +84,48 @@ def test_grouped_transposed_convs_are_left_to_tvm(rng):
              for block in f.body.blocks for b in block.bindings
              if isinstance(b.value, relax.Call) and "conv2d_transpose" in str(b.value.op)]
     assert calls and all(conv_transpose_as_conv(call) is None for call in calls)
+
+
+def _dilated_model(c, k, h, w, d, pads, rng):
+    weight = (rng.standard_normal((k, c, 3, 3)) / np.sqrt(9 * c)).astype("float32")
+    bias = rng.standard_normal(k).astype("float32")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], dilations=[d, d], pads=list(pads)),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "dil", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weight, bias
+
+
+def _convs(mod) -> list:
+    return [b.value for f in mod.functions.values() if isinstance(f, relax.Function)
+            for block in f.body.blocks for b in block.bindings
+            if isinstance(b.value, relax.Call) and b.value.op == tvm.ir.Op.get("relax.nn.conv2d")]
+
+
+@pytest.mark.parametrize("c, k, h, w, d, pads, batched", [
+    (16, 32, 16, 12, 2, (2, 2, 2, 2), True),   # FCN's layer3: dilation 2, padding 2
+    (32, 16, 16, 16, 4, (4, 4, 4, 4), True),   # layer4: dilation 4
+    (8, 16, 12, 12, 2, (0, 2, 2, 0), True),    # unequal padding, each a multiple of d
+    (8, 16, 13, 12, 2, (2, 2, 2, 2), False),   # an odd height: left dilated
+    (8, 16, 12, 12, 2, (1, 1, 1, 1), False),   # padding no multiple of d: left dilated
+])
+def test_dilated_conv_runs_as_a_batch_of_undilated_ones(signed, rng, c, k, h, w, d, pads, batched):
+    model, weight, bias = _dilated_model(c, k, h, w, d, pads, rng)
+    mod = from_onnx_model(model)
+    assert [dilation_as_batch(call) for call in _convs(mod)] == [d if batched else None]
+    ex, report = compile_model(mod, "llvm", "/nonexistent-schedules", algo="winograd")
+    assert report.unscheduled() == [], report.unscheduled()
+    # batched: an undilated 3x3 over the d x d phases, which Winograd takes; else the dilated direct conv
+    assert [(r.input_shape[0], r.algorithm) for r in report] == [(d * d if batched else 1,
+                                                                  "winograd" if batched else "direct")]
+    x = signed((1, c, h, w))
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), {"x": x})[0]
+    pad = (pads[0], pads[1], pads[2], pads[3])
+    ref = conv2d_direct(x.astype(np.float64), weight.astype(np.float64), padding=pad, dilation=d)
+    ref = np.maximum(ref + bias.reshape(1, k, 1, 1), 0)
+    tol = model_tolerance(report, ref)
+    assert tol < 0.01 * np.abs(ref).max()
+    assert got.shape == ref.shape
+    err = float(np.abs(got - ref).max())
+    assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"

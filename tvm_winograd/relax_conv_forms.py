@@ -1,6 +1,6 @@
-"""Graph-level rewrite: a transposed convolution as one stride-1 convolution and a depth-to-space.
+"""Graph-level rewrites of convolutions into the form our CPU schedules and the Winograd pass take.
 
-TVM 0.27 legalizes ``relax.nn.conv2d_transpose`` (NCHW/IOHW only) into topi's form, a direct conv over
+**Transposed convolutions** as one stride-1 convolution and a depth-to-space.  TVM 0.27 legalizes ``relax.nn.conv2d_transpose`` (NCHW/IOHW only) into topi's form, a direct conv over
 the input dilated with zeros, which no rule of ours tiles: a U-Net's 2x2 stride-2 up-convolutions ran
 at 1.3 GFLOP/s (512 -> 256 channels at 14x14: 154 ms, 90 % of the model's time, measured on the Zen 4).
 
@@ -15,6 +15,14 @@ gives a 1x1 conv; 4x4 stride 2 padding 1 (GAN generators, decoders) a 3x3 conv, 
 with 9 taps per phase where 4 are non-zero; 3x3 stride 2 padding 1 a 2x2 conv.  The conv then takes the
 layout conversion, the channel padding, the Winograd pass and the direct-conv schedule like any other.
 Grouped or dilated transposed convolutions, and strides that differ per axis, are left to TVM.
+
+**Dilated convolutions** (stride 1, dilation ``d``) as a batch of ``d x d`` undilated ones ("space to
+batch", as TensorFlow's atrous convolution runs): output ``o = d q + a`` reads ``x[d (q + r - p/d) + a]``
+through tap ``r``, so phase ``(a, b)`` of the output is the undilated conv (padding ``p / d``) of phase
+``(a, b)`` of the input.  The phases are stacked on the batch axis by a reshape / permute / reshape and
+unstacked after; the products and their order are those of the dilated conv.  Where the padding and
+the image are multiples of ``d``: FCN / DeepLab backbones (3x3, dilation 2 and 4, padding = dilation,
+28x28), whose 3x3 convolutions then become Winograd-eligible.
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ from tvm import relax
 
 from .relax_layout import static_shape
 
-__all__ = ["conv_transpose_as_conv", "rewrite_conv_transpose"]
+__all__ = ["conv_transpose_as_conv", "dilation_as_batch", "rewrite_conv_forms"]
 
 logger = logging.getLogger(__name__)
 
+_CONV = tvm.ir.Op.get("relax.nn.conv2d")
 _CONV_TRANSPOSE = tvm.ir.Op.get("relax.nn.conv2d_transpose")
 
 
@@ -98,42 +107,90 @@ def conv_transpose_as_conv(call: relax.Expr) -> dict | None:
             "stride": sh, "tiles": (q_h, q_w), "out": tuple(out_shape[2:])}
 
 
+def _conv_transpose(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    plan = conv_transpose_as_conv(call)
+    if plan is None:
+        return None
+    s, (q_h, q_w), out = plan["stride"], plan["tiles"], plan["out"]
+    n = static_shape(call.args[0])[0]
+    k = plan["weight"].shape[0] // (s * s)
+    y = builder.emit(relax.op.nn.conv2d(call.args[0], relax.const(plan["weight"]), padding=plan["padding"]))
+    if s > 1:
+        y = builder.emit(relax.op.reshape(y, (n, k, s, s, q_h, q_w)))
+        y = builder.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # (n, k, q_h, a, q_w, b)
+        y = relax.op.reshape(y, (n, k, q_h * s, q_w * s))
+    if (q_h * s, q_w * s) != out:  # the last phases ran one output past the edge
+        y = relax.op.strided_slice(builder.emit(y), axes=[2, 3], begin=[0, 0], end=list(out))
+    return y
+
+
+def dilation_as_batch(call: relax.Expr) -> int | None:
+    """The dilation ``d > 1`` of an NCHW/OIHW stride-1 ``conv2d`` with static shapes whose padding and
+    image are multiples of ``d`` (module docstring), else None."""
+    if not (isinstance(call, relax.Call) and call.op == _CONV):
+        return None
+    attrs = call.attrs
+    if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+        return None
+    dh, dw = _ints(attrs.dilation)
+    shape, out = static_shape(call.args[0]), static_shape(call)
+    if dh != dw or dh == 1 or _ints(attrs.strides) != [1, 1] or shape is None or out is None:
+        return None
+    if any(v % dh for v in [*_ints(attrs.padding), *shape[2:], *out[2:]]):
+        return None
+    return dh
+
+
+def _dilated(builder: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    d = dilation_as_batch(call)
+    if d is None:
+        return None
+    attrs = call.attrs
+    n, c, h, w = static_shape(call.args[0])
+    _, k, oh, ow = static_shape(call)
+    x = builder.emit(relax.op.reshape(call.args[0], (n, c, h // d, d, w // d, d)))
+    x = builder.emit(relax.op.permute_dims(x, [0, 3, 5, 1, 2, 4]))  # (n, a, b, c, h / d, w / d)
+    x = builder.emit(relax.op.reshape(x, (n * d * d, c, h // d, w // d)))
+    y = builder.emit(relax.op.nn.conv2d(x, call.args[1], padding=[p // d for p in _ints(attrs.padding)],
+                                        groups=int(attrs.groups), out_dtype=attrs.out_dtype))
+    y = builder.emit(relax.op.reshape(y, (n, d, d, k, oh // d, ow // d)))
+    y = builder.emit(relax.op.permute_dims(y, [0, 3, 4, 1, 5, 2]))  # (n, k, oh / d, a, ow / d, b)
+    return relax.op.reshape(y, (n, k, oh, ow))
+
+
+#: The rewrites, each ``(builder, call) -> replacement or None``, and what the log calls them.
+REWRITES = ((_conv_transpose, "transposed convolution(s) as a stride-1 conv + depth-to-space"),
+            (_dilated, "dilated convolution(s) as a batch of undilated ones"))
+
+
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.rewritten = 0
+        self.rewritten = [0] * len(REWRITES)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's name
         call = super().visit_call_(call)
-        plan = conv_transpose_as_conv(call)
-        if plan is None:
-            return call
-        s, (q_h, q_w), out = plan["stride"], plan["tiles"], plan["out"]
-        n = static_shape(call.args[0])[0]
-        k = plan["weight"].shape[0] // (s * s)
-        y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(plan["weight"]), padding=plan["padding"]))
-        if s > 1:
-            y = self.builder_.emit(relax.op.reshape(y, (n, k, s, s, q_h, q_w)))
-            y = self.builder_.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # (n, k, q_h, a, q_w, b)
-            y = relax.op.reshape(y, (n, k, q_h * s, q_w * s))
-        if (q_h * s, q_w * s) != out:  # the last phases ran one output past the edge
-            y = relax.op.strided_slice(self.builder_.emit(y), axes=[2, 3], begin=[0, 0], end=list(out))
-        self.rewritten += 1
-        return y
+        for index, (rewrite, _) in enumerate(REWRITES):
+            new = rewrite(self.builder_, call)
+            if new is not None:
+                self.rewritten[index] += 1
+                return new
+        return call
 
 
-def rewrite_conv_transpose(mod: tvm.IRModule) -> tvm.IRModule:
-    """Rewrite every ``conv2d_transpose`` with kernel == stride in ``mod``'s Relax functions (module
-    docstring); the others are left as they are."""
+def rewrite_conv_forms(mod: tvm.IRModule) -> tvm.IRModule:
+    """Rewrite the transposed and dilated convolutions of ``mod``'s Relax functions that the module
+    docstring describes; every other call is left as it is."""
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
         mutator = _Rewrite(mod)
         new_func = mutator.visit_expr(func)
-        if mutator.rewritten:
+        if any(mutator.rewritten):
             mod = mutator.builder_.get()
             mod[gv] = new_func
-            logger.info("%s: %d transposed convolution(s) as 1x1 conv + depth-to-space", gv.name_hint,
-                        mutator.rewritten)
+            for count, (_, what) in zip(mutator.rewritten, REWRITES):
+                if count:
+                    logger.info("%s: %d %s", gv.name_hint, count, what)
     return mod
