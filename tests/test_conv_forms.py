@@ -129,3 +129,16 @@ def test_dilated_conv_runs_as_a_batch_of_undilated_ones(signed, rng, c, k, h, w,
     assert got.shape == ref.shape
     err = float(np.abs(got - ref).max())
     assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
+
+
+def test_tune_and_layers_see_the_rewritten_graph(rng):
+    """``tune`` tunes, and ``layers`` lists, the convs ``compile`` compiles: the dilated conv as its
+    batch of d x d phases (``export.prepare_graph`` is the one place all three start from)."""
+    from tvm_winograd.export import prepare_graph
+    from tvm_winograd.relax_pass import model_workloads
+    from tvm_winograd.targets import resolve_target
+
+    model, _, _ = _dilated_model(16, 16, 16, 16, 2, (2, 2, 2, 2), rng)
+    target = resolve_target("llvm")
+    layers = model_workloads(prepare_graph(from_onnx_model(model), target), target, "keep")
+    assert [(spec.batch, spec.dilation, spec.layout) for spec, _, _ in layers] == [(4, (1, 1), "NHWC")]

@@ -2,7 +2,7 @@
 
 The tiny mixed model (``tvm_winograd.models.tiny_mixed``) has, in order: conv1 3x3 (+bias+relu),
 conv2 3x3 (+bias+residual+relu), conv3 1x1, conv4 3x3 stride 2, conv5 depthwise 3x3, conv6 5x5
-(+bias+relu), conv7 3x3 (no bias, no relu), conv8 3x3 dilation 2.
+(+bias+relu), conv7 3x3 (no bias, no relu), conv8 3x3 dilation 3.
 """
 
 from __future__ import annotations

@@ -129,11 +129,12 @@ def _load(args) -> tuple:
 # --------------------------------------------------------------------------------------------------
 
 def cmd_layers(args) -> int:
-    from .relax_pass import convert_conv_layout, rewrite_winograd
+    from .export import prepare_graph
+    from .relax_pass import rewrite_winograd
 
     mod, _info = _load(args)
     target = _target(args.target)
-    mod = convert_conv_layout(mod, target, args.layout)
+    mod = prepare_graph(mod, target, args.layout)
     _, reports = rewrite_winograd(mod, target, _schedules_dir(args.schedules), args.algo)
     if args.json:
         _emit_json([r.as_dict() for r in reports])
@@ -149,6 +150,7 @@ def cmd_layers(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from .export import prepare_graph
     from .relax_pass import model_workloads
     from .targets import is_cuda
     from .tune.model import tune_whole_model
@@ -172,7 +174,9 @@ def cmd_tune(args) -> int:
     # MetaSchedule's task scheduler logs its tables to stdout (a handler bound to sys.stdout when made):
     # with --json, stdout carries only the JSON
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        result = tune_whole_model(model_workloads(mod, target, args.layout), functions, target,
+        # the layers as compile sees them (transposed/dilated convs rewritten, channels padded), in its layout
+        layers = model_workloads(prepare_graph(mod, target, args.layout), target, "keep")
+        result = tune_whole_model(layers, functions, target,
                                   trials=args.trials, trials_per_task=args.trials_per_task, log_dir=args.log_dir,
                                   schedules_dir=args.schedules, rpc_tracker=args.rpc_tracker,
                                   rpc_key=args.rpc_key, progress=not args.json)

@@ -65,6 +65,7 @@ from .tune.paths import schedules_dir as schedules_dir_for
 __all__ = [
     "CompileError",
     "compile_model",
+    "prepare_graph",
     "prepare_model",
     "rewrite_model",
     "schedule_model",
@@ -104,6 +105,22 @@ def prepare_model(
     return schedule_model(mod, tgt, schedules_dir), reports
 
 
+def prepare_graph(mod: tvm.IRModule, target: tvm.target.Target, layout: str = "auto", *,
+                  rewrite: bool = True) -> tvm.IRModule:
+    """The graph the Winograd pass sees (what ``compile``, ``tune`` and ``layers`` all start from): on
+    CPUs transposed and dilated convs rewritten into convs our schedules tile
+    (:func:`~tvm_winograd.relax_conv_forms.rewrite_conv_forms`), the conv layout
+    (:func:`~tvm_winograd.relax_pass.convert_conv_layout`), and on CPUs whole vectors of output channels
+    (:func:`~tvm_winograd.relax_channels.pad_output_channels`); with ``rewrite=False`` the layout only."""
+    cpu = rewrite and not is_cuda(target)
+    if cpu:
+        mod = rewrite_conv_forms(mod)
+    mod = convert_conv_layout(mod, target, layout)
+    if cpu:
+        mod = pad_output_channels(relax.transform.FoldConstant()(mod))
+    return mod
+
+
 def rewrite_model(
     mod: tvm.IRModule,
     target: tvm.target.Target,
@@ -120,11 +137,7 @@ def rewrite_model(
     the weights become parameters of ``main`` before the folding (their transforms stay in the module)."""
     check_params_mode(params)
     reports: list[LayerReport] = []
-    if rewrite and not is_cuda(target):  # transposed and dilated convs as convs our CPU schedules tile
-        mod = rewrite_conv_forms(mod)
-    mod = convert_conv_layout(mod, target, layout)
-    if rewrite and not is_cuda(target):  # whole vectors of output channels for the CPU tiles
-        mod = pad_output_channels(relax.transform.FoldConstant()(mod))
+    mod = prepare_graph(mod, target, layout, rewrite=rewrite)
     if rewrite:
         mod, reports = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible)
     if params == "separate":  # the weight transforms stay, to be lifted into main_transform_params
