@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("schedule", ("schedule",)),
     ("heuristic", ("heuristic",)),  # the CPU cost model and the CUDA heuristic
     ("tune", ("tune", "verify", "cuda.verify", "cuda.check")),
-    ("graph pass", ("relax_pass", "relax_layout", "relax_channels", "frontend", "models")),
+    ("graph pass", ("relax_pass", "relax_layout", "relax_channels", "relax_conv_forms", "frontend", "models")),
     ("pipeline", ("pipeline", "module_schedules", "compile_report", "model_tasks", "export", "api", "runtime",
                   "params",  # --params separate: weights lifted out of the library, the params file
                   "gpu_pack",  # builds the GPU pack: models through the graph pass, CUDA builds, references
@@ -38,7 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 #: Where functions must stay short (the issue's "compute, schedule, tune and the graph pass").
-SHORT_FUNCTIONS = ("compute.py", "schedule", "tune", "relax_pass.py", "relax_layout.py", "relax_channels.py")
+SHORT_FUNCTIONS = ("compute.py", "schedule", "tune", "relax_pass.py", "relax_layout.py", "relax_channels.py",
+                   "relax_conv_forms.py")
 MAX_FUNCTION_LINES = 80
 
 
