@@ -35,8 +35,8 @@ project three things defeat it (TVM 0.27):
    Inference batch norms are decomposed into elementwise ops first (step 2), so they join regions.
 
 ``conv2d_transpose`` stays NCHW (TVM legalizes it in NCHW/IOHW only), with a transpose on each side;
-on CPUs one whose kernel equals its stride (a U-Net's 2x2 stride 2) was already rewritten into a 1x1
-conv and a depth-to-space (:mod:`tvm_winograd.relax_conv_forms`), which convert like any other.
+on CPUs every ungrouped, undilated one was already rewritten into a stride-1 conv and a depth-to-space
+(:mod:`tvm_winograd.relax_conv_forms`), which convert like any other.
 :func:`count_layout_transforms` counts what remains: a one-input one-output CNN has 2 (1 if its output
 has no spatial axes), and :func:`layout_transform_sites` says where they sit (input, output, inside).
 """
