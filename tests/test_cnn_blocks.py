@@ -158,7 +158,7 @@ class ConvNeXtTorchvision(nn.Module):
 #: b bias, a residual, r ReLU, 6 ReLU6, s SiLU, g sigmoid, t tanh))
 BLOCKS = {
     "mbconv": (MBConv, (1, 16, 15, 15), [16, 9, 225, 64, 4, 64], 4, {"reduction"}, {"bs", "bg"}),
-    "convnext": (ConvNeXtBlock, (1, 24, 14, 14), [49, 24, 24, 24, 96], 1, {"matmul", "dlight-reduction"}, {"b"}),
+    "convnext": (ConvNeXtBlock, (1, 24, 14, 14), [49, 24, 24, 24, 96], 1, {"matmul", "row-reduction"}, {"b"}),
     "sr_head": (SRHead, (1, 3, 17, 17), [75, 144, 72], 2, {"injective"}, {"bt"}),
     "inverted_residual": (InvertedResidual, (1, 16, 14, 14), [16, 9, 96], 0, set(), {"b6"}),
     "dense": (DenseLayer, (1, 16, 13, 13), [16, 288], 0, {"injective"}, {"br"}),

@@ -24,12 +24,13 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir, te, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+from tvm.topi.nn import softmax as topi_softmax
 
 from tvm_winograd.pipeline import build_pipeline
 from tvm_winograd.schedule.llvm import ApplyLlvmRules, default_rules
 from tvm_winograd.schedule.llvm.fastmath import MAX_ULP, approximate_math
 from tvm_winograd.schedule.llvm.base import vector_lanes
-from tvm_winograd.schedule.llvm.injective import switch_points
+from tvm_winograd.schedule.llvm.injective import switch_points, transposed_tile
 from tvm_winograd.schedule.llvm.matmul import Matmul
 from tvm_winograd.targets import resolve_target
 
@@ -170,6 +171,22 @@ def test_pad_transpose_layout(signed):
     _check(mod, [x], ref, 0.0, {"injective"})
 
 
+@pytest.mark.parametrize("shape,perm,tile", [((1, 24, 48, 64), (0, 3, 1, 2), (1, 16)),
+                                            ((2, 48, 5, 32), (0, 2, 3, 1), (2, 16)),
+                                            ((1, 7, 8, 24), (0, 3, 1, 2), (1, 8)),
+                                            ((1, 13, 7, 19), (0, 3, 1, 2), None)])
+def test_transpose_tiles(signed, shape, perm, tile):
+    """Transposes across the contiguous axis are tiled when a tile of 16 (8, 4) divides both axes,
+    as NHWC <-> NCHW at a model's boundary: exact; odd extents keep the plain schedule."""
+    x = signed(shape)
+    mod = _function({"x": x.shape}, lambda p: relax.op.permute_dims(p["x"], list(perm)))
+    _check(mod, [x], x.transpose(perm), 0.0, {"injective"})
+    a = te.placeholder(shape, name="a")
+    b = te.compute([shape[i] for i in perm], lambda *i: a(*(i[perm.index(k)] for k in range(4))), name="b")
+    sch = s_tir.Schedule(te.create_prim_func([a, b]))
+    assert transposed_tile(sch, sch.get_sblock("b"), vector_lanes("float32", TARGET)) == tile
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_resize_matches_unscheduled(signed, layout):
     """Bilinear 2x resize (odd sizes): equal to TVM's own unscheduled lowering up to 4 u |ref|."""
@@ -278,16 +295,19 @@ def _sum_bound(terms: np.ndarray, axes) -> np.ndarray:
     return (n + 2) * U * np.abs(terms).sum(axis=axes)
 
 
-@pytest.mark.parametrize("layout,channels", [("NCHW", 37), ("NHWC", 37), ("NHWC", 1280)])
-def test_global_mean(signed, layout, channels):
+@pytest.mark.parametrize("layout,channels,size", [("NCHW", 37, (7, 9)), ("NHWC", 37, (7, 9)), ("NHWC", 1280, (7, 9)),
+                                                  ("NCHW", 37, (24, 24))])
+def test_global_mean(signed, layout, channels, size):
     """Global average pooling (EfficientNet's squeeze-excite) as mean over H, W, both layouts;
-    MobileNetV2's 7x9x1280 is large enough to run in parallel (the rule once failed there)."""
-    x = signed((1, channels, 7, 9) if layout == "NCHW" else (1, 7, 9, channels))
+    MobileNetV2's 7x9x1280 is large enough to run in parallel (the rule once failed there), and so
+    is NCHW 37x24x24, whose 576 = 18 x 32 pixels take the vector partial sums (the rule failed there
+    too, parallelizing after ``decompose_reduction``, and DLight's scalar rule took it)."""
+    x = signed((1, channels, *size) if layout == "NCHW" else (1, *size, channels))
     axes = (2, 3) if layout == "NCHW" else (1, 2)
     mod = _function({"x": x.shape}, lambda p: relax.op.mean(p["x"], axis=list(axes), keepdims=True))
     x64 = x.astype(np.float64)
     ref = x64.mean(axis=axes, keepdims=True)
-    bound = _sum_bound(x64, axes).reshape(ref.shape) / 63 + U * np.abs(ref)
+    bound = _sum_bound(x64, axes).reshape(ref.shape) / (size[0] * size[1]) + U * np.abs(ref)
     _check(mod, [x], ref, bound, {"reduction"})
 
 
@@ -331,24 +351,42 @@ def test_sum_last_axis(signed, length):
     _check(mod, [x], x64.sum(axis=2), _sum_bound(x64, (2,)), {"reduction", "injective"})
 
 
-def test_softmax_and_layer_norm(signed, rng):
-    """Softmax over the last axis and ConvNeXt's layer norm over C (NHWC): DLight's CPU reduction."""
-    x = signed((3, 5, 37)) * 3
+@pytest.mark.parametrize("shape,rule", [((3, 5, 37), "dlight-reduction"), ((3, 5, 48), "row-reduction"),
+                                        ((2, 9, 31, 96), "row-reduction"), ((1, 1, 8), "row-reduction")])
+def test_softmax_and_layer_norm(signed, rng, shape, rule):
+    """Softmax over the last axis and ConvNeXt's layer norm over C (NHWC): rows whose length is a
+    multiple of 8 get vector partial reductions (RowReduction; 2x9x31 rows of 96 run in parallel),
+    others DLight's CPU reduction."""
+    n = shape[-1]
+    x = signed(shape) * 3
     x64 = x.astype(np.float64)
     e = np.exp(x64 - x64.max(axis=-1, keepdims=True))
     ref = e / e.sum(axis=-1, keepdims=True)
-    # exp (libm) 1 ulp, the 37-term sum, the divide: relative (37 + 4) u
+    # exp (polynomial) MAX_ULP, the n-term sum in any order, the divide: relative (n + 4) u
     _check(_function({"x": x.shape}, lambda p: relax.op.nn.softmax(p["x"], axis=-1)), [x], ref,
-           (37 + 4 + MAX_ULP["exp"]) * U * ref, {"dlight-reduction"})
-    y = signed((1, 7, 5, 37))
-    gamma, beta = rng.standard_normal(37).astype("float32"), rng.standard_normal(37).astype("float32")
+           (n + 4 + MAX_ULP["exp"]) * U * ref, {rule})
+    y = signed((1, *shape))
+    gamma, beta = rng.standard_normal(n).astype("float32"), rng.standard_normal(n).astype("float32")
     mod = _function({"y": y.shape}, lambda p: relax.op.nn.layer_norm(p["y"], relax.const(gamma), relax.const(beta),
                                                                      axes=[-1]))
     y64 = y.astype(np.float64)
     z = (y64 - y64.mean(-1, keepdims=True)) / np.sqrt(y64.var(-1, keepdims=True) + 1e-5)
-    # mean and variance: 37-term sums of O(1) terms, rsqrt 1 ulp: ~ 4 x 37 u relative on z
-    _check(mod, [y], z * gamma + beta, 160 * U * (np.abs(z * gamma) + 1) + 2 * U * np.abs(beta),
-           {"dlight-reduction"})
+    # mean and variance: n-term sums of O(1) terms, rsqrt 1 ulp: ~ 4 n u relative on z
+    _check(mod, [y], z * gamma + beta, (4 * n + 12) * U * (np.abs(z * gamma) + 1) + 2 * U * np.abs(beta), {rule})
+
+
+def test_row_reduction_is_vectorized_and_parallel():
+    """RowReduction's shape: one parallel loop over the rows, the max and the sum as vector partial
+    results (rfactor), the elementwise steps vectorized."""
+    x = te.placeholder((64, 384), name="x")
+    y = topi_softmax(x)
+    func = te.create_prim_func([x, y])
+    with TARGET:
+        new = ApplyLlvmRules().schedule("f", func, TARGET)
+    script = new.script()
+    assert str(new.attrs["tvm_winograd.scheduled_by"]) == "row-reduction"
+    assert script.count("T.parallel") == 1
+    assert "_rf" in script and script.count("T.vectorized(") >= 4, script
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,7 +520,7 @@ def test_matmul_design_space_is_correct(signed):
 
 def test_rules_are_one_explicit_list():
     names = [r.name for r in default_rules()]
-    assert names == ["matmul", "dlight-gemv", "injective", "reduction", "dlight-reduction", "fallback"]
+    assert names == ["matmul", "dlight-gemv", "injective", "reduction", "row-reduction", "dlight-reduction", "fallback"]
     assert default_rules()[0] is not default_rules()[0]  # no shared state between pipelines
 
 

@@ -7,7 +7,7 @@ the :class:`~tvm_winograd.relax_pass.LayerReport` s (so ``for r in report``, ``l
 
 ``scheduled_by`` of a function is one of: ``winograd`` / ``weight_transform`` / ``direct`` (our
 PrimFuncs' fixed schedules), ``tuned`` (a tuning record), the name of the llvm rule that scheduled it
-(``matmul``, ``dlight-gemv``, ``injective``, ``reduction``, ``dlight-reduction``, ``fallback``; see
+(``matmul``, ``dlight-gemv``, ``injective``, ``reduction``, ``row-reduction``, ``dlight-reduction``, ``fallback``; see
 :func:`tvm_winograd.schedule.llvm.default_rules`), ``scheduled`` (scheduled by something that records
 no name, e.g. the CUDA pipeline's DLight rules) or ``unscheduled`` (it runs as TVM's plain loop nest:
 scalar and on one thread).  Further facts about a function (e.g. that one of our schedules fell back

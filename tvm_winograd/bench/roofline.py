@@ -29,7 +29,7 @@ from ..transforms import winograd_matrices
 from ..workload import Conv2dSpec
 from .probe import MachineProbe
 
-__all__ = ["Limit", "winograd_limit", "winograd_stage_limits", "direct_limit", "STAGES"]
+__all__ = ["Limit", "op_limit", "winograd_limit", "winograd_stage_limits", "direct_limit", "STAGES"]
 
 #: The stages of a Winograd layer as the per-stage profile splits it (bench/stages.py).
 STAGES = ("data_pack", "bgemm", "inverse")
@@ -63,7 +63,9 @@ def _memory_ms(arrays_bytes: list[int], probe: MachineProbe) -> float:
     return seconds * 1e3
 
 
-def _limit(macs: int, arrays: list[int], probe: MachineProbe, stage_bytes: int = 0) -> Limit:
+def op_limit(macs: int, arrays: list[int], probe: MachineProbe, stage_bytes: int = 0) -> Limit:
+    """The limit of any operator: ``macs`` multiply-adds at the FMA peak, or the ``arrays`` (bytes each)
+    moved once, whichever takes longer."""
     compute_ms = 2 * macs / (probe.fma_gflops * 1e9) * 1e3
     memory_ms = _memory_ms(arrays, probe)
     return Limit(max(compute_ms, memory_ms), compute_ms, memory_ms, macs, sum(arrays), stage_bytes)
@@ -96,13 +98,13 @@ def _stage_bytes(spec: Conv2dSpec, m: int) -> int:
 def winograd_limit(spec: Conv2dSpec, m: int, probe: MachineProbe) -> Limit:
     """The limit of F(m x m, r x r) on ``spec`` (stride 1, groups 1) for ``probe``'s machine."""
     parts = _winograd_parts(spec, m).values()
-    return _limit(sum(macs for macs, _ in parts), [size for _, size in parts], probe, _stage_bytes(spec, m))
+    return op_limit(sum(macs for macs, _ in parts), [size for _, size in parts], probe, _stage_bytes(spec, m))
 
 
 def winograd_stage_limits(spec: Conv2dSpec, m: int, probe: MachineProbe) -> dict[str, Limit]:
     """:func:`winograd_limit` split by stage (:data:`STAGES`): each stage's arithmetic and the array
     only it must move (data_pack: the input; bgemm: U; inverse: the output)."""
-    return {stage: _limit(macs, [size], probe) for stage, (macs, size) in _winograd_parts(spec, m).items()}
+    return {stage: op_limit(macs, [size], probe) for stage, (macs, size) in _winograd_parts(spec, m).items()}
 
 
 def direct_limit(spec: Conv2dSpec, probe: MachineProbe) -> Limit:
@@ -110,4 +112,4 @@ def direct_limit(spec: Conv2dSpec, probe: MachineProbe) -> Limit:
     size = _itemsize(spec.dtype)
     weights = math.prod(spec.weight_shape) * size
     io = [math.prod(spec.input_shape) * size, math.prod(spec.output_shape) * size]
-    return _limit(spec.flops // 2, [weights, *io], probe)
+    return op_limit(spec.flops // 2, [weights, *io], probe)

@@ -4,7 +4,9 @@ depth-to-space, resize, layout transforms (every block spatial, no reduction).
 The chain is inlined into the blocks that write the function's outputs (one pass over memory, no
 intermediate buffers), then each remaining block gets the shape every rule here ends with: the
 contiguous inner axis vectorized (remainder peeled, :func:`~.base.vectorize_inner`), the loops
-outside it fused into one parallel loop (:func:`~.base.parallelize`).
+outside it fused into one parallel loop (:func:`~.base.parallelize`).  A block that reads an input
+across its contiguous axis (a transpose, a layout transform) is tiled instead, so that both the
+lines it reads and the lines it writes are used whole (:func:`transposed_tile`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import (LlvmRule, LoopPlan, extent_of, inline_injective, num_cores, parallelize, vector_lanes,
-                   vectorize_inner)
+from .base import (MIN_PARALLEL_ELEMENTS, LlvmRule, LoopPlan, extent_of, inline_injective, num_cores, parallelize,
+                   vector_lanes, vectorize_inner)
 
-__all__ = ["Injective", "is_spatial_block", "schedule_spatial_block"]
+__all__ = ["Injective", "is_spatial_block", "schedule_spatial_block", "transposed_tile"]
 
 
 def is_spatial_block(sch: s_tir.Schedule, block) -> bool:
@@ -60,6 +62,58 @@ def switch_points(sch: s_tir.Schedule, block) -> list[int]:
     return sorted(p for p in points if 0 < p < extent)
 
 
+def _vars_in(expr) -> set:
+    found: set = set()
+    tvm_ffi.structural_walk(expr, [(tirx.Var, found.add)], order="post")
+    return found
+
+
+def transposed_tile(sch: s_tir.Schedule, block, lanes: int) -> tuple[int, int] | None:
+    """``(axis, tile)`` when ``block`` reads a buffer across its contiguous axis: the read's last
+    index follows loop ``axis`` of the block, not its innermost loop, which steps through the read
+    with a stride of a whole row.  Vectorized along the output alone, each vector then touches
+    ``tile`` input lines and uses 4 bytes of each; 4 KiB-strided rows (1024 fp32 channels) also
+    alias in L1.  ``tile`` (a vector of ``lanes / 2``, or 8 or 4) divides both extents; ``None``
+    for anything else (contiguous reads, broadcasts, symbolic or indivisible extents)."""
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    ivs = [iv.var for iv in stmt.iter_vars]
+    if len(loops) != len(ivs) or len(ivs) < 2:
+        return None
+    extents = [extent_of(sch, loop) for loop in loops]
+    inner = ivs[-1]
+    for read in stmt.reads:
+        if len(read.region) < 2:
+            continue
+        last = _vars_in(read.region[-1].min)
+        if any(v.same_as(inner) for v in last) or len(last) != 1:
+            continue  # contiguous along the output's inner axis, or not a plain transposition
+        if not any(v.same_as(inner) for r in read.region[:-1] for v in _vars_in(r.min)):
+            continue  # a broadcast along the inner axis
+        (var,) = last
+        axis = next((i for i, v in enumerate(ivs[:-1]) if v.same_as(var)), None)
+        if axis is None or extents[axis] is None or extents[-1] is None:
+            return None
+        tile = next((t for t in (lanes // 2, 8, 4) if t >= 4 and extents[axis] % t == 0 and extents[-1] % t == 0), None)
+        return None if tile is None else (axis, tile)
+    return None
+
+
+def _schedule_transposed(sch: s_tir.Schedule, loops: list, axis: int, tile: int, elements: int | None,
+                         cores: int) -> None:
+    """Tiles of ``tile`` x ``tile`` over loop ``axis`` and the innermost loop: the tile's rows
+    (unrolled) outside its vectors (measured, 2 threads: (1, 56, 56, 1024) -> NCHW 11.4 -> 1.6 ms,
+    (1, 256, 224, 224) -> NHWC 18.6 -> 7.0 ms, (1, 224, 224, 256) -> NCHW 33 -> 5.6 ms)."""
+    rows, row = sch.split(loops[axis], [None, tile])
+    cols, col = sch.split(loops[-1], [None, tile])
+    outer = loops[:axis] + [rows] + loops[axis + 1:-1]
+    sch.reorder(*outer, cols, row, col)
+    sch.vectorize(col)
+    sch.unroll(row)
+    if cores > 1 and (elements is None or elements >= MIN_PARALLEL_ELEMENTS):
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
 def schedule_spatial_block(sch: s_tir.Schedule, block, target: Target, lanes: int | None = None) -> None:
     """Vectorize the inner axis and parallelize the outer loops of one spatial block (in place).
 
@@ -84,6 +138,10 @@ def schedule_spatial_block(sch: s_tir.Schedule, block, target: Target, lanes: in
         vectors, inner = sch.split(loops[-1], [None, width])
         sch.vectorize(inner)
         sch.loop_partition(vectors, [b // width - a // width for a, b in zip([0] + points, points)] + [None])
+        return
+    tile = transposed_tile(sch, block, lanes)
+    if tile is not None:
+        _schedule_transposed(sch, loops, *tile, elements, num_cores(target))
         return
     plan = vectorize_inner(sch, loops, lanes)
     parallelize(sch, plan, elements, num_cores(target))

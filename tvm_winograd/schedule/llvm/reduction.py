@@ -11,8 +11,8 @@ Two shapes, by which axis the data is contiguous in:
   (vector adds), which are summed at the end, when its extent is a multiple of the vector width;
   otherwise it stays a scalar loop.
 
-Functions with several reductions (softmax, layer norm) are DLight's CPU Reduction rule's, next in
-the list.
+Functions with several reductions over rows (softmax, layer norm) are :class:`RowReduction`'s;
+what it declines, DLight's CPU Reduction rule's, next in the list.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vector_lanes
+from .base import (MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vector_lanes,
+                   vectorize_inner)
 from .injective import is_spatial_block, schedule_spatial_block
 
-__all__ = ["Reduction"]
+__all__ = ["Reduction", "RowReduction"]
 
 
 def _uses(expr, var) -> bool:
@@ -127,13 +128,90 @@ class Reduction(LlvmRule):
             # unit loops kept: with one vector of K (ro of extent 1) the loop pair below must exist
             sch.compute_at(partial, outer, preserve_unit_loops=True)
             sch.set_scope(partial, 0, "local")
-            lane, red_outer = sch.get_loops(partial)[-2:]
-            sch.reorder(red_outer, lane)
-            sch.vectorize(lane)
-            init = sch.decompose_reduction(partial, red_outer)
-            sch.vectorize(sch.get_loops(init)[-1])
         for b in epilogue:
             sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
         work = elements * extent
         if num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS and extent_of(sch, outer) > 1:
-            sch.parallel(outer)
+            sch.parallel(outer)  # before decompose_reduction: parallel demands reduction blocks below it
+        if extent >= lanes and extent % lanes == 0:
+            _vectorize_partial(sch, partial, outer)
+
+
+def _vectorize_partial(sch: s_tir.Schedule, partial, outer) -> None:
+    """The ``rfactor``-ed block ``partial`` computed at loop ``outer``: its lane loop (the first below
+    ``outer``: compute_at orders the loops as the block's iterators, the new lane axis first, then
+    one unit loop per kept axis) moved innermost and vectorized, with its init."""
+    loops = list(sch.get_loops(partial))
+    below = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(outer))][0] + 1:]
+    lane, red_outer = below[0], below[-1]
+    sch.reorder(red_outer, lane)
+    sch.vectorize(lane)
+    init = sch.decompose_reduction(partial, red_outer)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+
+def _kinds(sch: s_tir.Schedule, block) -> str:
+    """The iteration kinds of ``block``'s variables: ``S`` data parallel, ``R`` reduction, ``O`` other."""
+    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    return "".join(kinds.get(iv.iter_type, "O") for iv in sch.get(block).iter_vars)
+
+
+class RowReduction(LlvmRule):
+    """Row-wise chains of reductions and elementwise steps over the same leading axes: softmax
+    (max, exp, sum, divide), layer norm (mean, variance, normalize), RMS norm.
+
+    One parallel loop over the rows (the leading axes every block shares) with every block
+    computed inside it, so a row is read from memory once and the rest stays in L1; each reduction
+    over the row is ``rfactor``-ed into a vector of partial results (vector max / add, summed once
+    per row), the elementwise steps vectorized.  DLight's CPU Reduction, next in the list, computes
+    the same blocks inside the same loop but reduces one element at a time, a chain of dependent
+    scalar adds (measured: softmax over (32, 384, 384) 4.1 ms, 27 % of its DRAM limit).  Rows whose
+    reduced extent is not a multiple of 8 are left to it.
+    """
+
+    name = "row-reduction"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if len(blocks) < 2 or any(sch.get_child_blocks(b) for b in blocks):
+            return None
+        kinds = [_kinds(sch, b) for b in blocks]
+        if "R" in kinds[-1] or not any("R" in k for k in kinds) or any("O" in k for k in kinds):
+            return None
+        if any(len(sch.get_loops(b)) != len(k) for b, k in zip(blocks, kinds)):
+            return None
+        rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
+        if rows == 0 or any(k[rows:].strip("R") for k in kinds if "R" in k):
+            return None  # reduction blocks must be rows x (reduced axes only)
+        dtype = str(sch.get(blocks[-1]).writes[0].source.dtype)
+        lanes = vector_lanes(dtype, target)
+        partials = []
+        for block, kind in zip(blocks, kinds):
+            if "R" not in kind:
+                continue
+            reduce = sch.get_loops(block)[rows:]
+            inner = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
+            extent = extent_of(sch, inner)
+            width = next((w for w in (lanes, lanes // 2, lanes // 4) if w >= 8 and extent and extent % w == 0), None)
+            if width is None:
+                return None
+            _, lane = sch.split(inner, [None, width])
+            partials.append(sch.rfactor(lane, factor_axis=rows))
+        last = sch.get_child_blocks(sch.get_sblock("root"))[-1]
+        loops = sch.get_loops(last)
+        row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
+        row_count = extent_of(sch, row)
+        for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))[:-1]):
+            sch.compute_at(block, row, preserve_unit_loops=True)
+        work = math.prod(extent_of(sch, lp) or 1 for lp in sch.get_loops(last))
+        if num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS and (row_count or 2) > 1:
+            sch.parallel(row)
+        for block in sch.get_child_blocks(row):
+            if any(block.same_as(p) or sch.get(block).same_as(sch.get(p)) for p in partials):
+                _vectorize_partial(sch, block, row)
+            elif "R" not in _kinds(sch, block) and len(sch.get_loops(block)) > 1:
+                vectorize_inner(sch, sch.get_loops(block)[1:], lanes)
+        return sch

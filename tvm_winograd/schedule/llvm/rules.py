@@ -26,7 +26,7 @@ from .fastmath import approximate_math
 from .fallback import Fallback
 from .injective import Injective
 from .matmul import Matmul
-from .reduction import Reduction
+from .reduction import Reduction, RowReduction
 
 __all__ = ["DLightRule", "Tuned", "default_rules", "ApplyLlvmRules", "schedule_table"]
 
@@ -73,6 +73,7 @@ def default_rules() -> list[LlvmRule]:
         DLightRule(dlight.cpu.GEMV(), "dlight-gemv"),  # batch-1 products with a W[n, k] weight
         Injective(),  # elementwise chains, concatenate, transpose, reshape, pad, depth-to-space ...
         Reduction(),  # mean / pooling / sums: parallel over the kept axes, vectorized
+        RowReduction(),  # softmax, layer norm, RMS norm: rows in parallel, vector partial reductions
         DLightRule(dlight.cpu.Reduction(), "dlight-reduction"),  # softmax, layer norm
         Fallback(),  # anything else: inline what can be, parallel outer loop, vectorized inner loop
     ]
