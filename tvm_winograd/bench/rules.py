@@ -11,8 +11,9 @@ larger than the 32 MiB L3.  Two figures per case:
 - **the whole model** (what a user of that operator gets, layout transforms at the NHWC boundary
   included) against the faster of onnxruntime and OpenVINO, in alternating blocks;
 - **the rule's function**: the PrimFunc that takes most of the time (for the convolutions: our direct
-  conv, not the layout transforms around it), timed per call inside the model
-  by the VM's instrument hook (a few microseconds of overhead on millisecond calls), with the rule that
+  conv, not the layout transforms around it): its share of the model's time, measured per call by the
+  VM's instrument hook (a few microseconds of overhead on millisecond calls), times the model's
+  alternating median (the instrumented calls alone drift as much as 2x between runs), with the rule that
   scheduled it (the compile report) and its limit: ``max(2 * MACs / FMA peak, bytes / bandwidth)``
   where the bytes are the function's arguments, each read or written once, at the probed DRAM read
   bandwidth (or the LLC's for an argument that fits in half of it; :func:`~.roofline.op_limit`).
@@ -201,6 +202,9 @@ def _function_times(library: str, inputs: dict[str, np.ndarray], threads: int, c
         vm["main"](*args)
     rows = [{"symbol": s, "ms": statistics.median(v) * (len(v) // calls), "arg_bytes": nbytes[s]}
             for s, v in times.items() if len(v) >= calls]
+    total = sum(r["ms"] for r in rows)
+    for r in rows:
+        r["share"] = r["ms"] / total
     return sorted(rows, key=lambda r: -r["ms"])
 
 
@@ -234,14 +238,15 @@ def bench_case(case: RuleCase, args, threads: int, work: Path, probe) -> dict:
     funcs = _function_times(library, feed, threads, INSTRUMENTED_CALLS)
     by = {f.name: f.scheduled_by for f in report.functions}
     main = next((f for f in funcs if case.main in (None, by.get(f["symbol"]))), funcs[0])
+    function_ms = main["share"] * ms["ours"]  # its share of the instrumented calls, of the alternating median
     limit = op_limit(case.macs, main["arg_bytes"], probe)
     return {"case": case.name, "family": case.family, "ms": ms, "best_peer": best_peer,
             "ratio": ms[best_peer] / ms["ours"] if best_peer else None,
-            "function": main["symbol"], "scheduled_by": by.get(main["symbol"], "?"), "function_ms": main["ms"],
-            "others_ms": sum(f["ms"] for f in funcs if f is not main),
+            "function": main["symbol"], "scheduled_by": by.get(main["symbol"], "?"), "function_ms": function_ms,
+            "others_ms": ms["ours"] - function_ms,
             "limit_ms": limit.ms, "bound": limit.bound, "bytes": limit.bytes_moved, "macs": case.macs,
-            "fraction": limit.ms / main["ms"], "gflops": 2 * case.macs / (main["ms"] * 1e6) if case.macs else None,
-            "gbs": limit.bytes_moved / (main["ms"] * 1e6), "unscheduled": report.unscheduled(),
+            "fraction": limit.ms / function_ms, "gflops": 2 * case.macs / (function_ms * 1e6) if case.macs else None,
+            "gbs": limit.bytes_moved / (function_ms * 1e6), "unscheduled": report.unscheduled(),
             "compile_s": compile_s}
 
 
