@@ -10,7 +10,7 @@ import pytest
 
 from tvm_winograd.bench.harness import (CLI_AGREEMENT, Competitor, LoadMonitor, Reliability, best_of_groups,
                                         time_alternating)
-from tvm_winograd.bench.roofline import direct_limit, winograd_limit
+from tvm_winograd.bench.roofline import direct_limit, op_limit, winograd_limit
 from tvm_winograd.workload import make_spec
 
 
@@ -274,3 +274,32 @@ def test_staged_function_refuses_a_function_without_stage_nests():
     with pytest.raises(ValueError, match="stage"):
         # unscheduled: the nests of the constant matrices A, B, G belong to no stage
         staged_function(winograd_func(spec, target_config(spec, 4, "llvm")))
+
+
+def test_op_limit_is_the_slower_of_arithmetic_and_bytes():
+    probe = _probe(llc_bytes=8 << 20)  # 30 GB/s DRAM, 100 GB/s LLC (as above)
+    lim = op_limit(0, [64 << 20, 1 << 20], probe)  # one array from DRAM, one from the LLC
+    assert lim.memory_ms == pytest.approx((64 << 20) / 30e9 * 1e3 + (1 << 20) / 100e9 * 1e3)
+    assert lim.bound == "memory" and lim.bytes_moved == (65 << 20)
+    big = op_limit(10**9, [1 << 20], probe)
+    assert big.bound == "compute" and big.ms == pytest.approx(2e9 / (probe.fma_gflops * 1e9) * 1e3)
+
+
+def test_rule_cases_are_valid_onnx_at_their_stated_work():
+    """Every case of scripts/bench_rules.py builds a checked ONNX model; the memory-bound ones move an
+    array larger than the 32 MiB L3; the stated multiply-adds are the operator's."""
+    from onnx import numpy_helper
+
+    from tvm_winograd.bench.rules import CASES, _model
+
+    for case in CASES.values():
+        nodes, feed, inits = case.build(np.random.default_rng(0))
+        model = _model(nodes, feed, inits)  # shape inference (strict) and the ONNX checker
+        out = model.graph.output[0].type.tensor_type.shape.dim
+        out_elements = math.prod(d.dim_value for d in out)
+        largest = max([a.nbytes for a in feed.values()] + [out_elements * 4])
+        if case.macs == 0:
+            assert largest > 32 << 20, case.name
+        if case.name == "conv1x1":
+            weight = numpy_helper.to_array(model.graph.initializer[0])
+            assert case.macs == weight.shape[0] * weight.shape[1] * out[2].dim_value * out[3].dim_value
