@@ -45,6 +45,12 @@ RATIO_PEERS = ("onnxruntime", "openvino")
 OUTPUT_TOLERANCE = 1e-3
 
 
+def faster_peer(ms: dict[str, float]) -> str | None:
+    """The faster of :data:`RATIO_PEERS` in ``ms`` (name -> ms), None if neither was measured."""
+    peers = {k: v for k, v in ms.items() if k in RATIO_PEERS}
+    return min(peers, key=peers.get) if peers else None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "vgg16"],
                    help="built-in names or .onnx files (default: resnet18 resnet50 vgg16)")
@@ -126,8 +132,7 @@ def bench_model(name: str, batch: int, args, threads: int, work: Path, reliabili
     repeat = 10 if ms["ours"] < 300 else 3  # batch 32 VGG-16 takes seconds per call
     time.sleep(BLOCK_GAP_S)  # the last competitor's pool stops spinning before `run` starts
     reliability.check_cli(f"{label} batch {batch} ours", ms["ours"], _cli_ms(ours_lib, inputs, threads, d, repeat))
-    peers = {k: v for k, v in ms.items() if k in RATIO_PEERS}
-    best_peer = min(peers, key=peers.get) if peers else None
+    best_peer = faster_peer(ms)
     return {"model": label, "batch": batch, "ms": ms, "configs": {k: t.config for k, t in best.items()},
             "samples_ms": {k: t.samples_ms for k, t in timings.items()},
             "best_peer": best_peer, "ratio": ms[best_peer] / ms["ours"] if best_peer else None,

@@ -36,18 +36,14 @@ from typing import Callable
 import numpy as np
 
 from .harness import best_of_groups
+from .models import OUTPUT_TOLERANCE, faster_peer
 from .peers import measure, peer_recipes, save_npz
 from .roofline import op_limit
 from .session import bench_session, write_report
 
 logger = logging.getLogger(__name__)
 
-#: The peers a ratio is taken against (the faster of them).
-RATIO_PEERS = ("onnxruntime", "openvino")
-#: Outputs must agree with onnxruntime's to this fraction of max|y| (fast-math exp/tanh/erf are
-#: within ~1e-6 relative; this is a sanity check, the rules' accuracy is tested elsewhere).
-OUTPUT_TOLERANCE = 1e-3
-#: Instrumented model calls per case (the function's figure is their median).
+#: Instrumented model calls per case (the function's share of the model is taken from their medians).
 INSTRUMENTED_CALLS = 20
 
 
@@ -233,8 +229,7 @@ def bench_case(case: RuleCase, args, threads: int, work: Path, probe) -> dict:
     best = best_of_groups(measure(recipes, args.rounds, reference=reference, tolerance=OUTPUT_TOLERANCE,
                                   what=case.name))
     ms = {k: t.median_ms for k, t in best.items()}
-    peers = {k: v for k, v in ms.items() if k in RATIO_PEERS}
-    best_peer = min(peers, key=peers.get) if peers else None
+    best_peer = faster_peer(ms)
     funcs = _function_times(library, feed, threads, INSTRUMENTED_CALLS)
     by = {f.name: f.scheduled_by for f in report.functions}
     main = next((f for f in funcs if case.main in (None, by.get(f["symbol"]))), funcs[0])

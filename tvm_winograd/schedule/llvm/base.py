@@ -27,6 +27,7 @@ __all__ = [
     "vector_lanes",
     "num_cores",
     "extent_of",
+    "vars_in",
     "inline_injective",
     "vectorize_inner",
     "parallelize",
@@ -80,6 +81,13 @@ def extent_of(sch: s_tir.Schedule, loop) -> int | None:
     """The constant extent of ``loop``, or None if it is symbolic."""
     extent = sch.get(loop).extent
     return int(extent.value) if isinstance(extent, tirx.IntImm) else None
+
+
+def vars_in(expr) -> set:
+    """The variables ``expr`` mentions."""
+    found: set = set()
+    tvm_ffi.structural_walk(expr, [(tirx.Var, found.add)], order="post")
+    return found
 
 
 def inline_injective(sch: s_tir.Schedule, keep: tuple = ()) -> list:

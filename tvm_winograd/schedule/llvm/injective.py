@@ -19,7 +19,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .base import (MIN_PARALLEL_ELEMENTS, LlvmRule, LoopPlan, extent_of, inline_injective, num_cores, parallelize,
-                   vector_lanes, vectorize_inner)
+                   vars_in, vector_lanes, vectorize_inner)
 
 __all__ = ["Injective", "is_spatial_block", "schedule_spatial_block", "transposed_tile"]
 
@@ -62,12 +62,6 @@ def switch_points(sch: s_tir.Schedule, block) -> list[int]:
     return sorted(p for p in points if 0 < p < extent)
 
 
-def _vars_in(expr) -> set:
-    found: set = set()
-    tvm_ffi.structural_walk(expr, [(tirx.Var, found.add)], order="post")
-    return found
-
-
 def transposed_tile(sch: s_tir.Schedule, block, lanes: int) -> tuple[int, int] | None:
     """``(axis, tile)`` when ``block`` reads a buffer across its contiguous axis: the read's last
     index follows loop ``axis`` of the block, not its innermost loop, which steps through the read
@@ -85,10 +79,10 @@ def transposed_tile(sch: s_tir.Schedule, block, lanes: int) -> tuple[int, int] |
     for read in stmt.reads:
         if len(read.region) < 2:
             continue
-        last = _vars_in(read.region[-1].min)
+        last = vars_in(read.region[-1].min)
         if any(v.same_as(inner) for v in last) or len(last) != 1:
             continue  # contiguous along the output's inner axis, or not a plain transposition
-        if not any(v.same_as(inner) for r in read.region[:-1] for v in _vars_in(r.min)):
+        if not any(v.same_as(inner) for r in read.region[:-1] for v in vars_in(r.min)):
             continue  # a broadcast along the inner axis
         (var,) = last
         axis = next((i for i, v in enumerate(ivs[:-1]) if v.same_as(var)), None)

@@ -20,22 +20,14 @@ from __future__ import annotations
 import math
 
 import tvm
-import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import (MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vector_lanes,
-                   vectorize_inner)
+from .base import (MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vars_in,
+                   vector_lanes, vectorize_inner)
 from .injective import is_spatial_block, schedule_spatial_block
 
 __all__ = ["Reduction", "RowReduction"]
-
-
-def _uses(expr, var) -> bool:
-    """Whether ``expr`` mentions ``var``."""
-    found = []
-    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Var, lambda v: found.append(v.same_as(var)))], order="post")
-    return any(found)
 
 
 def _vector_width(extent: int, lanes: int) -> int:
@@ -80,7 +72,8 @@ class Reduction(LlvmRule):
         lanes = vector_lanes(str(stmt.writes[0].source.dtype), target)
         last_out = stmt.writes[0].region[-1].min
         dominant = max(stmt.reads, key=lambda r: len(r.region))
-        spatial_inner = isinstance(last_out, tvm.ir.expr.Var) and _uses(dominant.region[-1].min, last_out)
+        spatial_inner = isinstance(last_out, tvm.ir.expr.Var) and any(
+            v.same_as(last_out) for v in vars_in(dominant.region[-1].min))
         for b in before:
             schedule_spatial_block(sch, b, target)
         elements = math.prod(extent_of(sch, lp) for lp in spatial)
@@ -118,6 +111,7 @@ class Reduction(LlvmRule):
         outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         inner = sch.fuse(*reduce) if len(reduce) > 1 else reduce[0]
         extent = extent_of(sch, inner)
+        partial = None
         if extent >= lanes and extent % lanes == 0:
             # ``lanes`` partial results, one per vector lane: rf[s, l] += x[s, ro * lanes + l]
             # compute_at makes the partial block's loops in its iterators' order, which rfactor
@@ -133,7 +127,7 @@ class Reduction(LlvmRule):
         work = elements * extent
         if num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS and extent_of(sch, outer) > 1:
             sch.parallel(outer)  # before decompose_reduction: parallel demands reduction blocks below it
-        if extent >= lanes and extent % lanes == 0:
+        if partial is not None:
             _vectorize_partial(sch, partial, outer)
 
 
