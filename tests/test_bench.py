@@ -303,3 +303,20 @@ def test_rule_cases_are_valid_onnx_at_their_stated_work():
         if case.name == "conv1x1":
             weight = numpy_helper.to_array(model.graph.initializer[0])
             assert case.macs == weight.shape[0] * weight.shape[1] * out[2].dim_value * out[3].dim_value
+
+
+def test_output_check_takes_a_competitor_own_tolerance():
+    """``ours-fp16u`` is checked at its own tolerance, every other competitor at the common one (also
+    after it: the own tolerance must not leak to the next)."""
+    from tvm_winograd.bench.peers import check_outputs
+
+    ref = np.linspace(-1.0, 1.0, 11)
+
+    def comp(name, err):
+        return Competitor(name, lambda: None, "", None, lambda: ref + err)
+
+    check_outputs([comp("ours-fp16u", 5e-3), comp("ours", 5e-4)], ref, 1e-3, "t", {"ours-fp16u": 1e-2})
+    with pytest.raises(RuntimeError, match="ours differs .* 5.00e-03"):
+        check_outputs([comp("ours-fp16u", 5e-3), comp("ours", 5e-3)], ref, 1e-3, "t", {"ours-fp16u": 1e-2})
+    with pytest.raises(RuntimeError, match="ours-fp16u differs"):
+        check_outputs([comp("ours-fp16u", 2e-2)], ref, 1e-3, "t", {"ours-fp16u": 1e-2})

@@ -142,6 +142,8 @@ def test_compile_bad_inputs(tmp_path):
     assert_usage_error(cli("compile", "tiny_mixed", "--target", "tpu-v9", "-o", out), "tpu-v9")
     assert_usage_error(cli("compile", "tiny_mixed", "--schedules", str(tmp_path / "nodir"), "-o", out), "nodir")
     assert_usage_error(cli("compile", "tiny_mixed", "--input-shape", "input:1,x", "-o", out), "input:1,x")
+    assert_usage_error(cli("compile", "tiny_mixed", "--target", "cuda", "--kernel-dtype", "float16", "-o", out),
+                       "kernel_dtype 'float16'", "CPU")
 
 
 def test_unreadable_schedules_directory_is_refused(tmp_path, monkeypatch, capsys):
@@ -172,8 +174,12 @@ def test_accuracy_json_small():
     proc = cli("accuracy", "--dtype", "float32", "--m", "2", "--m", "4", "--channels", "8", "--size", "12", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert [r["algorithm"] for r in rows] == ["direct", "F(2,3)", "F(4,3)"]
-    assert all(0 < r["max_rel"] < 1e-4 for r in rows)
+    assert [(r["dtype"], r["algorithm"]) for r in rows] == [
+        ("float32", "direct"), ("float32", "F(2,3)"), ("float32", "F(4,3)"),
+        ("float32, fp16 U", "F(2,3)"), ("float32, fp16 U", "F(4,3)")]
+    assert all(0 < r["max_rel"] < 1e-4 for r in rows[:3])
+    # fp16 U: one rounding of U (2^-11 relative) through the inverse, far above fp32, far below garbage
+    assert all(1e-5 < r["max_rel"] < 1e-2 for r in rows[3:])
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

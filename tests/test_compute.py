@@ -114,6 +114,46 @@ def test_fused_epilogue(signed, layout):
     assert (out.numpy() == 0).any() and (out.numpy() > 0).any()  # ReLU did clip something
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_fp16_kernel_pack_of_an_fp32_layer(signed, m):
+    """``kernel_dtype="float16"`` (opt-in): U computed in fp32, stored in fp16, converted in the GEMM,
+    with fp32 data, V and accumulation.  The output is within the model of one more rounding of U, and
+    outside the fp32 model (the check can fail: one fp16 rounding is ~1e3 fp32 ulps)."""
+    spec = make_spec((1, 9, 10, 16), (3, 3, 16, 32), padding=1, layout="NHWC")
+    config = target_config(spec, m, "llvm", kernel_dtype="float16")
+    compiled = build_winograd(spec, config)
+    x, w = signed(spec.input_shape), signed(spec.weight_shape)
+    pack = compiled.transform_weight(w)
+    assert pack.dtype == "float16"
+    got = compiled(x, pack)
+
+    def model(kernel_dtype):
+        return error_model(x, w, m=m, padding=1, layout="NHWC", precision=Precision(
+            kernel_pack_computed=True, separable=True, kernel_dtype=kernel_dtype))
+
+    verdict = assess(got, model("float16"))
+    assert verdict.ok, verdict.reason
+    assert not assess(got, model(None)).ok
+    assert relative_errors(got, conv2d_direct(x.astype("float64"), w.astype("float64"), padding=1,
+                                              layout="NHWC"))[0] > 1e-5
+
+
+def test_fp16_kernel_pack_is_for_fp32_layers_up_to_alpha_6():
+    """Which layers a requested fp16 U reaches (compute.kernel_dtype_for), and what is refused."""
+    from tvm_winograd.compute import check_kernel_dtype, kernel_dtype_for
+
+    fp32 = make_spec((1, 8, 8, 16), (3, 3, 16, 16), padding=1, layout="NHWC")
+    fp16 = make_spec((1, 8, 8, 16), (3, 3, 16, 16), padding=1, layout="NHWC", dtype="float16")
+    assert [kernel_dtype_for(fp32, m, "float16") for m in (2, 4, 6)] == ["float16", "float16", None]
+    assert kernel_dtype_for(fp16, 4, "float16") is None and kernel_dtype_for(fp32, 4, "float32") is None
+    assert kernel_dtype_for(fp32, 4, None) is None
+    check_kernel_dtype("float16", "llvm")
+    with pytest.raises(ValueError, match="'bfloat16'"):
+        check_kernel_dtype("bfloat16", "llvm")
+    with pytest.raises(ValueError, match="CPU"):
+        check_kernel_dtype("float16", "cuda")
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_weight_transform_equals_reference(signed, layout):
     """kernel_pack = G g G_T, as its own function (what a compiler folds on constant weights)."""

@@ -335,14 +335,14 @@ def test_cuda_build_of_a_model_carries_a_cubin(tmp_path):
 # Whole models through Winograd: batch > 1, each conv layout, fp16; the default schedule's fast path
 # --------------------------------------------------------------------------------------------------
 
-def _compile_forced(mod, layout: str, sdir):
+def _compile_forced(mod, layout: str, sdir, kernel_dtype: str | None = None):
     """tiny_mixed with every eligible layer forced to Winograd: the built Executable, the report and
     the Winograd PrimFuncs the pass emitted (after the default schedules), by report order."""
     from tvm_winograd.pipeline import build_pipeline
     from tvm_winograd.targets import resolve_target
 
     tgt = resolve_target("llvm")
-    prepared, report = prepare_model(mod, tgt, sdir, algo="winograd", layout=layout)
+    prepared, report = prepare_model(mod, tgt, sdir, algo="winograd", layout=layout, kernel_dtype=kernel_dtype)
     funcs = our_prim_funcs(prepared)
     wino = [funcs[r.func] for r in report if r.algorithm == "winograd"]
     ex = tvm.compile(prepared, target=tgt, relax_pipeline=build_pipeline(tgt))
@@ -443,4 +443,30 @@ def test_fp16_model_through_winograd(tmp_path):
     tol = sum((k + 1.0) * eps16 / np.sqrt(2.0) for k in kappas) * float(np.abs(ref).max())
     assert tol < 0.2 * np.abs(ref).max()
     err = np.abs(got.astype(np.float64) - ref).max()
+    assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"
+
+
+def test_fp16_kernel_pack_through_a_model(tmp_path):
+    """``kernel_dtype="float16"`` (opt-in) on the fp32 tiny_mixed: every Winograd layer up to alpha 6
+    takes its U in fp16 (data, V, accumulation and output fp32; the F(4,5) layer, alpha 8, keeps fp32 U)
+    and the output matches onnxruntime within the fp32 bound plus U's one fp16 rounding per such layer:
+    U's elements each within eps16 / 2, random signs, so the GEMM's sum keeps that relative size,
+    amplified by the transforms' ``kappa`` (:func:`rms_amplification`): ``kappa eps16 / 2`` of the
+    output scale per layer."""
+    mod, info = load_model("tiny_mixed")
+    ex, report, wino = _compile_forced(mod, "auto", tmp_path / "schedules", kernel_dtype="float16")
+    layers = [r for r in report if r.algorithm == "winograd"]
+    alphas = [r.m + int(r.kernel.split("x")[0]) - 1 for r in layers]
+    assert len(wino) == 4 and sorted(alphas) == [4, 4, 4, 8]
+    assert [(str(f.params[0].dtype), str(f.params[1].dtype)) for f in wino] == [
+        ("float32", "float16" if a <= 6 else "float32") for a in alphas]
+    feed = info.net.input_feed()
+    ref = _ort(info, feed)
+    got = run(relax.VirtualMachine(ex, tvm.cpu()), feed)[0]
+    assert got.dtype == np.float32
+    eps16 = float(np.finfo(np.float16).eps)
+    u_rounding = sum(rms_amplification(r.m, a - r.m + 1) * eps16 / 2 for r, a in zip(layers, alphas) if a <= 6)
+    tol = model_tolerance(report, ref) + u_rounding * float(np.abs(ref).max())
+    assert tol < 0.1 * np.abs(ref).max()
+    err = np.abs(got - ref).max()
     assert err <= tol, f"max error {err:.3g} > derived bound {tol:.3g}"

@@ -4,6 +4,7 @@ Two models of the same computation, stage by stage (compute.py's stages and dtyp
 
     data_pack    V = B_T d B        computed in acc_dtype, stored in pack_dtype
     kernel_pack  U = G g G_T        computed in acc_dtype (or float64, rounded once), stored in pack_dtype
+                                    (or in kernel_dtype: fp16 U of an fp32 layer)
     bgemm        M = sum_c U V      products and a C-term sum in acc_dtype
     inverse      Y = A_T M A        in acc_dtype
     epilogue     relu(Y + bias + residual), rounded to out_dtype
@@ -111,18 +112,21 @@ def error_bound(
     pack_dtype: str | None = None,
     out_dtype: str = "float32",
     points=None,
+    kernel_dtype: str | None = None,
 ) -> np.ndarray:
     """Componentwise bound on ``|winograd(x, w) - conv(x, w)|`` for the computed (not exact) result.
 
     ``x`` and ``w`` are the actual (already rounded to the input dtype) inputs; the reference must be
-    computed in float64 from those same values.
+    computed in float64 from those same values.  ``kernel_dtype``: U's storage where it is not
+    ``pack_dtype``'s.
     """
     channels = x.shape[1] if layout == "NCHW" else x.shape[3]
     r = w.shape[2] if layout == "NCHW" else w.shape[0]
     n = rounding_depth(channels, m, r)
     u = unit_roundoff(acc_dtype)
     gamma = n * u / (1 - n * u)
-    u_pack = 0.0 if pack_dtype in (None, acc_dtype) else 2 * unit_roundoff(pack_dtype)
+    stored = (pack_dtype, kernel_dtype or pack_dtype)  # V, U: each stored value is one more rounding
+    u_pack = sum(unit_roundoff(d) for d in stored if d not in (None, acc_dtype))
     s = conv2d_winograd_abs(x, w, m=m, padding=padding, layout=layout, points=points)
     y_abs = np.abs(conv2d_direct(x, w, padding=padding, layout=layout))
     return (gamma + u_pack) * s + unit_roundoff(out_dtype) * y_abs
@@ -179,17 +183,27 @@ class Precision:
     out_dtype: str = "float32"
     kernel_pack_computed: bool = False
     separable: bool = False
+    kernel_dtype: str | None = None  # storage of kernel_pack alone (WinogradConfig.kernel_dtype); None: pack
 
     @property
     def pack(self) -> str:
         return self.pack_dtype or self.acc_dtype
 
+    @property
+    def kernel(self) -> str:
+        """U's storage dtype."""
+        return self.kernel_dtype or self.pack
+
     def packs_narrower(self) -> bool:
         return _PRECISION_BITS[self.pack] < _PRECISION_BITS[self.acc_dtype]
 
+    def kernel_narrower(self) -> bool:
+        return _PRECISION_BITS[self.kernel] < _PRECISION_BITS[self.acc_dtype]
+
     def exact_pack_products(self) -> bool:
-        """A product of two pack values is exact in acc_dtype (fp16 x fp16 in fp32: 22 <= 24 bits)."""
-        return 2 * _PRECISION_BITS[self.pack] <= _PRECISION_BITS[self.acc_dtype]
+        """A product of a U and a V value is exact in acc_dtype (fp16 x fp16 in fp32: 22 <= 24 bits;
+        fp16 U x fp32 V is not)."""
+        return _PRECISION_BITS[self.kernel] + _PRECISION_BITS[self.pack] <= _PRECISION_BITS[self.acc_dtype]
 
 
 @dataclass(frozen=True)
@@ -280,10 +294,10 @@ def _winograd_variances(x, w, m, padding, layout, prec: Precision, points):
     if prec.kernel_pack_computed:
         oihw = w if layout == "NCHW" else w.transpose(3, 2, 0, 1)
         var_u = _transform_variance(mats.G, oihw.transpose(2, 3, 1, 0), acc, False)
-        if prec.packs_narrower():
-            var_u = var_u + _ulp_variance(u, prec.pack)
+        if prec.kernel_narrower():
+            var_u = var_u + _ulp_variance(u, prec.kernel)
     else:
-        var_u = _ulp_variance(u, prec.pack)
+        var_u = _ulp_variance(u, prec.kernel)
     # bgemm: a C-term sum of U V in acc (products exact when the packs are narrow enough)
     products = 0.0 if prec.exact_pack_products() else 1.0
     uv2 = np.einsum("ijck,ijcp->ijkp", u * u, v * v, optimize=True)
@@ -367,7 +381,8 @@ def error_model(
     else:
         conv, shift, var, gain_variance = _winograd_variances(x64, w64, m, padding, layout, prec, points)
         bound = error_bound(x64, w64, m=m, padding=padding, layout=layout, acc_dtype=prec.acc_dtype,
-                            pack_dtype=prec.pack, out_dtype=prec.acc_dtype, points=points)
+                            pack_dtype=prec.pack, out_dtype=prec.acc_dtype, points=points,
+                            kernel_dtype=prec.kernel_dtype)
     bound = _nchw(bound, layout)
     # epilogue (NCHW here): each addition rounds the running sum once in acc; the cast rounds once more
     ru2, u_acc = RHO * unit_roundoff(prec.acc_dtype) ** 2, unit_roundoff(prec.acc_dtype)

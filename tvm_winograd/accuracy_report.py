@@ -9,7 +9,7 @@ import tvm
 
 from .accuracy import PUBLISHED_FP32, relative_errors
 from .api import conv2d
-from .compute import direct_func
+from .compute import direct_func, kernel_dtype_for
 from .reference import conv2d_direct
 from .workload import make_spec
 
@@ -27,7 +27,8 @@ def measure_accuracy(
     """Errors of our TVM Winograd F(m, r) and TVM direct conv vs float64 direct, on signed N(0, 1) data.
 
     Returns one row per (dtype, algorithm): ``{"dtype", "algorithm", "m", "max_rel", "mean_rel",
-    "published"}``, errors normwise-relative (:func:`relative_errors`).
+    "published"}``, errors normwise-relative (:func:`relative_errors`); for float32, also the tiles
+    that take the opt-in fp16 U (``kernel_dtype="float16"``) as dtype ``"float32, fp16 U"``.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -46,4 +47,8 @@ def measure_accuracy(
             mx, mean = relative_errors(conv2d(x, w, m=m, padding=r // 2), ref)
             rows.append({"dtype": dtype, "algorithm": f"F({m},{r})", "m": m, "max_rel": mx, "mean_rel": mean,
                          "published": PUBLISHED_FP32.get(m) if dtype == "float32" and r == 3 else None})
+        for m in (m for m in ms if kernel_dtype_for(spec, m, "float16")):
+            mx, mean = relative_errors(conv2d(x, w, m=m, padding=r // 2, kernel_dtype="float16"), ref)
+            rows.append({"dtype": f"{dtype}, fp16 U", "algorithm": f"F({m},{r})", "m": m, "max_rel": mx,
+                         "mean_rel": mean, "published": None})
     return rows

@@ -15,7 +15,8 @@ from functools import lru_cache
 import numpy as np
 import tvm
 
-from .compute import Epilogue, WinogradConfig, target_config, weight_transform_func, winograd_func
+from .compute import (Epilogue, WinogradConfig, check_kernel_dtype, kernel_dtype_for, target_config,
+                      weight_transform_func, winograd_func)
 from .threads import configure_threads
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
@@ -50,7 +51,7 @@ class CompiledWinograd:
         _configure_threads_once()
         w_dev = tvm.runtime.tensor(np.ascontiguousarray(w, dtype=self.spec.dtype), self.device)
         pack = tvm.runtime.empty(kernel_pack_shape(self.spec, self.config.m, self.config.kernel_block),
-                                 self.config.resolved_pack_dtype(self.spec), self.device)
+                                 self.config.resolved_kernel_dtype(self.spec), self.device)
         self.weight_fn(w_dev, pack)
         return pack
 
@@ -95,6 +96,7 @@ def conv2d(
     out_dtype: str | None = None,
     acc_dtype: str = "float32",
     target: object = "llvm",
+    kernel_dtype: str | None = None,
 ) -> np.ndarray:
     """Winograd F(m x m, r x r) convolution of numpy arrays (stride 1, dilation 1, groups 1).
 
@@ -110,6 +112,9 @@ def conv2d(
         int, pair ``(h, w)``, 4-tuple ``(top, left, bottom, right)``, ``"SAME"`` or ``"VALID"``.
     out_dtype, acc_dtype
         Output dtype (default: the input dtype) and accumulation dtype of the transforms and GEMM.
+    kernel_dtype
+        Storage of the transformed weights U: ``None`` (the pack dtype) or ``"float16"`` (fp32 layers
+        up to alpha 6, see :func:`~tvm_winograd.compute.kernel_dtype_for`).
     """
     x = np.asarray(x)
     w = np.asarray(w)
@@ -121,6 +126,8 @@ def conv2d(
     check_winograd(spec, m)
     if acc_dtype not in ("float16", "float32"):
         raise ValueError(f"acc_dtype {acc_dtype!r} is not supported: use 'float32' or 'float16'")
-    config = target_config(spec, m, resolve_target(target).kind.name, acc_dtype=acc_dtype)
+    kind = resolve_target(target).kind.name
+    check_kernel_dtype(kernel_dtype, kind)
+    config = target_config(spec, m, kind, acc_dtype=acc_dtype, kernel_dtype=kernel_dtype_for(spec, m, kernel_dtype))
     compiled = build_winograd(spec, config, target)
     return compiled(x, compiled.transform_weight(w))

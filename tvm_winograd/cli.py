@@ -216,7 +216,8 @@ def cmd_compile(args) -> int:
     start = time.perf_counter()
     with _progress(f"compiling {args.model} for {target.kind.name}"):
         # on CUDA: loads the driver (stand-in), nvcc
-        ex, reports = compile_model(mod, target, sdir, args.algo, layout=args.layout, params=args.params)
+        ex, reports = compile_model(mod, target, sdir, args.algo, layout=args.layout, params=args.params,
+                                    kernel_dtype=args.kernel_dtype)
         path = export_library(ex, args.output)
     if is_cuda(target):
         from .cuda.build import require_cubin
@@ -494,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed: the weights, transformed at compile time, inside the library (default); "
                         "separate: the library without weights plus OUT.params beside it (the model's weights "
                         "in its dtype), transformed once at load on the device")
+    p.add_argument("--kernel-dtype", choices=("float32", "float16"), default="float32",
+                   help="storage of the Winograd layers' transformed weights U (CPUs): float32 (default) or "
+                        "float16, opt-in: half the bytes the deep layers read, fp32 data and accumulation, "
+                        "~1e-3 relative error per layer (ACCURACY.md)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = _cmd(sub, "run", cmd_run, "run a compiled library with the TVM runtime on .npy inputs",

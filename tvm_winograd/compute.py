@@ -111,6 +111,7 @@ class WinogradConfig:
     m: int
     acc_dtype: str = "float32"
     pack_dtype: str | None = None  # None: the input dtype
+    kernel_dtype: str | None = None  # storage of U alone (kernel_pack); None: the pack dtype
     points: tuple | None = None
     kernel_block: int | None = None  # None: U is (alpha, alpha, C, K); kb: (alpha, alpha, K/kb, C, kb)
     separable: bool = False  # B_T d B and A_T M A as two 1-D passes (data_pack_rows, inverse_rows)
@@ -125,6 +126,11 @@ class WinogradConfig:
         if spec.dtype == "float16" and self.m + spec.r - 1 > FP16_PACK_MAX_ALPHA:
             return self.acc_dtype
         return spec.dtype
+
+    def resolved_kernel_dtype(self, spec: Conv2dSpec) -> str:
+        """The storage dtype of kernel_pack (U): ``kernel_dtype`` where set (e.g. fp16 U for fp32
+        layers, where reading U from memory bounds the layer), else :meth:`resolved_pack_dtype`."""
+        return self.kernel_dtype or self.resolved_pack_dtype(spec)
 
 
 def tile_counts(spec: Conv2dSpec, m: int) -> tuple[int, int, int]:
@@ -154,6 +160,32 @@ def kernel_block_for(spec: Conv2dSpec, target_kind: str) -> int | None:
     if target_kind != "llvm":
         return None
     return next((kb for kb in CPU_KERNEL_BLOCKS if spec.out_channels % kb == 0), None)
+
+
+#: What ``kernel_dtype`` (the storage of U, opt-in) may be: fp32, or fp16 with fp32 accumulation (the GEMM
+#: converts on load: ``vcvtph2ps`` on x86).  Half the bytes of U, which bounds the deep layers in a model
+#: (every layer's U comes from DRAM), for one more rounding of U (ACCURACY.md, "fp16 U").
+KERNEL_DTYPES = ("float32", "float16")
+
+
+def check_kernel_dtype(kernel_dtype: str | None, target_kind: str) -> None:
+    """Refuse a U storage dtype other than :data:`KERNEL_DTYPES`, and fp16 U off CPUs (the GPU design
+    spaces stage U and V in one dtype)."""
+    if kernel_dtype is None:
+        return
+    if kernel_dtype not in KERNEL_DTYPES:
+        raise ValueError(f"kernel_dtype {kernel_dtype!r} is not supported: use one of {', '.join(KERNEL_DTYPES)}")
+    if kernel_dtype != "float32" and target_kind != "llvm":
+        raise ValueError(f"kernel_dtype {kernel_dtype!r} is for CPU (llvm) targets, not {target_kind!r}")
+
+
+def kernel_dtype_for(spec: Conv2dSpec, m: int, requested: str | None) -> str | None:
+    """The U storage a requested ``kernel_dtype`` gives one layer (``WinogradConfig.kernel_dtype``):
+    fp16 for an fp32 layer up to alpha = :data:`FP16_PACK_MAX_ALPHA` (beyond, the transforms' range
+    costs fp16 storage ~1e-2, as for fp16 packs); ``None`` (U in the pack dtype) otherwise."""
+    if requested == "float16" and spec.dtype == "float32" and m + spec.r - 1 <= FP16_PACK_MAX_ALPHA:
+        return "float16"
+    return None
 
 
 def target_config(spec: Conv2dSpec, m: int, target_kind: str, **overrides) -> WinogradConfig:
@@ -209,7 +241,7 @@ def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig
         w_at = lambda c, k, i, j: weight[k, c, i, j]  # noqa: E731
     else:
         w_at = lambda c, k, i, j: weight[i, j, c, k]  # noqa: E731
-    out_dtype = config.resolved_pack_dtype(spec)
+    out_dtype = config.resolved_kernel_dtype(spec)
 
     def u_value(eps, nu, c, k):
         return te.sum(w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw])
@@ -436,8 +468,8 @@ def winograd_func(spec: Conv2dSpec, config: WinogradConfig, epilogue: Epilogue =
     """PrimFunc ``(data, kernel_pack[, bias][, residual]) -> output`` for the pre-transformed weights."""
     check_winograd(spec, config.m)
     data = te.placeholder(spec.input_shape, spec.dtype, name="data")
-    pack = te.placeholder(kernel_pack_shape(spec, config.m, config.kernel_block), config.resolved_pack_dtype(spec),
-                          name=KERNEL_PACK)
+    pack = te.placeholder(kernel_pack_shape(spec, config.m, config.kernel_block),
+                          config.resolved_kernel_dtype(spec), name=KERNEL_PACK)
     bias, residual = _epilogue_placeholders(spec, epilogue)
     args = [t for t in (data, pack, bias, residual) if t is not None]
     out = conv2d_winograd(data, pack, spec, config, bias=bias, residual=residual, relu=epilogue.relu,

@@ -97,11 +97,12 @@ def prepare_model(
     ineligible: str = "tir",
     layout: str = "auto",
     params: str = "embed",
+    kernel_dtype: str | None = None,
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-4 of :func:`compile_model`: the scheduled Relax module, before the build pipeline."""
     tgt = resolve_target(target)
     mod, reports = rewrite_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
-                                 layout=layout, params=params)
+                                 layout=layout, params=params, kernel_dtype=kernel_dtype)
     return schedule_model(mod, tgt, schedules_dir), reports
 
 
@@ -131,6 +132,7 @@ def rewrite_model(
     ineligible: str = "tir",
     layout: str = "auto",
     params: str = "embed",
+    kernel_dtype: str | None = None,
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Steps 1-2: the conv layout, the channel padding, the Winograd pass and the constant folding; our
     PrimFuncs are not scheduled yet (what the schedules database is queried with).  ``params="separate"``:
@@ -139,7 +141,8 @@ def rewrite_model(
     reports: list[LayerReport] = []
     mod = prepare_graph(mod, target, layout, rewrite=rewrite)
     if rewrite:
-        mod, reports = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible)
+        mod, reports = rewrite_winograd(mod, target, schedules_dir, algo, ineligible=ineligible,
+                                        kernel_dtype=kernel_dtype)
     if params == "separate":  # the weight transforms stay, to be lifted into main_transform_params
         mod = weights_as_inputs(mod)
     mod = relax.transform.FoldConstant()(mod)
@@ -199,6 +202,7 @@ def compile_model(
     ineligible: str = "tir",
     layout: str = "auto",
     params: str = "embed",
+    kernel_dtype: str | None = None,
 ) -> tuple[tvm.runtime.Executable, CompileReport]:
     """Compile a Relax model (constant weights) with the Winograd pass for ``target``.
 
@@ -229,6 +233,9 @@ def compile_model(
         ``"separate"``: the library takes its weights from a params file (which
         :func:`export_library` writes beside it) and transforms them once at load
         (``main_transform_params``, see :mod:`tvm_winograd.params`).
+    kernel_dtype
+        ``None`` / ``"float32"`` (default) or ``"float16"``: the storage of the Winograd layers'
+        transformed weights U (opt-in, CPUs; see :func:`~tvm_winograd.relax_pass.rewrite_winograd`).
 
     Returns
     -------
@@ -246,7 +253,7 @@ def compile_model(
     """
     tgt = resolve_target(target)
     mod, reports = prepare_model(mod, tgt, schedules_dir, algo, rewrite=rewrite, ineligible=ineligible,
-                                 layout=layout, params=params)
+                                 layout=layout, params=params, kernel_dtype=kernel_dtype)
     weights = None
     if params == "separate":
         mod, weights = lift_weight_transforms(mod)

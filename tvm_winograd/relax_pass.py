@@ -35,7 +35,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from .compute import (Epilogue, direct_func, kernel_pack_shape, target_config, weight_transform_func,
+from .compute import (Epilogue, check_kernel_dtype, direct_func, kernel_dtype_for, kernel_pack_shape, target_config,
+                      weight_transform_func,
                       winograd_func)
 from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
@@ -260,9 +261,11 @@ def _strip_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:
 class _WinogradMutator(relax.PyExprMutator):
     """Rewrites the conv2d chains planned by :func:`_plan` (one Relax function at a time)."""
 
-    def __init__(self, mod: tvm.IRModule, plan: dict, skip: set, funcs: dict, target_kind: str = "llvm") -> None:
+    def __init__(self, mod: tvm.IRModule, plan: dict, skip: set, funcs: dict, target_kind: str = "llvm",
+                 kernel_dtype: str | None = None) -> None:
         super().__init__(mod)
         self.target_kind = target_kind  # selects the kernel_pack layout (compute.kernel_block_for)
+        self.kernel_dtype = kernel_dtype  # the requested storage of U (compute.kernel_dtype_for)
         self.plan = plan  # chain-end Var -> layer plan
         self.skip = skip  # Vars whose bindings disappear into a fused call
         self.funcs = funcs  # PrimFunc name -> GlobalVar (shared over the module)
@@ -285,11 +288,12 @@ class _WinogradMutator(relax.PyExprMutator):
         data = self.visit_expr(layer["data"])
         args: list[relax.Expr] = [data]
         if layer["algorithm"] == "winograd":
-            config = target_config(spec, layer["m"], self.target_kind)
+            config = target_config(spec, layer["m"], self.target_kind,
+                                   kernel_dtype=kernel_dtype_for(spec, layer["m"], self.kernel_dtype))
             wt = self._gv(_func_name("weight_transform", spec, config.m, None),
                           lambda: weight_transform_func(spec, config))
             pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block),
-                                         config.resolved_pack_dtype(spec))
+                                         config.resolved_kernel_dtype(spec))
             kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
             args.append(kernel_pack)
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
@@ -549,6 +553,7 @@ def rewrite_winograd(
     algo: str = "auto",
     *,
     ineligible: str = "relax",
+    kernel_dtype: str | None = None,
 ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite the conv2d layers of every Relax function of ``mod``; return the module and a report.
 
@@ -571,6 +576,10 @@ def rewrite_winograd(
         groups, dilation, 1x1...): ``"relax"`` (default) leaves it ``relax.nn.conv2d`` for TVM's
         own lowering; ``"tir"`` lowers it to our direct PrimFunc (fused epilogue, default or tuned
         schedule).  Dynamic shapes, non-constant weights and other layouts always stay Relax.
+    kernel_dtype
+        Storage of the transformed weights U: ``None`` / ``"float32"`` (default) or ``"float16"``
+        (opt-in, CPU targets: fp32 layers keep fp32 data, transforms and accumulation, and read half the
+        bytes of U; :func:`~tvm_winograd.compute.kernel_dtype_for` says which layers take it).
 
     Returns
     -------
@@ -578,17 +587,18 @@ def rewrite_winograd(
         The rewritten module still holds the weight-transform ``call_tir`` on constants; run
         ``relax.transform.FoldConstant`` (``compile_model`` does) to evaluate them at compile time.
     """
+    tgt = resolve_target(target)
+    check_kernel_dtype(kernel_dtype, tgt.kind.name)
     mod, choices = _check_and_fold(mod, target, schedules_dir, algo, ineligible)
     reports: list[LayerReport] = []
     funcs: dict = {}
-    tgt = resolve_target(target)
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
         plan, skip = _plan(func, algo, choices, reports, ineligible, tgt)
         if not plan:
             continue
-        mutator = _WinogradMutator(mod, plan, skip, funcs, tgt.kind.name)
+        mutator = _WinogradMutator(mod, plan, skip, funcs, tgt.kind.name, kernel_dtype)
         new_func = mutator.visit_expr(func)
         mod = mutator.builder_.get()
         mod[gv] = new_func

@@ -67,12 +67,12 @@ def prepare(spec: Conv2dSpec, epilogue: Epilogue, algorithm: str, config: Winogr
     if algorithm == "winograd":
         if config is None:
             raise ValueError("a winograd verification needs the WinogradConfig it was compiled from")
-        pack_dtype = config.resolved_pack_dtype(spec)
+        pack_dtype, kernel_dtype = config.resolved_pack_dtype(spec), config.resolved_kernel_dtype(spec)
         u = winograd_weight_transform(data["w"].astype(np.float64), config.m, spec.layout, points=config.points)
-        u = block_kernel_pack(u.astype(pack_dtype), kernel_block).astype(pack_arg_dtype or pack_dtype)
+        u = block_kernel_pack(u.astype(kernel_dtype), kernel_block).astype(pack_arg_dtype or kernel_dtype)
         args = [data["x"], u]
         precision = Precision(acc_dtype=config.acc_dtype, pack_dtype=pack_dtype, out_dtype=spec.out_dtype,
-                              separable=config.separable)
+                              separable=config.separable, kernel_dtype=config.kernel_dtype)
         m, points = config.m, config.points
     elif algorithm == "direct":
         args = [data["x"], data["w"]]

@@ -10,6 +10,8 @@ Competitors (the same thread count for all; default: every core this process may
   heuristic say it wins, our direct conv elsewhere, NHWC on CPUs), exported and loaded back with the
   runtime-only loader; ``--schedules`` applies tuning records;
 - ``ours-direct`` (``--with-direct``): the same pipeline with every conv direct (what Winograd brings);
+- ``ours-fp16u`` (``--with-fp16-kernel``): ``compile --kernel-dtype float16`` (the opt-in fp16 storage
+  of U; its ratio beside the default's);
 - ``onnxruntime`` (spinning on and off; the faster is reported), ``openvino`` (LATENCY, f32) and
   ``torch`` (eager, built-in models only; ``--skip torch`` to leave it out).
 
@@ -37,12 +39,15 @@ from .session import bench_session, write_report
 
 logger = logging.getLogger(__name__)
 
-COMPETITORS = ("ours", "ours-direct", "onnxruntime", "openvino", "torch")
+COMPETITORS = ("ours", "ours-direct", "ours-fp16u", "onnxruntime", "openvino", "torch")
 #: The peers a ratio is taken against (the faster of them).
 RATIO_PEERS = ("onnxruntime", "openvino")
 #: Outputs must agree with onnxruntime's to this fraction of max|y| (a sanity check: every competitor
 #: computes the same function; the accuracy of our kernels is tested against float64 elsewhere).
 OUTPUT_TOLERANCE = 1e-3
+#: ``ours-fp16u``'s: one fp16 rounding of U per Winograd layer, up to ~1.5e-3 each (ACCURACY.md), over
+#: a model's 13 (ResNet-18, VGG-16) to 29 (ResNet-34) layers; wrong results are O(1).
+FP16U_OUTPUT_TOLERANCE = 1e-2
 
 
 def faster_peer(ms: dict[str, float]) -> str | None:
@@ -61,19 +66,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--isolate", action="store_true", help="run every competitor's blocks in a process of its own")
     p.add_argument("--skip", nargs="*", default=[], help="competitors to leave out: torch openvino onnxruntime")
     p.add_argument("--with-direct", action="store_true", help="also time ours with every convolution direct")
+    p.add_argument("--with-fp16-kernel", action="store_true",
+                   help="also time ours compiled with --kernel-dtype float16 (ours-fp16u: U stored in fp16)")
     p.add_argument("--schedules", default=None, help="tuning records to apply (default: none, untuned)")
     p.add_argument("--out-md", default=None)
     p.add_argument("--out-json", default=None)
     p.add_argument("--png", default=None, help="batch sweep chart (speed-up over the faster peer per batch)")
 
 
-def _compile(name: str, mod, work: Path, algo: str, schedules: str | None, threads: int) -> tuple[str, dict]:
+def _compile(name: str, mod, work: Path, algo: str, schedules: str | None, threads: int,
+             kernel_dtype: str | None = None) -> tuple[str, dict]:
     from ..export import compile_model, export_library
     from ..targets import resolve_target
 
     start = time.perf_counter()
-    ex, reports = compile_model(mod, resolve_target({"kind": "llvm", "num-cores": threads}), schedules, algo)
-    path = export_library(ex, work / f"{name}-{algo}.so")
+    ex, reports = compile_model(mod, resolve_target({"kind": "llvm", "num-cores": threads}), schedules, algo,
+                                kernel_dtype=kernel_dtype)
+    path = export_library(ex, work / f"{name}-{algo}{'-' + kernel_dtype if kernel_dtype else ''}.so")
     return str(path), {"compile_s": time.perf_counter() - start,
                        "winograd_layers": sum(r.algorithm == "winograd" for r in reports),
                        "conv_layers": len(reports), "size_mb": path.stat().st_size / 1e6}
@@ -117,6 +126,10 @@ def bench_model(name: str, batch: int, args, threads: int, work: Path, reliabili
         lib, _ = _compile(label, mod, d, "direct", args.schedules, threads)
         recipes.append({"name": "ours-direct", "kind": "tvm_vm", "library": lib, "inputs": inputs,
                         "threads": threads})
+    if args.with_fp16_kernel:
+        lib, _ = _compile(label, mod, d, "auto", args.schedules, threads, kernel_dtype="float16")
+        recipes.append({"name": "ours-fp16u", "kind": "tvm_vm", "library": lib, "inputs": inputs,
+                        "threads": threads, "tolerance": FP16U_OUTPUT_TOLERANCE})
     torch = ({"kind": "torch_builtin", "model": name, "batch": batch, "image_size": args.image_size,
               "inputs": inputs} if builtin else None)
     recipes += peer_recipes(str(onnx_path), inputs, threads, torch=torch, skip=frozenset(args.skip))
@@ -149,6 +162,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         cells = [f"{r['ms'][c]:.2f}" if c in r["ms"] else "-" for c in comps]
         ratio = "-" if r["ratio"] is None else f"**{r['ratio']:.2f}x** ({r['best_peer']})"
+        if r["best_peer"] and "ours-fp16u" in r["ms"]:  # the opt-in fp16 U beside the default
+            ratio += f"; fp16 U {r['ms'][r['best_peer']] / r['ms']['ours-fp16u']:.2f}x"
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells)
                      + f" | {ratio} | {r['images_per_s']['ours']:.1f} | {r['winograd_layers']}/{r['conv_layers']}"
                      + f" | {r['compile_s']:.0f} |")
