@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="TVM's pool size (default: all cores)")
     parser.add_argument("--calls", type=int, default=10, help="instrumented model runs")
     parser.add_argument("--min-ms", type=float, default=0.05, help="hide rows below this")
+    parser.add_argument("--kernel-dtype", default=None, choices=["float32", "float16"],
+                        help="storage of the Winograd layers' U (as compile --kernel-dtype)")
     args = parser.parse_args(argv)
     from tvm_winograd.threads import configure_threads
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     mod, info = load_model(args.model, {"input": (1, 3, args.image_size, args.image_size)} if builtin else None)
     feed = info.net.input_feed() if info.net is not None else info.random_inputs()
     t0 = time.perf_counter()
-    ex, _ = compile_model(mod, "llvm", algo=args.algo)
+    ex, _ = compile_model(mod, "llvm", algo=args.algo, kernel_dtype=args.kernel_dtype)
     print(f"compile {time.perf_counter() - t0:.0f} s")
     dev = tvm.cpu(0)
     x = [tvm.runtime.tensor(feed[name], dev) for name in info.input_names]
