@@ -69,8 +69,33 @@ def tiny_lib(tmp_path_factory) -> Path:
     # NHWC: the input's transpose only; the head's (N, 1, 1, C) -> (N, C, 1, 1) is a reshape
     assert summary["layout_transforms"] == 1
     assert summary["layout_transform_sites"] == {"input": 1, "output": 0, "inside": 0}
+    assert summary["kernel_dtype"] == "float32" and summary["winograd_kernel_dtypes"] == {"float32": 4}
     assert out.is_file()
     return out
+
+
+def test_compile_with_fp16_kernel_pack_runs_and_says_so(tmp_path):
+    """``--kernel-dtype float16``: the summary counts the layers whose U is fp16 (the F(4,5) layer,
+    alpha 8, keeps fp32), and the library runs within the fp16-U sanity ceiling of onnxruntime
+    (one fp16 rounding of U per layer, ~1e-3 each; the bound is derived in test_export)."""
+    import onnxruntime as ort
+
+    from tvm_winograd.models import build_onnx
+
+    out = tmp_path / "tiny16u.so"
+    proc = cli("compile", "tiny_mixed", "--algo", "winograd", "--kernel-dtype", "float16", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["kernel_dtype"] == "float16"
+    assert summary["winograd_kernel_dtypes"] == {"float16": 3, "float32": 1}
+    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    proc = cli("run", str(out), "--input", f"input={tmp_path / 'x.npy'}", "-o", str(tmp_path / "y.npy"))
+    assert proc.returncode == 0, proc.stderr
+    model, _ = build_onnx("tiny_mixed")
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    err = np.abs(np.load(tmp_path / "y.npy") - ref).max() / np.abs(ref).max()
+    assert 1e-6 < err < 1e-2  # fp16 U did round (fp32 is ~1e-6 here), and far from a wrong answer
 
 
 def test_compile_run_matches_onnxruntime(tiny_lib, tmp_path):

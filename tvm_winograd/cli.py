@@ -8,6 +8,7 @@ shows the traceback).  Heavy imports happen inside the commands, so ``--help`` i
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -230,6 +231,7 @@ def cmd_compile(args) -> int:
 
         params_file = params_path_for(path)
     n_wino = sum(r.algorithm == "winograd" for r in reports)
+    kernel_dtypes = dict(collections.Counter(r.kernel_dtype for r in reports if r.kernel_dtype))  # U's storage
     records = schedules_dir(target, sdir)
     tuned = records / "database_tuning_record.json"
     summary = {"output": str(path), "target": str(target), "seconds": round(seconds, 2),
@@ -240,6 +242,7 @@ def cmd_compile(args) -> int:
                "inputs": {n: {"shape": list(info.input_shapes[n]), "dtype": info.input_dtypes[n]}
                           for n in info.input_names},
                "winograd_layers": n_wino, "conv_layers": len(reports),
+               "kernel_dtype": args.kernel_dtype, "winograd_kernel_dtypes": kernel_dtypes,
                "layout_transforms": library_metadata(ex)["layout_transforms"],
                "layout_transform_sites": dict(reports.layout_transforms),
                "layers": [r.as_dict() for r in reports],
@@ -255,6 +258,8 @@ def cmd_compile(args) -> int:
               f"({reports.layout_transforms['inside']} inside the model)")
         if params_file:
             print(f"weights: {params_file} ({params_file.stat().st_size / 1e6:.1f} MB), transformed at load")
+        if args.kernel_dtype != "float32":
+            print("Winograd weights U stored as: " + ", ".join(f"{d} in {n} layers" for d, n in kernel_dtypes.items()))
         print("inputs: " + ", ".join(f"{n} {info.input_dtypes[n]}{list(info.input_shapes[n])}" for n in info.input_names))
         print(f"tuning records: {records}" if tuned.is_file() else f"no tuning records in {records}: untuned")
         print(f"{len(reports.functions)} functions, scheduled by: "

@@ -90,6 +90,7 @@ class LayerReport:
     epilogue: str = "none"
     key: str | None = None
     func: str | None = None  # name of the PrimFunc called, if any
+    kernel_dtype: str | None = None  # a Winograd layer's storage of U (kernel_pack)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -295,6 +296,7 @@ class _WinogradMutator(relax.PyExprMutator):
             pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block),
                                          config.resolved_kernel_dtype(spec))
             kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
+            layer["kernel_dtype"] = config.resolved_kernel_dtype(spec)
             args.append(kernel_pack)
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
         else:
@@ -603,15 +605,12 @@ def rewrite_winograd(
         mod = mutator.builder_.get()
         mod[gv] = new_func
         for layer in plan.values():
-            reports[layer["report_index"]] = _with_func(reports[layer["report_index"]], layer.get("func"))
+            reports[layer["report_index"]] = replace(reports[layer["report_index"]], func=layer.get("func"),
+                                                     kernel_dtype=layer.get("kernel_dtype"))
     for r in reports:
         logger.info("conv %d %s %s: %s%s (%s; %s)", r.index, r.name, r.key or r.input_shape, r.algorithm,
                     f" m={r.m}" if r.m else "", r.source, r.reason)
     return mod, reports
-
-
-def _with_func(report: LayerReport, func: str | None) -> LayerReport:
-    return replace(report, func=func)
 
 
 def winograd_pass(target: object = "llvm", schedules_dir: str | os.PathLike | None = None, algo: str = "auto",
