@@ -16,13 +16,14 @@ Tolerances (u = 2^-24, the fp32 unit roundoff):
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 import scipy.special as sp
 import tvm
 import tvm_ffi
-from tvm import relax, s_tir, te, tirx
+from tvm import relax, s_tir, te, tirx, topi
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.topi.nn import softmax as topi_softmax
 
@@ -325,6 +326,21 @@ def test_max_pool(signed, layout):
             ref = np.maximum(ref, padded[:, :, dh:dh + 2 * ho:2, dw:dw + 2 * wo:2])
     ref = ref if layout == "NCHW" else ref.transpose(0, 2, 3, 1)
     _check(mod, [x], ref, 0.0, {"reduction"})
+
+
+def test_pooling_parallel_over_rows_with_the_window_unrolled():
+    """NHWC 3x3/2 max pooling: the parallel loop runs over the output rows only (columns and channel
+    vectors serial inside, so the padding conditions are functions of plain loops: 3.4x faster than
+    all of them fused), the 3x3 window unrolled, the channels vectorized."""
+    x = te.placeholder((1, 112, 112, 64), name="x")
+    y = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "max", layout="NHWC")
+    func = te.create_prim_func([x, y])
+    with TARGET:
+        new = ApplyLlvmRules().schedule("f", func, TARGET)
+    script = new.script()
+    assert str(new.attrs["tvm_winograd.scheduled_by"]) == "reduction"
+    assert re.search(r"in T\.parallel\((T\.int64\()?56\)?\)", script), script
+    assert script.count("T.unroll(3)") == 2 and "T.vectorized(" in script, script
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -41,6 +41,26 @@ def _vector_width(extent: int, lanes: int) -> int:
     return width
 
 
+#: A reduction of at most this many iterations (a pooling window: 3x3, 5x5) is unrolled.
+MAX_UNROLLED_WINDOW = 25
+#: Parallel tasks per core the outer loops must give before the inner ones stay serial.
+TASKS_PER_CORE = 4
+
+
+def _parallel_prefix(sch: s_tir.Schedule, outer: list, cores: int) -> list:
+    """The outer loops to fuse into the parallel one: the shortest prefix with ``TASKS_PER_CORE``
+    tasks per core (all of them if none has).  The loops below stay serial, so that a pooling
+    window's padding conditions and indices are plain functions of its own loops (measured, NHWC
+    3x3/2 max pool on (1, 112, 112, 64), 2 threads: rows parallel 0.033 ms, rows x columns x
+    channel vectors fused 0.11 ms)."""
+    tasks = 1
+    for i, loop in enumerate(outer):
+        tasks *= extent_of(sch, loop)
+        if tasks >= TASKS_PER_CORE * cores:
+            return outer[:i + 1]
+    return outer
+
+
 class Reduction(LlvmRule):
     """One reduction block (plus inlined producers and a fused epilogue); see the module docstring."""
 
@@ -97,11 +117,15 @@ class Reduction(LlvmRule):
             sch.reverse_compute_at(b, vo, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(b)[-1])
         sch.vectorize(vi)
+        if math.prod(extent_of(sch, lp) for lp in reduce) <= MAX_UNROLLED_WINDOW:  # a pooling window
+            for lp in reduce:
+                sch.unroll(lp)
         outer = [*kept, vo]
         work = elements * math.prod(extent_of(sch, lp) for lp in reduce)
         if outer and num_cores(target) > 1 and work >= MIN_PARALLEL_ELEMENTS:
             # before decompose_reduction: parallel demands a reduction block (with its init) below it
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            prefix = _parallel_prefix(sch, outer, num_cores(target))
+            sch.parallel(sch.fuse(*prefix) if len(prefix) > 1 else prefix[0])
         init = sch.decompose_reduction(red, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])
 
