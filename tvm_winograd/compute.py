@@ -128,8 +128,8 @@ class WinogradConfig:
         return spec.dtype
 
     def resolved_kernel_dtype(self, spec: Conv2dSpec) -> str:
-        """The storage dtype of kernel_pack (U): ``kernel_dtype`` where set (e.g. fp16 U for fp32
-        layers, where reading U from memory bounds the layer), else :meth:`resolved_pack_dtype`."""
+        """The storage dtype of kernel_pack (U): ``kernel_dtype`` where set (fp16 U for fp32 layers,
+        :func:`kernel_dtype_for`), else :meth:`resolved_pack_dtype`."""
         return self.kernel_dtype or self.resolved_pack_dtype(spec)
 
 
@@ -163,8 +163,9 @@ def kernel_block_for(spec: Conv2dSpec, target_kind: str) -> int | None:
 
 
 #: What ``kernel_dtype`` (the storage of U, opt-in) may be: fp32, or fp16 with fp32 accumulation (the GEMM
-#: converts on load: ``vcvtph2ps`` on x86).  Half the bytes of U, which bounds the deep layers in a model
-#: (every layer's U comes from DRAM), for one more rounding of U (ACCURACY.md, "fp16 U").
+#: converts on load: ``vcvtph2ps`` on x86).  Half the bytes of U (in a model every layer's U comes from
+#: DRAM) for one more rounding of U (ACCURACY.md).  Measured on the Zen 4: the deep layers alone 10-25 %
+#: faster cold, whole models -7 % to +7 % (BENCHMARKS.md, "fp16 U"), hence not the default.
 KERNEL_DTYPES = ("float32", "float16")
 
 

@@ -36,8 +36,7 @@ import tvm
 from tvm import relax, tirx
 
 from .compute import (Epilogue, check_kernel_dtype, direct_func, kernel_dtype_for, kernel_pack_shape, target_config,
-                      weight_transform_func,
-                      winograd_func)
+                      weight_transform_func, winograd_func)
 from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
 from .tune.choices import AlgorithmChoice, load_choices
