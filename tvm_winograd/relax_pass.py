@@ -292,10 +292,9 @@ class _WinogradMutator(relax.PyExprMutator):
                                    kernel_dtype=kernel_dtype_for(spec, layer["m"], self.kernel_dtype))
             wt = self._gv(_func_name("weight_transform", spec, config.m, None),
                           lambda: weight_transform_func(spec, config))
-            pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block),
-                                         config.resolved_kernel_dtype(spec))
-            kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
             layer["kernel_dtype"] = config.resolved_kernel_dtype(spec)
+            pack_type = relax.TensorType(kernel_pack_shape(spec, config.m, config.kernel_block), layer["kernel_dtype"])
+            kernel_pack = self.builder_.emit(relax.call_tir(wt, [layer["weight"]], pack_type), "kernel_pack")
             args.append(kernel_pack)
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
         else:

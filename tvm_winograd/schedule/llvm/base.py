@@ -118,6 +118,9 @@ def inline_injective(sch: s_tir.Schedule, keep: tuple = ()) -> list:
 #: The longest axis vectorized whole when no vector width divides it (LLVM splits an odd-length
 #: vector, e.g. 27 fp32, into full registers and a short one; no scalar remainder loop).
 MAX_WHOLE_VECTOR = 64
+#: Parallel iterations per core the outer loops must give before the loops inside them stay serial
+#: (:func:`parallelize`'s loop over vectors, the pooling rule's inner spatial loops).
+TASKS_PER_CORE = 4
 
 
 @dataclass
@@ -174,8 +177,8 @@ def parallelize(sch: s_tir.Schedule, plan: LoopPlan, elements: int | None, cores
     """Fuse the loops outside the vector axis into one parallel loop; returns it (None if serial).
 
     TVM's runtime gives each worker one contiguous range of a parallel loop, so a long fused loop
-    costs nothing extra; when the loops outside the vectors give fewer than 4 iterations per core,
-    the loop over vectors joins them.  Functions below :data:`MIN_PARALLEL_ELEMENTS` stay serial
+    costs nothing extra; when the loops outside the vectors give fewer than :data:`TASKS_PER_CORE`
+    iterations per core, the loop over vectors joins them.  Functions below :data:`MIN_PARALLEL_ELEMENTS` stay serial
     (the launch would cost more than the work).
     """
     if cores <= 1 or (elements is not None and elements < MIN_PARALLEL_ELEMENTS):
@@ -189,7 +192,7 @@ def parallelize(sch: s_tir.Schedule, plan: LoopPlan, elements: int | None, cores
     extents = [extent_of(sch, loop) for loop in outer]
     if plan.vector_outer is not None and len(outer) > 1:
         head = extents[:-1]
-        if None not in head and math.prod(head) >= 4 * cores:
+        if None not in head and math.prod(head) >= TASKS_PER_CORE * cores:
             outer = outer[:-1]  # enough outer iterations: whole rows of vectors per iteration
     fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(fused)

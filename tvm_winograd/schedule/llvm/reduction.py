@@ -23,8 +23,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .base import (MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, LlvmRule, extent_of, inline_injective, num_cores, vars_in,
-                   vector_lanes, vectorize_inner)
+from .base import (MAX_WHOLE_VECTOR, MIN_PARALLEL_ELEMENTS, TASKS_PER_CORE, LlvmRule, extent_of, inline_injective,
+                   num_cores, vars_in, vector_lanes, vectorize_inner)
 from .injective import is_spatial_block, schedule_spatial_block
 
 __all__ = ["Reduction", "RowReduction"]
@@ -43,8 +43,6 @@ def _vector_width(extent: int, lanes: int) -> int:
 
 #: A reduction of at most this many iterations (a pooling window: 3x3, 5x5) is unrolled.
 MAX_UNROLLED_WINDOW = 25
-#: Parallel tasks per core the outer loops must give before the inner ones stay serial.
-TASKS_PER_CORE = 4
 
 
 def _parallel_prefix(sch: s_tir.Schedule, outer: list, cores: int) -> list:
