@@ -448,8 +448,9 @@ def test_fp16_model_through_winograd(tmp_path):
 
 def test_fp16_kernel_pack_through_a_model(tmp_path):
     """``kernel_dtype="float16"`` (opt-in) on the fp32 tiny_mixed: every Winograd layer up to alpha 6
-    takes its U in fp16 (data, V, accumulation and output fp32; the F(4,5) layer, alpha 8, keeps fp32 U)
-    and the output matches onnxruntime within the fp32 bound plus U's one fp16 rounding per such layer:
+    takes its U in fp16 (data, V, accumulation and output fp32; a larger alpha keeps fp32 U: the 5x5
+    layer's tile is the heuristic's, F(4,5) with alpha 8 on a Zen 4, F(2,5) with alpha 6 on a Zen 5) and
+    the output matches onnxruntime within the fp32 bound plus U's one fp16 rounding per such layer:
     U's elements each within eps16 / 2, random signs, so the GEMM's sum keeps that relative size,
     amplified by the transforms' ``kappa`` (:func:`rms_amplification`): ``kappa eps16 / 2`` of the
     output scale per layer."""
@@ -457,7 +458,7 @@ def test_fp16_kernel_pack_through_a_model(tmp_path):
     ex, report, wino = _compile_forced(mod, "auto", tmp_path / "schedules", kernel_dtype="float16")
     layers = [r for r in report if r.algorithm == "winograd"]
     alphas = [r.m + int(r.kernel.split("x")[0]) - 1 for r in layers]
-    assert len(wino) == 4 and sorted(alphas) == [4, 4, 4, 8]
+    assert len(wino) == 4 and sorted(alphas)[:3] == [4, 4, 4] and sorted(alphas)[3] in (6, 8)
     assert [(str(f.params[0].dtype), str(f.params[1].dtype)) for f in wino] == [
         ("float32", "float16" if a <= 6 else "float32") for a in alphas]
     feed = info.net.input_feed()

@@ -209,3 +209,61 @@ def test_split_weight_packing_runs_the_packing_once_ahead(signed, layout):
     assert np.all(np.abs(out.numpy() - ref) <= bound)
     plain = schedule_direct_llvm(direct_func(spec), pack_weight=False)
     assert split_weight_packing(plain) == (plain, None)
+
+
+# (input NHWC, K, r, padding, stride, epilogue): weights of 1 MiB or more, input channels in 64-blocks
+STREAMED = [
+    pytest.param((1, 7, 7, 256), 256, 3, 1, 1, Epilogue(bias=True, relu=True), id="3x3-2.25MB-bias-relu"),
+    pytest.param((2, 5, 5, 128), 512, 3, 1, 1, Epilogue(residual=True), id="3x3-batch2-width5-residual"),
+    pytest.param((1, 9, 9, 1024), 256, 1, 0, 2, Epilogue(bias=True), id="1x1s2-1MB-bias"),
+    pytest.param((1, 3, 13, 512), 512, 1, 0, 1, Epilogue(), id="1x1-width13-peeled-tail"),
+]
+
+
+@pytest.mark.parametrize("input_nhwc, k, r, padding, stride, epilogue", STREAMED)
+def test_streamed_weights_match_float64(signed, input_nhwc, k, r, padding, stride, epilogue):
+    """Large NHWC weights take the streamed schedule (reduction in 64-channel blocks outside the rows,
+    partial sums in the task's output tile, the next block's weights prefetched row by row): in the
+    function and once its packing is split off, as a model runs it, within the float64 bound."""
+    from tvm_winograd.schedule.direct import STREAM_CHUNK, STREAM_MIN_WEIGHT_BYTES
+
+    n, h, w_, c = input_nhwc
+    spec = make_spec(input_nhwc, (r, r, c, k), padding=padding, stride=stride, layout="NHWC")
+    assert r * r * c * k * 4 >= STREAM_MIN_WEIGHT_BYTES and c % STREAM_CHUNK == 0
+    func = schedule_direct_llvm(direct_func(spec, epilogue), pack_weight=True, cores=2)
+    script = func.script()
+    assert "T.prefetch(" in script, script
+    assert f"T.parallel({n * k // 32})" in script  # one task per image and block of 32 output channels
+    x, w = signed(input_nhwc), signed((r, r, c, k))
+    out_shape = tuple(int(d) for d in spec.output_shape)
+    b = signed((k,)) if epilogue.bias else None
+    res = signed(out_shape) if epilogue.residual else None
+    ref, bound = _reference(x, w, b, res, padding, stride, 1, "NHWC", epilogue.relu)
+    dev, target = tvm.cpu(0), resolve_target("llvm")
+    prepacked, packing = split_weight_packing(func)
+    assert "T.prefetch(" in prepacked.script()
+    packed = tvm.runtime.empty(tuple(int(d) for d in packing.params[1].shape), "float32", dev)
+    tvm.compile(tvm.IRModule({"main": packing}), target=target)["main"](tvm.runtime.tensor(w, dev), packed)
+    for f, weight in ((func, tvm.runtime.tensor(w, dev)), (prepacked, packed)):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        args = [tvm.runtime.tensor(x, dev), weight] + [tvm.runtime.tensor(a, dev) for a in (b, res) if a is not None]
+        out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"), dev)
+        lib["main"](*args, out)
+        err = np.abs(out.numpy().astype(np.float64) - ref)
+        assert np.all(err <= bound), f"error {err.max():.3e}, bound {bound[np.argmax(err)]:.3e}"
+    assert "prefetcht0" in lib.mod.inspect_source("asm")
+
+
+@pytest.mark.parametrize("input_nhwc, k, r, cores, streamed", [
+    ((1, 7, 7, 256), 256, 3, 2, True),     # 2.25 MB, 8 tasks for 2 cores
+    ((1, 7, 7, 256), 256, 3, 4, False),    # 8 tasks for 4 cores: fewer than TASKS_PER_CORE each
+    ((1, 14, 14, 128), 128, 3, 1, False),  # 0.56 MB: stays in L2, the row-major tile is faster
+    ((1, 7, 7, 1008), 256, 1, 1, False),   # 1 MB, but 1008 input channels are no whole 64-blocks
+    ((1, 7, 7, 512), 512, 1, 1, True),     # 1 MiB exactly
+])
+def test_which_convolutions_stream_their_weights(input_nhwc, k, r, cores, streamed):
+    spec = make_spec(input_nhwc, (r, r, input_nhwc[3], k), padding=r // 2, layout="NHWC")
+    func = schedule_direct_llvm(direct_func(spec), pack_weight=True, cores=cores)
+    assert ("T.prefetch(" in func.script()) == streamed
+    # NCHW and unpacked NHWC keep the row-major tile
+    assert "T.prefetch(" not in schedule_direct_llvm(direct_func(spec), pack_weight=False, cores=cores).script()

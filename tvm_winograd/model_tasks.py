@@ -29,6 +29,7 @@ from .export import rewrite_model, schedule_model
 from .pipeline import fusion_passes
 from .schedule.direct import schedule_direct_llvm
 from .schedule.llvm import ApplyLlvmRules
+from .schedule.llvm.base import num_cores
 from .schedule.llvm.fastmath import approximate_math
 from .targets import resolve_target
 from .tune.functions import FunctionTask
@@ -70,7 +71,8 @@ def function_tasks(mod: tvm.IRModule, target: object = "llvm", schedules_dir: st
     rewritten, reports = rewrite_model(mod, tgt, schedules_dir, layout=layout)
     candidates = {r.func for r in reports if r.source != "ineligible"}  # the layer tuning's
     calls = _calls(rewritten)
-    tasks = [FunctionTask(name, func, schedule_direct_llvm(func, pack_weight=True), calls[name], "direct")
+    tasks = [FunctionTask(name, func, schedule_direct_llvm(func, pack_weight=True, cores=num_cores(tgt)), calls[name],
+                          "direct")
              for name, func in our_prim_funcs(rewritten).items()
              if kind_of(func) == "direct" and not is_scheduled(func) and name not in candidates]
     with tgt:

@@ -18,6 +18,7 @@ from tvm import relax, tirx
 from .contract import is_scheduled, kind_of, mark_scheduled, our_prim_funcs
 from .schedule.default import schedule_llvm_default
 from .schedule.direct import schedule_direct_llvm
+from .schedule.llvm.base import num_cores
 from .schedule.llvm.fastmath import approximate_math
 from .targets import is_cuda
 
@@ -45,7 +46,8 @@ def default_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRMod
                 elif kind in ("winograd", "weight_transform"):
                     new = schedule_llvm_default(func)
                 elif kind == "direct":
-                    new = schedule_direct_llvm(func, pack_weight=True)  # hoisted in prepare_model
+                    new = schedule_direct_llvm(func, pack_weight=True,  # hoisted in prepare_model
+                                               cores=num_cores(target))
             except Exception as err:  # a schedule failure must not break compilation: stay correct
                 logger.warning("default schedule of %s failed (%s): left unscheduled", name, err)
                 new = func

@@ -89,16 +89,17 @@ def _ours(spec, args, target):
     algorithm, m, _why = choose_algorithm(spec, target)
     if algorithm == "winograd":
         return schedule_llvm_default(winograd_func(spec, target_config(spec, m, "llvm"))), "default", algorithm, m, 0.0
-    return _direct_default(spec), "default", "direct", None, 0.0
+    return _direct_default(spec, target), "default", "direct", None, 0.0
 
 
-def _direct_default(spec):
+def _direct_default(spec, target):
     """The direct conv as ``compile`` schedules it in a model: register-tiled, weights packed (the
     packing runs once ahead, see :func:`_prepacked`)."""
     from ..compute import direct_func
     from ..schedule.direct import schedule_direct_llvm
+    from ..schedule.llvm.base import num_cores
 
-    return schedule_direct_llvm(direct_func(spec), pack_weight=True)
+    return schedule_direct_llvm(direct_func(spec), pack_weight=True, cores=num_cores(target))
 
 
 def _prepacked(func, w: np.ndarray) -> tuple:
@@ -154,7 +155,7 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
                 "library": _export_func(func, target, d / "ours.so"),
                 "args": save_npz(d / "ours.npz", {f"a{i}": a for i, a in enumerate(ours_args)})}]
     if "tvm_direct" not in skip:
-        direct, packed = _prepacked(_direct_default(spec), w)
+        direct, packed = _prepacked(_direct_default(spec, target), w)
         recipes.append({"name": "tvm_direct", "kind": "tvm_func", "threads": threads, "out_shape": out_shape,
                         "library": _export_func(direct, target, d / "direct.so"),
                         "args": save_npz(d / "direct.npz", {"a0": x, "a1": packed})})
