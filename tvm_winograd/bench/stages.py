@@ -81,20 +81,13 @@ def _gate(stmt, gates: list, count):
     ``None`` if ``stmt`` holds no such sequence."""
     from tvm import s_tir, tirx
 
+    from ..schedule.common import body_of, with_body
+
     if isinstance(stmt, tirx.SeqStmt):
         return tirx.SeqStmt([tirx.IfThenElse(count > k, child, None) for child, k in zip(stmt.seq, gates)])
-    if isinstance(stmt, tirx.For):
-        body = _gate(stmt.body, gates, count)
-        return None if body is None else tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                                                  stmt.thread_binding, stmt.annotations)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        block = _gate(stmt.block, gates, count)
-        return None if block is None else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
-    if isinstance(stmt, s_tir.SBlock):
-        body = _gate(stmt.body, gates, count)
-        return None if body is None else s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body,
-                                                      stmt.init, stmt.alloc_buffers, stmt.match_buffers,
-                                                      stmt.annotations)
+    if isinstance(stmt, (tirx.For, s_tir.SBlockRealize, s_tir.SBlock)):
+        body = _gate(body_of(stmt), gates, count)
+        return None if body is None else with_body(stmt, body)
     return None
 
 

@@ -49,7 +49,7 @@ import tvm_ffi
 from tvm import relax, s_tir, tirx
 
 from ..contract import DATA_PAD, DIRECT_EPILOGUE, layout_of
-from .common import root_blocks
+from .common import body_of, root_blocks, with_body
 from .llvm.base import TASKS_PER_CORE
 
 __all__ = ["schedule_direct_llvm", "schedule_direct_simple", "direct_tile", "depthwise_tile", "hoist_weight_packing"]
@@ -301,27 +301,35 @@ def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tupl
     else:
         sch.reorder(n, ko, h_loop, wo, ry, rx, rc, kt, wi, ki)
     sch.parallel(sch.fuse(n, ko, h_loop))
-    sch.reverse_compute_at(acc, wo)
-    if epilogue is not None:
-        # conv -> local tile -> (copy) -> epilogue: read the local tile directly in the epilogue
-        sch.compute_inline(acc)
-        sch.reverse_compute_at(epilogue, wo)
-        writer = epilogue
-    else:
-        writer = acc
-    sch.vectorize(ki)  # before decompose_reduction: the update block alone fails vectorize's checks
-    sch.unroll(wi)
-    sch.unroll(kt)
-    init = sch.decompose_reduction(conv, ry)
-    i_loops = sch.get_loops(init)
-    if sch.get(i_loops[-1]).kind != tirx.ForKind.VECTORIZED:
-        sch.vectorize(i_loops[-1])
+    writer = _write_back_at(sch, conv, acc, epilogue, wo, (ki, wi, kt), ry)
     if not nchw:  # NHWC write-back (w, k): k is contiguous in memory, vectorize it
         _, inner = sch.split(sch.get_loops(writer)[-1], [None, vector])
         sch.vectorize(inner)
     for loop in sch.get_loops(writer)[2:]:
         if sch.get(loop).kind == tirx.ForKind.SERIAL:
             sch.unroll(loop)
+
+
+def _write_back_at(sch: s_tir.Schedule, conv, acc, epilogue, loop, tile_loops, first_reduction):
+    """Write the local accumulator tile back (through the epilogue, which then reads it directly: conv
+    -> local tile -> epilogue) at ``loop``; vectorize the tile's channel loop and unroll its other two
+    (``tile_loops``: vector, columns, channel vectors), and zero the tile before ``first_reduction``.
+    Returns the write-back block."""
+    sch.reverse_compute_at(acc, loop)
+    writer = acc
+    if epilogue is not None:
+        sch.compute_inline(acc)
+        sch.reverse_compute_at(epilogue, loop)
+        writer = epilogue
+    vector_loop, *unrolled = tile_loops
+    sch.vectorize(vector_loop)  # before decompose_reduction: the update block alone fails vectorize's checks
+    for tile_loop in unrolled:
+        sch.unroll(tile_loop)
+    init = sch.decompose_reduction(conv, first_reduction)
+    i_loops = sch.get_loops(init)
+    if sch.get(i_loops[-1]).kind != tirx.ForKind.VECTORIZED:
+        sch.vectorize(i_loops[-1])
+    return writer
 
 
 def _tile_streamed(sch: s_tir.Schedule, conv, epilogue, tile: tuple[int, int, int], pack) -> tirx.PrimFunc:
@@ -351,20 +359,7 @@ def _tile_streamed(sch: s_tir.Schedule, conv, epilogue, tile: tuple[int, int, in
     sch.reorder(n, ko, ry, rx, rco, h_loop, wo, rci, kt, wi, ki)
     task = sch.fuse(n, ko)
     sch.parallel(task)
-    sch.reverse_compute_at(acc, task)
-    if epilogue is not None:
-        sch.compute_inline(acc)
-        sch.reverse_compute_at(epilogue, task)
-        writer = epilogue
-    else:
-        writer = acc
-    sch.vectorize(ki)
-    sch.unroll(wi)
-    sch.unroll(kt)
-    init = sch.decompose_reduction(conv, ry)
-    i_loops = sch.get_loops(init)
-    if sch.get(i_loops[-1]).kind != tirx.ForKind.VECTORIZED:
-        sch.vectorize(i_loops[-1])
+    writer = _write_back_at(sch, conv, acc, epilogue, task, (ki, wi, kt), ry)
     _, inner = sch.split(sch.get_loops(writer)[-1], [None, vector])
     sch.vectorize(inner)
 
@@ -384,29 +379,18 @@ def _tile_streamed(sch: s_tir.Schedule, conv, epilogue, tile: tuple[int, int, in
 
 def _with_loop_head(stmt, loop: tirx.For, head: tirx.Stmt):
     """``stmt`` with ``head`` run first in every iteration of ``loop`` (a node of ``stmt``); None when
-    ``stmt`` does not contain ``loop``. (No statement mutator is exposed to Python in TVM 0.27: the
-    path down to ``loop`` is rebuilt node by node.)"""
+    ``stmt`` does not contain ``loop``."""
     if stmt.same_as(loop):
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, tirx.SeqStmt([head, loop.body]),
-                        loop.thread_binding, loop.annotations, loop.step)
+        return with_body(loop, tirx.SeqStmt([head, loop.body]))
     if isinstance(stmt, tirx.SeqStmt):
         for i, child in enumerate(stmt.seq):
             new = _with_loop_head(child, loop, head)
             if new is not None:
                 return tirx.SeqStmt(list(stmt.seq[:i]) + [new] + list(stmt.seq[i + 1:]))
         return None
-    if isinstance(stmt, tirx.For):
-        body = _with_loop_head(stmt.body, loop, head)
-        return None if body is None else tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                                                  stmt.thread_binding, stmt.annotations, stmt.step)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        block = _with_loop_head(stmt.block, loop, head)
-        return None if block is None else s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
-    if isinstance(stmt, s_tir.SBlock):
-        body = _with_loop_head(stmt.body, loop, head)
-        return None if body is None else s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body,
-                                                      stmt.init, stmt.alloc_buffers, stmt.match_buffers,
-                                                      stmt.annotations)
+    if isinstance(stmt, (tirx.For, s_tir.SBlockRealize, s_tir.SBlock)):
+        body = _with_loop_head(body_of(stmt), loop, head)
+        return None if body is None else with_body(stmt, body)
     return None
 
 
