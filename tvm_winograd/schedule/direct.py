@@ -277,7 +277,7 @@ def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tupl
     through the epilogue. Dense and grouped: the window, then the input channels, inside the tile
     (weight vectors x broadcast inputs). Depthwise: the window's rows outside, its columns unrolled
     inside (each input vector loaded once per row for every column that reads it)."""
-    vector, k_vectors, w_tile = tile
+    vector = tile[0]
     # The accumulator tile lives in a local buffer that LLVM keeps in registers (fully unrolled).
     acc = sch.cache_write(conv, 0, "local")
     if nchw:  # output channels innermost in the tile too: whole-vector accumulator accesses
@@ -285,15 +285,7 @@ def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tupl
     loops = sch.get_loops(conv)
     n, a, b, c = loops[:4]
     k_loop, h_loop, w_loop = (a, b, c) if nchw else (c, a, b)
-    ko, kt, ki = sch.split(k_loop, [None, k_vectors, vector])
-    out_width = int(sch.get(w_loop).extent)
-    wo, wi = sch.split(w_loop, [None, w_tile])
-    if out_width % w_tile:
-        # The split's guard (column < width) would stay on every FMA of the reduction loop, and LLVM
-        # does not unswitch it: TVM's LoopPartition peels the last tile instead (full tiles free of
-        # guards, the tail's folded to constants). Measured (Zen 4, 2 threads): Inception-v3's
-        # 768->192 1x1 at 17x17, 126 -> 211 GFLOP/s; a 7x7 192->192 at 17x17, 113 -> 193.
-        sch.annotate(wo, PARTITION_HINT, 1)
+    ko, kt, ki, wo, wi = _split_tile(sch, k_loop, w_loop, tile)
     rc, ry, rx = loops[4:] if nchw else (loops[6], loops[4], loops[5])
     if depthwise:
         sch.reorder(n, ko, h_loop, wo, ry, rc, rx, kt, wi, ki)
@@ -308,6 +300,22 @@ def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tupl
     for loop in sch.get_loops(writer)[2:]:
         if sch.get(loop).kind == tirx.ForKind.SERIAL:
             sch.unroll(loop)
+
+
+def _split_tile(sch: s_tir.Schedule, k_loop, w_loop, tile: tuple[int, int, int]):
+    """Split the output channels into (blocks, vectors per tile, lanes) and the columns into (tiles,
+    columns per tile) for the register ``tile``: ``(ko, kt, ki, wo, wi)``."""
+    vector, k_vectors, w_tile = tile
+    ko, kt, ki = sch.split(k_loop, [None, k_vectors, vector])
+    out_width = int(sch.get(w_loop).extent)
+    wo, wi = sch.split(w_loop, [None, w_tile])
+    if out_width % w_tile:
+        # The split's guard (column < width) would stay on every FMA of the reduction loop, and LLVM
+        # does not unswitch it: TVM's LoopPartition peels the last tile instead (full tiles free of
+        # guards, the tail's folded to constants). Measured (Zen 4, 2 threads): Inception-v3's
+        # 768->192 1x1 at 17x17, 126 -> 211 GFLOP/s; a 7x7 192->192 at 17x17, 113 -> 193.
+        sch.annotate(wo, PARTITION_HINT, 1)
+    return ko, kt, ki, wo, wi
 
 
 def _write_back_at(sch: s_tir.Schedule, conv, acc, epilogue, loop, tile_loops, first_reduction):
@@ -343,18 +351,14 @@ def _tile_streamed(sch: s_tir.Schedule, conv, epilogue, tile: tuple[int, int, in
     the cache when the rows reach it. The packed weight is ``(K / vector, R, S, C, vector)``: a
     stream's next block is the next ``chunk * vector`` floats, across window positions and, past the
     last one, the next output-channel block's first (a prefetch past the array's end is harmless)."""
-    vector, k_vectors, w_tile = tile
+    vector, k_vectors, _ = tile
     acc = sch.cache_write(conv, 0, "local")
     loops = sch.get_loops(conv)
     n, h_loop, w_loop, k_loop = loops[:4]
     ry, rx, rc = loops[4:7]
-    ko, kt, ki = sch.split(k_loop, [None, k_vectors, vector])
+    ko, kt, ki, wo, wi = _split_tile(sch, k_loop, w_loop, tile)
     k_blocks = int(sch.get(ko).extent)
-    out_width = int(sch.get(w_loop).extent)
     rows = int(sch.get(h_loop).extent)
-    wo, wi = sch.split(w_loop, [None, w_tile])
-    if out_width % w_tile:
-        sch.annotate(wo, PARTITION_HINT, 1)  # as in _tile_accumulate
     rco, rci = sch.split(rc, [None, STREAM_CHUNK])
     sch.reorder(n, ko, ry, rx, rco, h_loop, wo, rci, kt, wi, ki)
     task = sch.fuse(n, ko)
