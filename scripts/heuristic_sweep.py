@@ -25,6 +25,7 @@ from tvm_winograd.tune.tasks import layer_spec, select_layers
 from tvm_winograd.compute import winograd_func, direct_func, target_config
 from tvm_winograd.schedule.default import schedule_llvm_default
 from tvm_winograd.schedule.direct import schedule_direct_llvm, split_weight_packing
+from tvm_winograd.schedule.llvm.base import num_cores
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.heuristic import choose_algorithm
 from tvm_winograd.threads import configure_threads
@@ -45,8 +46,10 @@ print("| layer | direct | F(2,3) | F(4,3) | F(6,3) | fastest | heuristic | best 
 print("|---|---:|---:|---:|---:|---|---|---:|")
 for name in select_layers(args.layers):
     spec = layer_spec(name, layout=layout)
-    # direct as in a model: weights packed once ahead (random data: the packed weight is just a tensor)
-    cands = {"direct": split_weight_packing(schedule_direct_llvm(direct_func(spec), pack_weight=True))[0]}
+    # direct as in a model: weights packed once ahead (random data: the packed weight is just a tensor),
+    # large ones streamed for the target's cores
+    cands = {"direct": split_weight_packing(schedule_direct_llvm(direct_func(spec), pack_weight=True,
+                                                              cores=num_cores(target)))[0]}
     for m in (2, 4, 6):
         cands[f"F{m}"] = schedule_llvm_default(winograd_func(spec, target_config(spec, m, "llvm")))
     fns = {}

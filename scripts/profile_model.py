@@ -1,7 +1,8 @@
-"""Per-PrimFunc time of a compiled model (batch 1, llvm), the way ``compile_model`` builds it.
+"""Per-PrimFunc time of a compiled model (llvm), the way ``compile_model`` builds it.
 
     python scripts/profile_model.py                                    # resnet18, algo auto, all cores
     python scripts/profile_model.py --model resnet50 --algo direct --calls 10
+    python scripts/profile_model.py --model resnet50 --batch 8 --calls 5
     python scripts/profile_model.py --model mobilenet_v2.onnx                # an ONNX file: its own input shapes
 
 Every VM call instruction is timed by a ``VirtualMachine.set_instrument`` callback (wall clock
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=1, help="batch of a built-in model (an ONNX file keeps its own)")
     parser.add_argument("--algo", default="auto", choices=["auto", "winograd", "direct"])
     parser.add_argument("--threads", type=int, default=None, help="TVM's pool size (default: all cores)")
     parser.add_argument("--calls", type=int, default=10, help="instrumented model runs")
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from tvm_winograd.frontend import load_model
 
     builtin = not args.model.endswith((".onnx", ".pt2"))
-    mod, info = load_model(args.model, {"input": (1, 3, args.image_size, args.image_size)} if builtin else None)
+    mod, info = load_model(args.model, {"input": (args.batch, 3, args.image_size, args.image_size)} if builtin else None)
     feed = info.net.input_feed() if info.net is not None else info.random_inputs()
     t0 = time.perf_counter()
     ex, _ = compile_model(mod, "llvm", algo=args.algo, kernel_dtype=args.kernel_dtype)
