@@ -267,3 +267,72 @@ def test_which_convolutions_stream_their_weights(input_nhwc, k, r, cores, stream
     assert ("T.prefetch(" in func.script()) == streamed
     # NCHW and unpacked NHWC keep the row-major tile
     assert "T.prefetch(" not in schedule_direct_llvm(direct_func(spec), pack_weight=False, cores=cores).script()
+
+
+# (input NHWC, K, r, padding, stride, epilogue, pack_weight): output channels no multiple of 16
+PADDED = [
+    pytest.param((1, 9, 9, 24), 24, 1, 0, 1, Epilogue(bias=True, relu=True), True, id="1x1-k24-bias-relu"),
+    pytest.param((1, 11, 11, 16), 27, 3, 1, 1, Epilogue(), True, id="3x3-k27-no-epilogue"),
+    pytest.param((2, 7, 13, 40), 40, 3, 1, 2, Epilogue(residual=True), True, id="3x3s2-k40-batch2-residual"),
+    pytest.param((1, 3, 3, 1024), 1000, 1, 0, 1, Epilogue(bias=True), True, id="1x1-k1000-streamed"),
+    pytest.param((1, 9, 9, 24), 24, 1, 0, 1, Epilogue(bias=True), False, id="1x1-k24-unpacked"),
+]
+
+
+@pytest.mark.parametrize("input_nhwc, k, r, padding, stride, epilogue, pack_weight", PADDED)
+def test_padded_output_channels_match_float64(signed, input_nhwc, k, r, padding, stride, epilogue, pack_weight):
+    """``direct_func(out_channel_multiple=16)``: the convolution runs on whole 16-channel vectors of a
+    zero-padded weight (the padding folded into the weight packing, so a model packs it ahead of time)
+    and the epilogue writes the real channels: within the float64 bound, in the function and once its
+    packing is split off (as a model runs it)."""
+    from tvm_winograd.compute import direct_channel_multiple
+    from tvm_winograd.contract import WEIGHT_PAD
+
+    n, h, w_, c = input_nhwc
+    spec = make_spec(input_nhwc, (r, r, c, k), padding=padding, stride=stride, layout="NHWC")
+    assert direct_channel_multiple(spec, "llvm") == 16
+    func = schedule_direct_llvm(direct_func(spec, epilogue, out_channel_multiple=16), pack_weight=pack_weight,
+                                cores=2)
+    script = func.script()
+    assert "T.vectorized(16)" in script and "T.vectorized(8)" not in script, script
+    block = f'T.sblock("{WEIGHT_PAD}")'
+    assert (block in script) == (not pack_weight)  # else inlined into the packing
+    x, w = signed(input_nhwc), signed((r, r, c, k))
+    out_shape = tuple(int(d) for d in spec.output_shape)
+    b = signed((k,)) if epilogue.bias else None
+    res = signed(out_shape) if epilogue.residual else None
+    ref, bound = _reference(x, w, b, res, padding, stride, 1, "NHWC", epilogue.relu)
+    dev, target = tvm.cpu(0), resolve_target("llvm")
+    runs = [(func, tvm.runtime.tensor(w, dev))]
+    prepacked, packing = split_weight_packing(func)
+    if pack_weight:
+        assert block not in prepacked.script() and "T.if_then_else" in packing.script()
+        packed_shape = tuple(int(d) for d in packing.params[1].shape)
+        assert packed_shape[0] * packed_shape[-1] == -(-k // 16) * 16  # whole vectors of output channels
+        packed = tvm.runtime.empty(packed_shape, "float32", dev)
+        tvm.compile(tvm.IRModule({"main": packing}), target=target)["main"](tvm.runtime.tensor(w, dev), packed)
+        runs.append((prepacked, packed))
+    for f, weight in runs:
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        args = [tvm.runtime.tensor(x, dev), weight] + [tvm.runtime.tensor(a, dev) for a in (b, res) if a is not None]
+        out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"), dev)
+        lib["main"](*args, out)
+        err = np.abs(out.numpy().astype(np.float64) - ref)
+        assert np.all(err <= bound), f"error {err.max():.3e}, bound {bound.flat[np.argmax(err)]:.3e}"
+
+
+@pytest.mark.parametrize("k, groups, layout, target_kind, multiple", [
+    (24, 1, "NHWC", "llvm", 16), (40, 1, "NHWC", "llvm", 16), (1000, 1, "NHWC", "llvm", 16),
+    (32, 1, "NHWC", "llvm", 1), (8, 1, "NHWC", "llvm", 1), (24, 1, "NCHW", "llvm", 1),
+    (24, 24, "NHWC", "llvm", 1), (24, 1, "NHWC", "cuda", 1),
+])
+def test_which_convolutions_pad_their_output_channels(k, groups, layout, target_kind, multiple):
+    """Dense NHWC convolutions on llvm with more than 8 output channels and no multiple of 16; not
+    grouped or NCHW ones (the register tile's vector must stay in one group; NCHW keeps its
+    transposed write-back), not 8 or fewer (a padded vector would be mostly zeros), not for CUDA."""
+    from tvm_winograd.compute import direct_channel_multiple
+
+    c = k if groups > 1 else 16
+    x_shape, w_shape = ((1, 8, 8, c), (3, 3, c // groups, k)) if layout == "NHWC" else ((1, c, 8, 8), (k, c // groups, 3, 3))
+    spec = make_spec(x_shape, w_shape, padding=1, groups=groups, layout=layout)
+    assert direct_channel_multiple(spec, target_kind) == multiple

@@ -48,7 +48,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir, tirx
 
-from ..contract import DATA_PAD, DIRECT_EPILOGUE, layout_of
+from ..contract import DATA_PAD, DIRECT_EPILOGUE, WEIGHT_PAD, layout_of
 from .common import body_of, root_blocks, with_body
 from .llvm.base import TASKS_PER_CORE
 
@@ -255,6 +255,8 @@ def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: b
         sch.parallel(sch.fuse(p_loops[0], p_loops[1]))
     if pack_weight:
         pack = sch.cache_read(conv, 1, "global")
+        if WEIGHT_PAD in root_blocks(sch):  # the zero-padded output channels, folded into the packing
+            sch.compute_inline(root_blocks(sch)[WEIGHT_PAD])
         if nchw:
             sch.transform_layout(pack, ("write", 0), lambda o, i, h, w: (o // vector, h, w, i, o % vector))
         else:

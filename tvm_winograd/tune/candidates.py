@@ -7,7 +7,7 @@ import math
 
 from tvm import tirx
 
-from ..compute import Epilogue, direct_func, target_config, winograd_func
+from ..compute import Epilogue, direct_channel_multiple, direct_func, target_config, winograd_func
 from ..heuristic import CANDIDATE_TILES
 from ..workload import Conv2dSpec, winograd_ineligibility
 from .choices import AlgorithmChoice
@@ -44,11 +44,12 @@ def candidate_name(algorithm: str, m: int | None) -> str:
 
 def candidate_func(spec: Conv2dSpec, name: str, epilogue: Epilogue = Epilogue(),
                    target_kind: str = "llvm") -> tirx.PrimFunc:
-    """The PrimFunc a candidate tunes: :func:`direct_func` or :func:`winograd_func` (pre-transformed
-    weights, in the kernel_pack layout of ``target_kind``: the one compilation uses)."""
+    """The PrimFunc a candidate tunes: :func:`direct_func` (its output channels padded as compilation pads
+    them for ``target_kind``) or :func:`winograd_func` (pre-transformed weights, in the kernel_pack layout
+    of ``target_kind``: the one compilation uses)."""
     algorithm, m = parse_candidate(name)
     if algorithm == "direct":
-        return direct_func(spec, epilogue)
+        return direct_func(spec, epilogue, out_channel_multiple=direct_channel_multiple(spec, target_kind))
     return winograd_func(spec, target_config(spec, m, target_kind), epilogue)
 
 
