@@ -170,12 +170,17 @@ DIRECT_VECTOR = 16
 
 def direct_channel_multiple(spec: Conv2dSpec, target_kind: str) -> int:
     """What the direct convolution's output channels are padded to a multiple of (``direct_func``'s
-    ``out_channel_multiple``) for a target kind: on ``llvm``, a dense NHWC convolution whose output channels
-    are more than 8 and no multiple of :data:`DIRECT_VECTOR` computes whole vectors of them, the
-    padded weights zero (folded into the packed weight ahead of time), instead of half or quarter vectors.
-    Measured (Zen 5, 2 threads, hot): MobileNetV2's 1x1 144->24 at 56x56 0.122 -> 0.074 ms, EfficientNet's
-    240->40 at 28x28 0.073 -> 0.047, RegNetY's 3x3 208->104 at 14x14 0.356 -> 0.220, 1000->440 at 7x7
-    0.229 -> 0.094.  1 (nothing padded) elsewhere."""
+    ``out_channel_multiple``) for a target kind: on ``llvm``, a dense NHWC convolution whose output
+    channels are more than 8 and no multiple of :data:`DIRECT_VECTOR` computes whole vectors of them, the
+    padded weights zero (folded into the packed weight ahead of time), instead of 8- or 4-channel vectors.
+    1 (nothing padded) elsewhere.
+
+    The graph pass pads some convolutions earlier (:mod:`tvm_winograd.relax_channels`: output channels
+    that no 4-lane vector fits, and from 64 on any that is no multiple of 16, with a slice back, so that
+    Winograd gets whole vectors too); what reaches the direct schedule with other counts (MobileNet's and
+    EfficientNet's 24 and 40) is padded here, inside the function, with no slice.  Measured (Zen 5, 2
+    threads, hot): 144->24 1x1 at 56x56 0.122 -> 0.074 ms, 96->24 0.079 -> 0.054, 240->40 at 28x28
+    0.073 -> 0.047, 144->40 0.044 -> 0.028."""
     k = spec.out_channels
     dense_nhwc = spec.layout == "NHWC" and spec.groups == 1
     return DIRECT_VECTOR if target_kind == "llvm" and dense_nhwc and k > 8 and k % DIRECT_VECTOR else 1

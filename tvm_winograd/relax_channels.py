@@ -12,7 +12,9 @@ follows, and slices the real channels back (``strided_slice`` on the channel axi
 with what follows). The padded channels' weights and bias are zero, so the kept channels are
 computed exactly as before (each output channel's sum reads only its own weights) and the padded
 ones are discarded. The cost is ``K' / K`` more multiply-adds for the conv, which is then
-vectorized, and Winograd-eligible where the shape allows.
+vectorized, and Winograd-eligible where the shape allows.  Counts from 9 to 63 that a 4-lane vector
+fits are left to the direct convolution, which pads them inside its function, without a slice
+(:func:`tvm_winograd.compute.direct_channel_multiple`).
 """
 
 from __future__ import annotations
