@@ -239,19 +239,31 @@ def test_streamed_weights_match_float64(signed, input_nhwc, k, r, padding, strid
     b = signed((k,)) if epilogue.bias else None
     res = signed(out_shape) if epilogue.residual else None
     ref, bound = _reference(x, w, b, res, padding, stride, 1, "NHWC", epilogue.relu)
-    dev, target = tvm.cpu(0), resolve_target("llvm")
     prepacked, packing = split_weight_packing(func)
     assert "T.prefetch(" in prepacked.script()
-    packed = tvm.runtime.empty(tuple(int(d) for d in packing.params[1].shape), "float32", dev)
-    tvm.compile(tvm.IRModule({"main": packing}), target=target)["main"](tvm.runtime.tensor(w, dev), packed)
-    for f, weight in ((func, tvm.runtime.tensor(w, dev)), (prepacked, packed)):
+    lib = _check_runs([(func, tvm.runtime.tensor(w)), (prepacked, _pack(packing, w))], x, b, res, ref, bound)
+    assert "prefetcht0" in lib.mod.inspect_source("asm")
+
+
+def _pack(packing, w: np.ndarray):
+    """The weight packed by a packing function split off a scheduled conv (as a model packs it, ahead)."""
+    packed = tvm.runtime.empty(tuple(int(d) for d in packing.params[1].shape), "float32", tvm.cpu(0))
+    tvm.compile(tvm.IRModule({"main": packing}), target=resolve_target("llvm"))["main"](tvm.runtime.tensor(w), packed)
+    return packed
+
+
+def _check_runs(runs, x, b, res, ref, bound):
+    """Compile and run each ``(function, weight)`` on ``x`` (and the bias and residual there are), every
+    output within ``bound`` of the float64 ``ref``; returns the last library."""
+    dev, target = tvm.cpu(0), resolve_target("llvm")
+    for f, weight in runs:
         lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
         args = [tvm.runtime.tensor(x, dev), weight] + [tvm.runtime.tensor(a, dev) for a in (b, res) if a is not None]
-        out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"), dev)
+        out = tvm.runtime.tensor(np.full(ref.shape, np.nan, "float32"), dev)
         lib["main"](*args, out)
         err = np.abs(out.numpy().astype(np.float64) - ref)
-        assert np.all(err <= bound), f"error {err.max():.3e}, bound {bound[np.argmax(err)]:.3e}"
-    assert "prefetcht0" in lib.mod.inspect_source("asm")
+        assert np.all(err <= bound), f"error {err.max():.3e}, bound {bound.flat[np.argmax(err)]:.3e}"
+    return lib
 
 
 @pytest.mark.parametrize("input_nhwc, k, r, cores, streamed", [
@@ -302,23 +314,14 @@ def test_padded_output_channels_match_float64(signed, input_nhwc, k, r, padding,
     b = signed((k,)) if epilogue.bias else None
     res = signed(out_shape) if epilogue.residual else None
     ref, bound = _reference(x, w, b, res, padding, stride, 1, "NHWC", epilogue.relu)
-    dev, target = tvm.cpu(0), resolve_target("llvm")
-    runs = [(func, tvm.runtime.tensor(w, dev))]
+    runs = [(func, tvm.runtime.tensor(w))]
     prepacked, packing = split_weight_packing(func)
     if pack_weight:
         assert block not in prepacked.script() and "T.if_then_else" in packing.script()
-        packed_shape = tuple(int(d) for d in packing.params[1].shape)
-        assert packed_shape[0] * packed_shape[-1] == -(-k // 16) * 16  # whole vectors of output channels
-        packed = tvm.runtime.empty(packed_shape, "float32", dev)
-        tvm.compile(tvm.IRModule({"main": packing}), target=target)["main"](tvm.runtime.tensor(w, dev), packed)
+        packed = _pack(packing, w)
+        assert packed.shape[0] * packed.shape[-1] == -(-k // 16) * 16  # whole vectors of output channels
         runs.append((prepacked, packed))
-    for f, weight in runs:
-        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
-        args = [tvm.runtime.tensor(x, dev), weight] + [tvm.runtime.tensor(a, dev) for a in (b, res) if a is not None]
-        out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"), dev)
-        lib["main"](*args, out)
-        err = np.abs(out.numpy().astype(np.float64) - ref)
-        assert np.all(err <= bound), f"error {err.max():.3e}, bound {bound.flat[np.argmax(err)]:.3e}"
+    _check_runs(runs, x, b, res, ref, bound)
 
 
 @pytest.mark.parametrize("k, groups, layout, target_kind, multiple", [
@@ -333,6 +336,7 @@ def test_which_convolutions_pad_their_output_channels(k, groups, layout, target_
     from tvm_winograd.compute import direct_channel_multiple
 
     c = k if groups > 1 else 16
-    x_shape, w_shape = ((1, 8, 8, c), (3, 3, c // groups, k)) if layout == "NHWC" else ((1, c, 8, 8), (k, c // groups, 3, 3))
+    nhwc = layout == "NHWC"
+    x_shape, w_shape = ((1, 8, 8, c), (3, 3, c // groups, k)) if nhwc else ((1, c, 8, 8), (k, c // groups, 3, 3))
     spec = make_spec(x_shape, w_shape, padding=1, groups=groups, layout=layout)
     assert direct_channel_multiple(spec, target_kind) == multiple

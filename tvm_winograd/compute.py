@@ -539,7 +539,8 @@ def direct_conv2d(
     nchw = spec.layout == "NCHW"
     pad = list(spec.padding)
     k_pad = -(-spec.out_channels // out_channel_multiple) * out_channel_multiple
-    if k_pad != spec.out_channels and not nchw and spec.groups == 1:
+    padded = k_pad != spec.out_channels and not nchw and spec.groups == 1
+    if padded:
         kh, kw, ci, k = (int(v) for v in weight.shape)
         zero = tirx.const(0, weight.dtype)
         weight = te.compute((kh, kw, ci, k_pad), lambda r, s, c, o: tirx.if_then_else(
@@ -551,7 +552,6 @@ def direct_conv2d(
         conv = topi.nn.group_conv2d_nchw(data, weight, spec.stride, pad, spec.dilation, spec.groups,
                                          out_dtype=acc_dtype) if nchw else topi.nn.group_conv2d_nhwc(
             data, weight, spec.stride, pad, spec.dilation, spec.groups, out_dtype=acc_dtype)
-    padded = k_pad != spec.out_channels and not nchw and spec.groups == 1
     if (bias is None and residual is None and not relu and activation is None and spec.out_dtype == acc_dtype
             and not padded):
         return conv
