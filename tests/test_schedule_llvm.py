@@ -58,6 +58,14 @@ def _compile_run(mod: tvm.IRModule, feed: list[np.ndarray]) -> tuple[np.ndarray,
     return out.numpy(), {name: entry["scheduled_by"] for name, entry in table.items()}
 
 
+def _legalized(mod: tvm.IRModule) -> tirx.PrimFunc:
+    """The one PrimFunc of ``mod`` after the CPU pipeline's legalization (before any rule)."""
+    with TARGET:
+        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
+    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    return func
+
+
 def _check(mod, feed, ref, bound, rules: set[str]) -> dict:
     """Run, assert every function was scheduled by one of ``rules`` and ``|out - ref| <= bound``."""
     got, table = _compile_run(mod, feed)
@@ -494,9 +502,7 @@ def test_streaming_schedule_shape(rng, k, split):
     rows, partial products over row ranges (``rfactor``) summed after."""
     w = rng.standard_normal((k, 64)).astype("float32")
     mod = _function({"x": (1, k)}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
-    with TARGET:
-        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
-    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    func = _legalized(mod)
     sch = Matmul().apply(func, TARGET, False)
     script = sch.mod["main"].script()
     assert "T.parallel" in script and "T.vectorized(T.int64(64))" in script
@@ -510,9 +516,7 @@ def test_column_tile_avoids_the_predicate(rng, n, columns):
     vectorizer scalarized every tile (6.4 ms instead of 0.63 for ResNet-50's classifier at batch 8)."""
     w = rng.standard_normal((64, n)).astype("float32")
     mod = _function({"x": (8, 64)}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
-    with TARGET:
-        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
-    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    func = _legalized(mod)
     script = Matmul().apply(func, TARGET, False).mod["main"].script()
     assert f"T.vectorized(T.int64({columns}))" in script, script
     assert "T.where" not in script, script
@@ -520,10 +524,7 @@ def test_column_tile_avoids_the_predicate(rng, n, columns):
 
 def test_matmul_rule_ignores_other_reductions():
     """A sum is no matrix product: the matmul rule does not take it."""
-    with TARGET:
-        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(
-            _function({"x": (4, 32)}, lambda p: relax.op.sum(p["x"], axis=1)))
-    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    func = _legalized(_function({"x": (4, 32)}, lambda p: relax.op.sum(p["x"], axis=1)))
     assert Matmul().apply(func, TARGET, False) is None
 
 
@@ -531,9 +532,7 @@ def test_matmul_design_space_is_correct(signed):
     """``tunable=True`` gives one schedule per register tile; every one computes the product."""
     x, w = signed((1, 5, 7, 19)), signed((19, 40))
     mod = _function({"x": x.shape, "w": w.shape}, lambda p: relax.op.matmul(p["x"], p["w"]))
-    with TARGET:
-        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(mod)
-    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    func = _legalized(mod)
     spaces = Matmul().apply(func, TARGET, True)
     assert len(spaces) == len(Matmul.TUNABLE_TILES)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
@@ -598,10 +597,7 @@ def test_fallback_alone_on_a_reduction(signed, shape):
     """The catch-all on its own schedules a plain reduction (parallel over the kept axes) correctly;
     the larger one is big enough to run in parallel (its extents are read before the loops are fused)."""
     x = signed(shape)
-    with TARGET:
-        legal = tvm.transform.Sequential(cpu_pipeline.legalize_passes(TARGET))(
-            _function({"x": x.shape}, lambda p: relax.op.sum(p["x"], axis=[2])))
-    (func,) = [f for f in legal.functions.values() if isinstance(f, tirx.PrimFunc)]
+    func = _legalized(_function({"x": x.shape}, lambda p: relax.op.sum(p["x"], axis=[2])))
     from tvm_winograd.schedule.llvm.fallback import Fallback
 
     sch = Fallback().apply(func, TARGET, False)

@@ -35,10 +35,11 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from .compute import (Epilogue, check_kernel_dtype, direct_channel_multiple, direct_func, kernel_dtype_for,
-                      kernel_pack_shape, target_config, weight_transform_func, winograd_func)
+from .compute import (Epilogue, check_kernel_dtype, kernel_dtype_for, kernel_pack_shape, target_config,
+                      weight_transform_func, winograd_func)
 from .relax_layout import convert_layout, static_shape
 from .targets import resolve_target
+from .tune.candidates import candidate_func
 from .tune.choices import AlgorithmChoice, load_choices
 from .tune.paths import schedules_dir as schedules_dir_for
 from .heuristic import TargetLike, cheapest_tile, choose_algorithm
@@ -299,9 +300,8 @@ class _WinogradMutator(relax.PyExprMutator):
             gv = self._gv(_func_name("winograd", spec, config.m, epi), lambda: winograd_func(spec, config, epi))
         else:
             args.append(layer["weight"])
-            multiple = direct_channel_multiple(spec, self.target_kind)  # whole vectors of output channels
             gv = self._gv(_func_name("direct", spec, None, epi),
-                          lambda: direct_func(spec, epi, out_channel_multiple=multiple))
+                          lambda: candidate_func(spec, "direct", epi, self.target_kind))
         if epi.bias:
             args.append(relax.const(layer["bias"], spec.dtype))
         if epi.residual:

@@ -95,12 +95,12 @@ def _ours(spec, args, target):
 def _direct_default(spec, target):
     """The direct conv as ``compile`` schedules it in a model: register-tiled, weights packed (the
     packing runs once ahead, see :func:`_prepacked`)."""
-    from ..compute import direct_channel_multiple, direct_func
     from ..schedule.direct import schedule_direct_llvm
     from ..schedule.llvm.base import num_cores
+    from ..tune.candidates import candidate_func
 
-    func = direct_func(spec, out_channel_multiple=direct_channel_multiple(spec, "llvm"))
-    return schedule_direct_llvm(func, pack_weight=True, cores=num_cores(target))
+    return schedule_direct_llvm(candidate_func(spec, "direct", target_kind="llvm"), pack_weight=True,
+                                cores=num_cores(target))
 
 
 def _prepacked(func, w: np.ndarray) -> tuple:

@@ -261,8 +261,9 @@ def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: b
         sch.parallel(sch.fuse(p_loops[0], p_loops[1]))
     if pack_weight:
         pack = sch.cache_read(conv, 1, "global")
-        if WEIGHT_PAD in root_blocks(sch):  # the zero-padded output channels, folded into the packing
-            sch.compute_inline(root_blocks(sch)[WEIGHT_PAD])
+        weight_pad = root_blocks(sch).get(WEIGHT_PAD)
+        if weight_pad is not None:  # the zero-padded output channels, folded into the packing
+            sch.compute_inline(weight_pad)
         if nchw:
             sch.transform_layout(pack, ("write", 0), lambda o, i, h, w: (o // vector, h, w, i, o % vector))
         else:
