@@ -55,6 +55,10 @@ CASES = [
     pytest.param((1, 24, 11, 11), 24, 5, 2, 1, 24, "NHWC-packed", Epilogue(residual=True), True, id="depthwise-5x5"),
     pytest.param((1, 16, 9, 17), 16, 7, 3, 1, 16, "NHWC", Epilogue(bias=True), True, id="depthwise-7x7"),
     pytest.param((1, 6, 9, 9), 6, 3, 1, 1, 6, "NHWC", Epilogue(), False, id="depthwise-6-channels"),
+    # tasks of several output rows padding their own input rows, halos shared with the neighbours
+    pytest.param((2, 32, 40, 12), 32, 3, 1, 1, 32, "NHWC", Epilogue(bias=True, relu=True), True,
+                 id="depthwise-batch2-row-tasks"),
+    pytest.param((1, 32, 36, 10), 32, 3, 1, 2, 2, "NHWC", Epilogue(bias=True), True, id="grouped-s2-row-tasks"),
 ]
 
 
@@ -340,3 +344,26 @@ def test_which_convolutions_pad_their_output_channels(k, groups, layout, target_
     x_shape, w_shape = ((1, 8, 8, c), (3, 3, c // groups, k)) if nhwc else ((1, c, 8, 8), (k, c // groups, 3, 3))
     spec = make_spec(x_shape, w_shape, padding=1, groups=groups, layout=layout)
     assert direct_channel_multiple(spec, target_kind) == multiple
+
+
+@pytest.mark.parametrize("groups, padding, per_task", [(32, 1, True), (4, 1, True), (1, 1, False), (32, 0, False)])
+def test_grouped_convolutions_pad_inside_their_tasks(groups, padding, per_task):
+    """A padded grouped or depthwise NHWC convolution pads the input inside its parallel tasks (the
+    padding block's loops under the convolution's parallel loop), a dense one in a parallel pass of its
+    own; without padding there is no padding block."""
+    from tvm import s_tir
+
+    from tvm_winograd.contract import DATA_PAD
+    from tvm_winograd.schedule.common import root_blocks
+
+    spec = make_spec((1, 28, 28, 32), (3, 3, 32 // groups, 32), padding=padding, groups=groups, layout="NHWC")
+    sch = s_tir.Schedule(schedule_direct_llvm(direct_func(spec, Epilogue()), cores=2))
+    blocks = root_blocks(sch)
+    pads = [blocks[n] for n in ("pad_temp", DATA_PAD, "PaddedInput") if n in blocks]
+    assert len(pads) == (1 if padding else 0), list(blocks)
+    if not padding:
+        return
+    conv = sch.get_sblock(("group_conv2d_nhwc" if groups > 1 else "conv2d_nhwc") + "_update")
+    pad_outer, conv_outer = sch.get(sch.get_loops(pads[0])[0]), sch.get(sch.get_loops(conv)[0])
+    assert pad_outer.kind == tvm.tirx.ForKind.PARALLEL
+    assert pad_outer.same_as(conv_outer) == per_task
