@@ -367,3 +367,25 @@ def test_grouped_convolutions_pad_inside_their_tasks(groups, padding, per_task):
     pad_outer, conv_outer = sch.get(sch.get_loops(pads[0])[0]), sch.get(sch.get_loops(conv)[0])
     assert pad_outer.kind == tvm.tirx.ForKind.PARALLEL
     assert pad_outer.same_as(conv_outer) == per_task
+
+
+def test_grouped_padding_that_cannot_move_into_the_task_stays_a_pass(monkeypatch, signed, caplog):
+    """Where ``compute_at`` refuses the padding (a grouping the region analysis cannot follow), the
+    padding stays a parallel pass of its own, with a warning, and the convolution stays exact."""
+    from tvm import s_tir
+
+    def refuse(self, *args, **kwargs):
+        raise s_tir.ScheduleError("refused by the test")
+
+    monkeypatch.setattr(s_tir.Schedule, "compute_at", refuse)
+    x_shape, w_shape = (1, 12, 10, 32), (3, 3, 1, 32)
+    spec = make_spec(x_shape, w_shape, padding=1, groups=32, layout="NHWC")
+    with caplog.at_level(logging.WARNING, logger="tvm_winograd.schedule.direct"):
+        func = schedule_direct_llvm(direct_func(spec, Epilogue(bias=True)), cores=2)
+    assert "padding stays a pass of its own" in caplog.text
+    x, w, b = signed(x_shape), signed(w_shape), signed((32,))
+    ref, bound = _reference(x, w, b, None, 1, 1, 32, "NHWC", False)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target("llvm"))
+    out = tvm.runtime.tensor(np.full(ref.shape, np.nan, "float32"))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, w, b)), out)
+    assert np.all(np.abs(out.numpy() - ref) <= bound)

@@ -39,7 +39,9 @@ group (4, 8 or 16 channels per group or a multiple: each lane then reads the sam
 depthwise NHWC convolutions vectorize over the channels (input and weight both contiguous vectors)
 with the window's columns unrolled inside the tile (:func:`depthwise_tile`). Measured side by side
 on this machine against the simple schedule: ResNeXt's 32-group 3x3 convs 1.6-3x, MobileNet's and
-EfficientNet's depthwise 3x3/5x5 1.1-1.7x, ConvNeXt's depthwise 7x7 1.3-1.5x. NCHW grouped
+EfficientNet's depthwise 3x3/5x5 1.1-1.7x, ConvNeXt's depthwise 7x7 1.3-1.5x. Both pad their input
+inside each parallel task, not in a pass of its own (:func:`_pad_per_task`: a further 2-3.8x on the
+depthwise layers below 56x56). NCHW grouped
 convolutions, groups of 1-2 channels, a channel multiplier and output-channel counts that are not a
 multiple of 4 use :func:`schedule_direct_simple`.
 """
