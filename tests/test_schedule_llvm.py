@@ -522,6 +522,47 @@ def test_column_tile_avoids_the_predicate(rng, n, columns):
     assert "T.where" not in script, script
 
 
+@pytest.mark.parametrize("rows, n, panel", [(49, 128, 32), (8, 1000, 8), (30, 80, 16)])
+def test_constant_weights_are_packed_into_panels_at_compile_time(rng, rows, n, panel):
+    """A constant ``W[k, n]`` of the tiled GEMM is repacked into column panels ``(N / nr, K, nr)`` by a
+    layout-rewrite block that the build pipeline hoists and folds: the compiled product reads the packed
+    constant (one contiguous stream per panel) and no packing function is left to run."""
+    w = rng.standard_normal((40, n)).astype("float32")
+    x = rng.standard_normal((1, rows, 40)).astype("float32")
+    mod = _function({"x": x.shape}, lambda p: relax.op.matmul(p["x"], relax.const(w)))
+    with TARGET:
+        lowered = build_pipeline(TARGET, {})(mod)
+    prims = {gv.name_hint: f for gv, f in lowered.functions.items() if isinstance(f, tirx.PrimFunc)}
+    assert not [name for name in prims if "prepack" in name], list(prims)
+    (matmul,) = [f for name, f in prims.items() if "matmul" in name]
+    assert [int(d) for d in matmul.params[1].shape] == [n // panel, 40, panel]
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    _check(mod, [x], x64 @ w64, _matmul_bound(x64, w64), {"matmul"})
+
+
+def test_weight_read_transposed_is_packed_into_panels(signed):
+    """``C = A W^T`` read as ``W[n, k]`` inside the product: the packing block transposes it into the
+    same ``(N / nr, K, nr)`` panels; split off as the pipeline does, packing then the product equal
+    float64."""
+    from tvm_winograd.schedule.direct import split_weight_packing
+
+    a_t = te.placeholder((24, 40), name="a")
+    w_t = te.placeholder((128, 40), name="w")
+    r = te.reduce_axis((0, 40), name="r")
+    c_t = te.compute((24, 128), lambda i, j: te.sum(a_t[i, r] * w_t[j, r], axis=r), name="c")
+    sch = Matmul().apply(te.create_prim_func([a_t, w_t, c_t]), TARGET, False)
+    prepacked, packing = split_weight_packing(sch.mod["main"])
+    assert packing is not None and [int(d) for d in prepacked.params[1].shape] == [4, 40, 32]
+    a, w = signed((24, 40)), signed((128, 40))
+    build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=TARGET)["main"]  # noqa: E731
+    packed = tvm.runtime.empty([int(d) for d in prepacked.params[1].shape], "float32")
+    build(packing)(tvm.runtime.tensor(w), packed)
+    out = tvm.runtime.empty((24, 128), "float32")
+    build(prepacked)(tvm.runtime.tensor(a), packed, out)
+    a64, w64 = a.astype(np.float64), w.astype(np.float64).T
+    assert np.all(np.abs(out.numpy() - a64 @ w64) <= _matmul_bound(a64, w64))
+
+
 def test_matmul_rule_ignores_other_reductions():
     """A sum is no matrix product: the matmul rule does not take it."""
     func = _legalized(_function({"x": (4, 32)}, lambda p: relax.op.sum(p["x"], axis=1)))

@@ -27,7 +27,8 @@ from tvm import tirx
 __all__ = [
     "KIND_ATTR", "LAYOUT_ATTR", "M_ATTR", "KINDS", "SCHEDULED_ATTR", "SCHEDULE_RULE_ATTR", "NO_RULE",
     "DATA_PAD", "INPUT_TILE", "DATA_PACK_ROWS", "DATA_PACK", "DATA_PACK_ACC", "KERNEL_PACK", "KERNEL_PACK_ACC",
-    "BGEMM", "INVERSE_ROWS", "INVERSE", "OUTPUT", "DIRECT_EPILOGUE", "WEIGHT_PAD", "MATRIX_A", "MATRIX_G", "MATRIX_B",
+    "BGEMM", "INVERSE_ROWS", "INVERSE", "OUTPUT", "DIRECT_EPILOGUE", "WEIGHT_PAD", "LAYOUT_REWRITE_PREPROC",
+    "MATRIX_A", "MATRIX_G", "MATRIX_B",
     "CONSTANT_MATRICES", "STAGES", "rule_attrs",
     "SCHEDULE_RULES", "tag", "func_attr", "kind_of", "layout_of", "tile_of", "is_ours", "our_prim_funcs", "is_scheduled",
     "mark_scheduled", "SCHEDULED_BY_ATTR", "UNSCHEDULED", "RULE_ERRORS_ATTR", "scheduled_by",
@@ -79,6 +80,10 @@ DIRECT_EPILOGUE = "conv2d_direct_epilogue"
 #: The direct convolution's weight with its output channels padded with zeros to a whole number of
 #: vectors (``direct_func(out_channel_multiple=)``); the CPU schedule folds it into the weight packing.
 WEIGHT_PAD = "weight_pad"
+#: The block annotation ``relax.transform.SplitLayoutRewritePreproc`` (and MetaSchedule's
+#: ``RemoveWeightLayoutRewriteBlock``) look for: a block that repacks a weight parameter, hoisted out of
+#: its function and folded at compile time on constant weights (``schedule.direct.hoist_weight_packing``).
+LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 #: The constant transform matrices as blocks: A = A_T^T (alpha x m), G (alpha x r), B = B_T^T (alpha x alpha).
 MATRIX_A, MATRIX_G, MATRIX_B = "A", "G", "B"
 CONSTANT_MATRICES = (MATRIX_A, MATRIX_B, MATRIX_G)

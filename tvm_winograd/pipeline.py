@@ -12,6 +12,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from .schedule.direct import hoist_weight_packing
 from .schedule.llvm import ApplyLlvmRules, default_rules, schedule_table
 from .schedule.llvm.rules import Tuned
 from .targets import is_cuda
@@ -79,12 +80,18 @@ def build_pipeline(target: tvm.target.Target, functions: dict | None = None,
 
         rules = [Tuned(open_database(tuned, readonly=True))] + default_rules()
 
+    @tvm.transform.module_pass(opt_level=0, name="TvmWinogradHoistWeightPacking")
+    def _hoist(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        # the weight packing the rules put in layout-rewrite blocks (the matmul rule's panels of B):
+        # out of the functions, folded on constant weights (as compile_model does for the direct convs)
+        return hoist_weight_packing(mod)
+
     @tvm.transform.module_pass(opt_level=0, name="TvmWinogradCpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential(
                 fusion_passes(target)  # the rules see fused functions
-                + [ApplyLlvmRules(rules), _record]
+                + [ApplyLlvmRules(rules), _record, _hoist]
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )(mod)

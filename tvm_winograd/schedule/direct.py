@@ -56,7 +56,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir, tirx
 
-from ..contract import DATA_PAD, DIRECT_EPILOGUE, WEIGHT_PAD, layout_of
+from ..contract import DATA_PAD, DIRECT_EPILOGUE, LAYOUT_REWRITE_PREPROC, WEIGHT_PAD, layout_of
 from .common import body_of, root_blocks, with_body
 from .llvm.base import TASKS_PER_CORE
 
@@ -86,9 +86,6 @@ STREAM_CHUNK = 64
 #: (:func:`_pad_per_task`): measured on a Zen 5 (2 threads, hot) against the rows of 2, 4 and 8: 16 (or the
 #: whole image) best or equal on every MobileNetV2 / EfficientNet / ConvNeXt / ResNeXt / RegNet shape.
 PAD_TASK_ROWS = 16
-
-#: The block annotation ``SplitLayoutRewritePreproc`` / ``RemoveWeightLayoutRewriteBlock`` look for.
-LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 #: The loop annotation that makes TVM's LoopPartition peel a loop's guarded iterations.
 PARTITION_HINT = "pragma_loop_partition_hint"
