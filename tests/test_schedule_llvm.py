@@ -540,26 +540,33 @@ def test_constant_weights_are_packed_into_panels_at_compile_time(rng, rows, n, p
     _check(mod, [x], x64 @ w64, _matmul_bound(x64, w64), {"matmul"})
 
 
-def test_weight_read_transposed_is_packed_into_panels(signed):
-    """``C = A W^T`` read as ``W[n, k]`` inside the product: the packing block transposes it into the
-    same ``(N / nr, K, nr)`` panels; split off as the pipeline does, packing then the product equal
-    float64."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_weight_packing_block_writes_panel_by_panel(signed, transposed):
+    """``C = A W`` with ``W[k, n]``, or ``C = A W^T`` read as ``W[n, k]``: the packing block writes the
+    ``(N / nr, K, nr)`` panels in their own order, one parallel task per panel (a loop over ``W``'s
+    order made the fold of ConvNeXt-T's weights take minutes); split off as the pipeline does,
+    packing then the product equal float64."""
     from tvm_winograd.schedule.direct import split_weight_packing
 
     a_t = te.placeholder((24, 40), name="a")
-    w_t = te.placeholder((128, 40), name="w")
+    w_t = te.placeholder((128, 40) if transposed else (40, 128), name="w")
     r = te.reduce_axis((0, 40), name="r")
-    c_t = te.compute((24, 128), lambda i, j: te.sum(a_t[i, r] * w_t[j, r], axis=r), name="c")
+    w_at = (lambda j: w_t[j, r]) if transposed else (lambda j: w_t[r, j])
+    c_t = te.compute((24, 128), lambda i, j: te.sum(a_t[i, r] * w_at(j), axis=r), name="c")
     sch = Matmul().apply(te.create_prim_func([a_t, w_t, c_t]), TARGET, False)
     prepacked, packing = split_weight_packing(sch.mod["main"])
     assert packing is not None and [int(d) for d in prepacked.params[1].shape] == [4, 40, 32]
-    a, w = signed((24, 40)), signed((128, 40))
+    pack_sch = s_tir.Schedule(packing)
+    loops = [pack_sch.get(lp) for lp in pack_sch.get_loops(pack_sch.get_sblock("w_global"))]
+    assert [int(lp.extent) for lp in loops] == [4, 40, 32], packing.script()
+    assert loops[0].kind == tirx.ForKind.PARALLEL, packing.script()
+    a, w = signed((24, 40)), signed(tuple(int(d) for d in w_t.shape))
     build = lambda f: tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=TARGET)["main"]  # noqa: E731
     packed = tvm.runtime.empty([int(d) for d in prepacked.params[1].shape], "float32")
     build(packing)(tvm.runtime.tensor(w), packed)
     out = tvm.runtime.empty((24, 128), "float32")
     build(prepacked)(tvm.runtime.tensor(a), packed, out)
-    a64, w64 = a.astype(np.float64), w.astype(np.float64).T
+    a64, w64 = a.astype(np.float64), (w.T if transposed else w).astype(np.float64)
     assert np.all(np.abs(out.numpy() - a64 @ w64) <= _matmul_bound(a64, w64))
 
 

@@ -472,10 +472,15 @@ def _prepack_weight(sch: s_tir.Schedule, block, nr: int) -> bool:
     else:  # W[n, k]
         sch.transform_layout(pack, ("write", 0), lambda j, k: (j // nr, k, j % nr))
     sch.annotate(pack, LAYOUT_REWRITE_PREPROC, True)
-    loops = sch.get_loops(pack)
-    sch.parallel(loops[0])
-    if dims[0] == IterKind.kIter_K and extent_of(sch, loops[-1]) not in (None, 1):
-        sch.vectorize(loops[-1])
+    # loops in the packed order (panel, k, column of the panel): each panel written as one stream,
+    # a row-major W read nr columns (one vector) at a time
+    first, second = sch.get_loops(pack)
+    j_loop, k_loop = (second, first) if dims[0] == IterKind.kIter_K else (first, second)
+    panel, column = sch.split(j_loop, [None, nr])
+    sch.reorder(panel, k_loop, column)
+    sch.parallel(panel)
+    if dims[0] == IterKind.kIter_K:
+        sch.vectorize(column)
     return True
 
 
