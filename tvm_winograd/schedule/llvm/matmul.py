@@ -455,8 +455,9 @@ def _prepack_weight(sch: s_tir.Schedule, block, nr: int) -> bool:
     weights cold): ConvNeXt-T's (49, 768) x (768, 3072) 0.75 -> 0.60 ms, (196, 384) x (384, 1536) 0.59
     -> 0.54; a batch-8 classifier, where no panel was copied at all, (8, 25088) x (25088, 4096) 17.0 ->
     11.3 ms, (8, 2048) x (2048, 1000) 0.74 -> 0.58; the whole ConvNeXt-T 1.20x. A weight that is no
-    constant is repacked on each call, one pass over ``B`` in its own parallel block. False (nothing changed) for a
-    batched ``B``, one computed inside the function, or columns that are no multiple of ``nr``."""
+    constant is repacked on each call, one pass over ``B`` in its own parallel block. False (nothing
+    changed) for a batched ``B``, one computed inside the function, or columns that are no multiple of
+    ``nr``."""
     b_index, dims = _b_layout(sch, block)
     buffer = sch.get(block).reads[b_index].source
     params = list(sch.mod["main"].params)
