@@ -66,7 +66,8 @@ STREAM_COLUMNS = 1024
 @dataclass(frozen=True)
 class MatmulConfig:
     """The knobs of the packed schedule: the register tile (``mr`` rows x ``nr`` columns) and whether
-    the ``B`` panel is packed."""
+    a ``B`` that is no weight is copied panel by panel (a weight is packed whole whatever ``pack`` says,
+    :func:`_prepack_weight`)."""
 
     mr: int
     nr: int
@@ -432,8 +433,9 @@ def _packed(func: tirx.PrimFunc, target: Target, config: MatmulConfig) -> s_tir.
     sch.vectorize(sch.get_loops(writeback)[-1])
     for b in leftover:
         schedule_spatial_block(sch, b, target)
-    if by_panel and not _prepack_weight(sch, block, nr) and config.pack and m_size > mr:
-        _pack_panel(sch, block, parallel)
+    if by_panel and not _prepack_weight(sch, block, nr):  # a weight: packed whole, at compile time
+        if config.pack and m_size > mr:
+            _pack_panel(sch, block, parallel)
     if (extent_of(sch, parallel) or 2) > 1:
         sch.parallel(parallel)
     sch.unroll(m_i)
