@@ -3,6 +3,7 @@
     python scripts/heuristic_sweep.py "resnet_*,vgg_conv3_2,vgg_conv4_2,vgg_conv5_1"   # all cores
     python scripts/heuristic_sweep.py "vgg_*,resnet_*" --cold        # as in a model: weights from DRAM
     LAYOUT=NCHW python scripts/heuristic_sweep.py vgg_conv2_2
+    python scripts/heuristic_sweep.py "32x224x16,16x28x32" --cold    # any 3x3 layer: C x H x K[x batch]
 
 Prints a markdown row per layer: median ms of each candidate (interleaved rounds), the fastest, the
 heuristic's choice (tvm_winograd.heuristic.choose_algorithm) and the best effective GFLOP/s.
@@ -29,9 +30,12 @@ from tvm_winograd.schedule.llvm.base import num_cores
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.heuristic import choose_algorithm
 from tvm_winograd.threads import configure_threads
+from tvm_winograd.workload import make_spec
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-parser.add_argument("layers", help="layer names or globs, comma-separated (tvm_winograd.tune.tasks)")
+parser.add_argument("layers", help="layer names or globs (tvm_winograd.tune.tasks) or shapes CxHxK[xN] "
+                    "(a 3x3, stride-1, padding-1 layer: C input channels, H x H pixels, K output channels, batch N), "
+                    "comma-separated")
 parser.add_argument("--cold", action="store_true", help="read 2x the LLC before each call (weights from DRAM)")
 parser.add_argument("--rounds", type=int, default=5)
 parser.add_argument("--llc-mib", type=int, default=32, help="last-level cache size for --cold")
@@ -44,8 +48,25 @@ flush = np.ones(2 * args.llc_mib * 2**20 // 4, dtype="float32")
 print(f"{'cold' if args.cold else 'hot'}, {layout}, {args.rounds} interleaved rounds")
 print("| layer | direct | F(2,3) | F(4,3) | F(6,3) | fastest | heuristic | best eff. GFLOP/s |")
 print("|---|---:|---:|---:|---:|---|---|---:|")
-for name in select_layers(args.layers):
-    spec = layer_spec(name, layout=layout)
+
+
+def _layers(text: str) -> list[tuple[str, object]]:
+    """``(name, spec)`` for each comma-separated entry: a shape ``CxHxK[xN]`` or a benchmark layer glob."""
+    out, names = [], []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        dims = entry.split("x")
+        if len(dims) in (3, 4) and all(d.isdigit() for d in dims):
+            c, h, k, n = (int(d) for d in dims + ["1"] * (4 - len(dims)))
+            ishape, wshape = ((n, c, h, h), (k, c, 3, 3)) if layout == "NCHW" else ((n, h, h, c), (3, 3, c, k))
+            out.append((entry, make_spec(ishape, wshape, padding=1, layout=layout)))
+        else:
+            names.append(entry)
+    if names:
+        out += [(name, layer_spec(name, layout=layout)) for name in select_layers(",".join(names))]
+    return out
+
+
+for name, spec in _layers(args.layers):
     # direct as in a model: weights packed once ahead (random data: the packed weight is just a tensor),
     # large ones streamed for the target's cores
     cands = {"direct": split_weight_packing(schedule_direct_llvm(direct_func(spec), pack_weight=True,
