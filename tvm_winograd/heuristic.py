@@ -80,12 +80,12 @@ class CpuCostModel:
 
     #: Relative cost of one multiply-add of the (separable, vectorized) input transform vs one of the
     #: register-tiled GEMM: the transform gathers its tiles and stores V, far from the FMA peak.  Measured
-    #: per stage (``scripts/profile_stages.py``, Zen 5, 2026-12-07): 1.4-3.1 on the F(4,3) layers of VGG-16 and
-    #: ResNet-18, 2.0 at the median.  (One weight of 3.0 for both transforms, the 2026-12-05 fit, kept direct on
-    #: ESPCN's 32 -> 16-channel 224x224 layer, where F(4,3) runs 1.66x faster in the model.)
+    #: per stage (``scripts/profile_stages.py``, Zen 5, 2026-12-07): 1.4-3.1 on the F(4,3) layers of VGG-16
+    #: and ResNet-18, 2.0 at the median.  (One weight of 3.0 for both transforms, the 2026-12-05 fit, kept
+    #: direct on ESPCN's 32 -> 16-channel 224x224 layer, where F(4,3) runs 1.66x faster in the model.)
     data_weight: float = 2.0
-    #: The same for the inverse transform, which also writes the output through the epilogue: 0.8-10.7 per
-    #: stage (differences of small times; 3.5 at the median), kept at the fit's 3.0.
+    #: The same for the inverse transform, which also writes the output through the epilogue: 0.75-10.7 per
+    #: stage, ~0 on one layer (differences of small times; 3.5 at the median), kept at the fit's 3.0.
     inverse_weight: float = 3.0
     #: Cost of one float of the weights read from DRAM: U for Winograd (alpha^2 / r^2 times the weights),
     #: the weights for direct.  A model's weights do not stay in the cache between its calls; one float
