@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tvm
 
-from tvm_winograd.tune.tasks import layer_spec, select_layers
+from tvm_winograd.tune.tasks import layer_spec, select_layers, shape_spec
 from tvm_winograd.compute import winograd_func, direct_func, target_config
 from tvm_winograd.schedule.default import schedule_llvm_default
 from tvm_winograd.schedule.direct import schedule_direct_llvm, split_weight_packing
@@ -30,7 +30,6 @@ from tvm_winograd.schedule.llvm.base import num_cores
 from tvm_winograd.targets import resolve_target
 from tvm_winograd.heuristic import choose_algorithm
 from tvm_winograd.threads import configure_threads
-from tvm_winograd.workload import make_spec
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("layers", help="layer names or globs (tvm_winograd.tune.tasks) or shapes CxHxK[xN] "
@@ -57,8 +56,7 @@ def _layers(text: str) -> list[tuple[str, object]]:
         dims = entry.split("x")
         if len(dims) in (3, 4) and all(d.isdigit() for d in dims):
             c, h, k, n = (int(d) for d in dims + ["1"] * (4 - len(dims)))
-            ishape, wshape = ((n, c, h, h), (k, c, 3, 3)) if layout == "NCHW" else ((n, h, h, c), (3, 3, c, k))
-            out.append((entry, make_spec(ishape, wshape, padding=1, layout=layout)))
+            out.append((entry, shape_spec(c, h, k, n, layout)))
         else:
             names.append(entry)
     if names:

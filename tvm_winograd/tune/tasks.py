@@ -10,7 +10,7 @@ import fnmatch
 
 from ..workload import Conv2dSpec, make_spec
 
-__all__ = ["VGG16_LAYERS", "RESNET18_LAYERS", "BENCH_LAYERS", "layer_spec", "select_layers"]
+__all__ = ["VGG16_LAYERS", "RESNET18_LAYERS", "BENCH_LAYERS", "shape_spec", "layer_spec", "select_layers"]
 
 VGG16_LAYERS: dict[str, tuple[int, int, int]] = {
     "vgg_conv1_2": (64, 224, 64),
@@ -37,7 +37,14 @@ def layer_spec(name: str, batch: int = 1, layout: str = "NCHW", dtype: str = "fl
     """The :class:`Conv2dSpec` of a named layer."""
     if name not in BENCH_LAYERS:
         raise ValueError(f"unknown layer {name!r}: choose from {', '.join(BENCH_LAYERS)}")
-    c, h, k = BENCH_LAYERS[name]
+    return shape_spec(*BENCH_LAYERS[name], batch, layout, dtype)
+
+
+def shape_spec(in_channels: int, size: int, out_channels: int, batch: int = 1, layout: str = "NCHW",
+               dtype: str = "float32") -> Conv2dSpec:
+    """The :class:`Conv2dSpec` of a 3x3, stride-1, padding-1 layer on ``size x size`` pixels (a benchmark
+    layer's shape)."""
+    c, h, k = in_channels, size, out_channels
     ishape = (batch, c, h, h) if layout == "NCHW" else (batch, h, h, c)
     wshape = (k, c, 3, 3) if layout == "NCHW" else (3, 3, c, k)
     return make_spec(ishape, wshape, padding=1, layout=layout, dtype=dtype)
