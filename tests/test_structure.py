@@ -23,7 +23,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("transforms", ("transforms",)),  # exact Cook-Toom matrices (fractions, numpy)
     ("spec", ("workload",)),  # Conv2dSpec, validation, eligibility (stdlib only)
     ("math", ("reference", "accuracy", "activations", "windows")),  # numpy oracles and error analysis, no TVM
-    ("platform", ("_version", "targets", "threads", "cuda", "cuda.driver_stub", "cuda.build", "cuda.measure")),
+    ("platform", ("_version", "targets", "threads", "lowering",  # lowering: the TIR pipeline of every build
+                  "cuda", "cuda.driver_stub", "cuda.build", "cuda.measure")),
     ("contract", ("contract",)),
     ("compute", ("compute",)),
     ("schedule", ("schedule",)),

@@ -17,6 +17,7 @@ import tvm
 
 from .compute import (Epilogue, WinogradConfig, check_kernel_dtype, kernel_dtype_for, target_config,
                       weight_transform_func, winograd_func)
+from .lowering import TIR_PIPELINE
 from .threads import configure_threads
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
@@ -72,9 +73,9 @@ def _build_cached(spec: Conv2dSpec, config: WinogradConfig, target_json: str) ->
             "compile CUDA modules with tvm_winograd.export"
         )
     weight_fn = tvm.compile(tvm.IRModule({"main": schedule_llvm_default(weight_transform_func(spec, config),
-                                                                        spec.layout)}), target=target)
+                                                                        spec.layout)}), target=target, tir_pipeline=TIR_PIPELINE)
     conv_fn = tvm.compile(tvm.IRModule({"main": schedule_llvm_default(winograd_func(spec, config, Epilogue()),
-                                                                      spec.layout)}), target=target)
+                                                                      spec.layout)}), target=target, tir_pipeline=TIR_PIPELINE)
     return CompiledWinograd(spec, config, weight_fn["main"], conv_fn["main"], tvm.cpu(0))
 
 

@@ -49,6 +49,7 @@ from ._version import __version__
 from .compile_report import CompileReport, FunctionReport
 from .contract import FALLBACK_REASON_ATTR, UNSCHEDULED, func_attr, kind_of, our_prim_funcs
 from .frontend import model_signature
+from .lowering import TIR_PIPELINE
 from .module_schedules import apply_database, default_schedules
 from .params import check_params_mode, lift_weight_transforms, params_path_for, weights_as_inputs, write_params
 from .pipeline import build_pipeline, cuda_build_env, describe_compile_failure
@@ -265,7 +266,7 @@ def compile_model(
     with cuda_build_env(tgt):
         try:
             pipeline = build_pipeline(tgt, table, tuned=schedules_dir_for(tgt, schedules_dir))
-            ex = tvm.compile(mod, target=tgt, relax_pipeline=pipeline)
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=pipeline, tir_pipeline=TIR_PIPELINE)
         except (RuntimeError, ValueError, TypeError, IndexError) as err:  # what TVM's C++ errors become
             raise CompileError(describe_compile_failure(err, layout)) from err
     setattr(ex, _METADATA_ATTR, metadata)  # for export_library

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..lowering import TIR_PIPELINE
 from .harness import Timing, best_of_groups, configurations_markdown, report_head
 from .peers import conv_onnx, measure, peer_recipes, save_npz
 from .session import bench_session, write_report
@@ -114,14 +115,14 @@ def _prepacked(func, w: np.ndarray) -> tuple:
     if packing is None:
         return func, w
     packed = tvm.runtime.empty([int(s) for s in packing.params[1].shape], "float32", tvm.cpu())
-    tvm.compile(tvm.IRModule({"main": packing}), target="llvm")["main"](tvm.runtime.tensor(w), packed)
+    tvm.compile(tvm.IRModule({"main": packing}), target="llvm", tir_pipeline=TIR_PIPELINE)["main"](tvm.runtime.tensor(w), packed)
     return prepacked, packed.numpy()
 
 
 def _export_func(func, target, path: Path) -> str:
     import tvm
 
-    tvm.compile(tvm.IRModule({"main": func}), target=target).export_library(str(path))
+    tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=TIR_PIPELINE).export_library(str(path))
     return str(path)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import BGEMM, DATA_PACK, DATA_PAD, INPUT_TILE, INVERSE, OUTPUT
+from ..lowering import TIR_PIPELINE
 from .roofline import STAGES, winograd_limit, winograd_stage_limits
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def profile_layer(name: str, batch: int, threads: int, probe, work: Path, rounds
     args = [tvm.runtime.tensor(np.ascontiguousarray(a, dtype="float32"), dev) for a in (x, u)]
     args.append(tvm.runtime.empty(spec.output_shape, "float32", dev))
     flush = _flush_buffer(probe)
-    fn = tvm.compile(tvm.IRModule({"main": staged_function(func)}), target=target)["main"]
+    fn = tvm.compile(tvm.IRModule({"main": staged_function(func)}), target=target, tir_pipeline=TIR_PIPELINE)["main"]
     comps = [Competitor(f"hot:{stage}", (lambda n=i + 1: fn(*args, n))) for i, stage in enumerate(STAGES)]
 
     def whole() -> None:

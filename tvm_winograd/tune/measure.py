@@ -25,6 +25,8 @@ from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunner
 from tvm.support.popen_pool import PopenPoolExecutor
 from tvm.target import Target
 
+from ..lowering import TIR_PIPELINE
+
 __all__ = ["make_builder", "make_runner", "default_runner", "build_candidate", "parse_tracker", "BUILD_TIMEOUT_SEC", "RUN_TIMEOUT_SEC"]
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def build_candidate(mod, target: Target, _params=None):
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     with target:
-        return tvm_build(mod, target=target)
+        return tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
 
 
 def make_builder(target: Target, max_workers: int | None = None,
