@@ -72,10 +72,12 @@ def _build_cached(spec: Conv2dSpec, config: WinogradConfig, target_json: str) ->
             f"conv2d() runs on the CPU (target 'llvm'), not {target.kind.name!r}: "
             "compile CUDA modules with tvm_winograd.export"
         )
-    weight_fn = tvm.compile(tvm.IRModule({"main": schedule_llvm_default(weight_transform_func(spec, config),
-                                                                        spec.layout)}), target=target, tir_pipeline=TIR_PIPELINE)
-    conv_fn = tvm.compile(tvm.IRModule({"main": schedule_llvm_default(winograd_func(spec, config, Epilogue()),
-                                                                      spec.layout)}), target=target, tir_pipeline=TIR_PIPELINE)
+    def build(func):
+        return tvm.compile(tvm.IRModule({"main": schedule_llvm_default(func, spec.layout)}), target=target,
+                           tir_pipeline=TIR_PIPELINE)
+
+    weight_fn = build(weight_transform_func(spec, config))
+    conv_fn = build(winograd_func(spec, config, Epilogue()))
     return CompiledWinograd(spec, config, weight_fn["main"], conv_fn["main"], tvm.cpu(0))
 
 

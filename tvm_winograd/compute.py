@@ -400,7 +400,8 @@ def _data_pack(data: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, b_mat:
     if config.separable:  # T = B_T d (data_pack_rows), then V = T B: 2 alpha^3 instead of alpha^4 products
         r_a1 = te.reduce_axis((0, alpha), "r_a")
         rows = store[DATA_PACK_ROWS].compute(
-            tile_shape, lambda eps, b, c, p: _transform_sum(tile_at(r_a1, b, c, p).astype(acc), (b_mat[r_a1, eps],), r_a1),
+            tile_shape,
+            lambda eps, b, c, p: _transform_sum(tile_at(r_a1, b, c, p).astype(acc), (b_mat[r_a1, eps],), r_a1),
             DATA_PACK_ROWS, rule_attrs(DATA_PACK_ROWS))
         rows_at = store[DATA_PACK_ROWS].at(rows)
         r_b1 = te.reduce_axis((0, alpha), "r_b")
@@ -448,7 +449,8 @@ def _inverse(bgemm: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, a_mat: 
         r_a3 = te.reduce_axis((0, alpha), "r_a")
         r_b3 = te.reduce_axis((0, alpha), "r_b")
         rows = store[INVERSE_ROWS].compute(
-            (m, alpha, k_out, n_tiles), lambda vh, b, k, p: _transform_sum(m_at(r_a3, b, k, p), (a_mat[r_a3, vh],), r_a3),
+            (m, alpha, k_out, n_tiles),
+            lambda vh, b, k, p: _transform_sum(m_at(r_a3, b, k, p), (a_mat[r_a3, vh],), r_a3),
             INVERSE_ROWS, rule_attrs(INVERSE_ROWS))
         rows_at = store[INVERSE_ROWS].at(rows)
         value = lambda vh, vw, k, p: _transform_sum(rows_at(vh, r_b3, k, p), (a_mat[r_b3, vw],), r_b3)  # noqa: E731

@@ -115,7 +115,8 @@ def _prepacked(func, w: np.ndarray) -> tuple:
     if packing is None:
         return func, w
     packed = tvm.runtime.empty([int(s) for s in packing.params[1].shape], "float32", tvm.cpu())
-    tvm.compile(tvm.IRModule({"main": packing}), target="llvm", tir_pipeline=TIR_PIPELINE)["main"](tvm.runtime.tensor(w), packed)
+    pack = tvm.compile(tvm.IRModule({"main": packing}), target="llvm", tir_pipeline=TIR_PIPELINE)["main"]
+    pack(tvm.runtime.tensor(w), packed)
     return prepacked, packed.numpy()
 
 
