@@ -244,29 +244,6 @@ def _matrices(m: int, r: int, points: Sequence | None, dtype: str) -> tuple[te.T
     )
 
 
-#: The transforms' sums (:func:`_transform_sum`) start from -0.0, the identity of float addition
-#: (``x + -0.0 == x`` for every ``x``, ``-0.0`` and NaN included; ``+0.0`` is not one: ``-0.0 + 0.0 = +0.0``).
-_TRANSFORM_SUM = te.comm_reducer(lambda x, y: x + y, lambda dtype: tirx.const(-0.0, dtype), name="transform_sum")
-
-
-def _transform_sum(value: tirx.PrimExpr, coefficients: Sequence[tirx.PrimExpr], axis) -> tirx.PrimExpr:
-    """``sum(value * c_1 * ... * c_n)`` over ``axis`` for the constant transform matrices' entries ``c_i``,
-    with the product of a zero entry replaced by -0.0 (so it adds nothing, also for a NaN or infinite
-    ``value``: the transform of a tile is then exactly the sum of its non-zero terms, as in the paper).
-
-    Why: once the schedules unroll the transform loops, each entry is a constant; on vectorized llvm code
-    TIR's simplifier folds neither ``x * broadcast(0.0)`` nor a select on a broadcast constant, and LLVM
-    without fast-math flags may not fold ``x * 0.0`` or ``x + 0.0`` (not IEEE identities), but it does
-    fold a select on a constant, ``x + -0.0`` and ``x * 1.0``: the sums compile to their non-zero
-    products alone (F(4, 3)'s ``B_T`` is 14 zeros of 36 entries, ``A_T`` 6 of 24).
-    """
-    dtype, product = coefficients[0].dtype, value
-    for c in coefficients:
-        product = product * c
-    zero = tirx.any(*[c == tirx.const(0, dtype) for c in coefficients])
-    return _TRANSFORM_SUM(tirx.Select(zero, tirx.const(-0.0, dtype), product), axis=axis)
-
-
 def kernel_block_of(func: tirx.PrimFunc) -> int | None:
     """The kernel_pack panel width of a :func:`winograd_func` PrimFunc (its second parameter's
     layout): ``kb`` for ``(alpha, alpha, K/kb, C, kb)``, ``None`` for ``(alpha, alpha, C, K)``."""
@@ -292,7 +269,7 @@ def weight_transform(weight: te.Tensor, spec: Conv2dSpec, config: WinogradConfig
     out_dtype = config.resolved_kernel_dtype(spec)
 
     def u_value(eps, nu, c, k):
-        return _transform_sum(w_at(c, k, r_kh, r_kw).astype(acc), (g_mat[eps, r_kh], g_mat[nu, r_kw]), [r_kh, r_kw])
+        return te.sum(w_at(c, k, r_kh, r_kw).astype(acc) * g_mat[eps, r_kh] * g_mat[nu, r_kw], axis=[r_kh, r_kw])
 
     kb = config.kernel_block
     pack = te.compute(
@@ -395,19 +372,18 @@ def _data_pack(data: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, b_mat:
 
     def pack_value(eps, nu, c, p):
         # V[eps, nu] = sum_{a, b} B_T[eps, a] d[a, b] B_T[nu, b]; B[a, eps] = B_T[eps, a]
-        return _transform_sum(tile_at(r_a, r_b, c, p).astype(acc), (b_mat[r_a, eps], b_mat[r_b, nu]), [r_a, r_b])
+        return te.sum(tile_at(r_a, r_b, c, p).astype(acc) * b_mat[r_a, eps] * b_mat[r_b, nu], axis=[r_a, r_b])
 
     if config.separable:  # T = B_T d (data_pack_rows), then V = T B: 2 alpha^3 instead of alpha^4 products
         r_a1 = te.reduce_axis((0, alpha), "r_a")
         rows = store[DATA_PACK_ROWS].compute(
-            tile_shape,
-            lambda eps, b, c, p: _transform_sum(tile_at(r_a1, b, c, p).astype(acc), (b_mat[r_a1, eps],), r_a1),
+            tile_shape, lambda eps, b, c, p: te.sum(tile_at(r_a1, b, c, p).astype(acc) * b_mat[r_a1, eps], axis=r_a1),
             DATA_PACK_ROWS, rule_attrs(DATA_PACK_ROWS))
         rows_at = store[DATA_PACK_ROWS].at(rows)
         r_b1 = te.reduce_axis((0, alpha), "r_b")
 
         def pack_value(eps, nu, c, p):  # noqa: F811 - the separable form
-            return _transform_sum(rows_at(eps, r_b1, c, p), (b_mat[r_b1, nu],), r_b1)
+            return te.sum(rows_at(eps, r_b1, c, p) * b_mat[r_b1, nu], axis=r_b1)
 
     name = DATA_PACK_ACC if pack_dtype != acc else DATA_PACK
     packed = store[DATA_PACK].compute(tile_shape, pack_value, name, rule_attrs(DATA_PACK))
@@ -449,14 +425,13 @@ def _inverse(bgemm: te.Tensor, spec: Conv2dSpec, config: WinogradConfig, a_mat: 
         r_a3 = te.reduce_axis((0, alpha), "r_a")
         r_b3 = te.reduce_axis((0, alpha), "r_b")
         rows = store[INVERSE_ROWS].compute(
-            (m, alpha, k_out, n_tiles),
-            lambda vh, b, k, p: _transform_sum(m_at(r_a3, b, k, p), (a_mat[r_a3, vh],), r_a3),
+            (m, alpha, k_out, n_tiles), lambda vh, b, k, p: te.sum(m_at(r_a3, b, k, p) * a_mat[r_a3, vh], axis=r_a3),
             INVERSE_ROWS, rule_attrs(INVERSE_ROWS))
         rows_at = store[INVERSE_ROWS].at(rows)
-        value = lambda vh, vw, k, p: _transform_sum(rows_at(vh, r_b3, k, p), (a_mat[r_b3, vw],), r_b3)  # noqa: E731
+        value = lambda vh, vw, k, p: te.sum(rows_at(vh, r_b3, k, p) * a_mat[r_b3, vw], axis=r_b3)  # noqa: E731
     else:
-        value = lambda vh, vw, k, p: _transform_sum(  # noqa: E731
-            m_at(r_a2, r_b2, k, p), (a_mat[r_a2, vh], a_mat[r_b2, vw]), [r_a2, r_b2])
+        value = lambda vh, vw, k, p: te.sum(  # noqa: E731
+            m_at(r_a2, r_b2, k, p) * a_mat[r_a2, vh] * a_mat[r_b2, vw], axis=[r_a2, r_b2])
     inverse = store[INVERSE].compute((m, m, k_out, n_tiles), value, INVERSE, rule_attrs(INVERSE))
     inv_at = store[INVERSE].at(inverse)
     return lambda n, k, h, w: inv_at(h % m, w % m, k, (n * nh + h // m) * nw + w // m)
