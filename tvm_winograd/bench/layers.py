@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..lowering import TIR_PIPELINE
 from .harness import Timing, best_of_groups, configurations_markdown, report_head
 from .peers import conv_onnx, measure, peer_recipes, save_npz
 from .session import bench_session, write_report
@@ -109,6 +108,7 @@ def _prepacked(func, w: np.ndarray) -> tuple:
     here -- in a model the packing is folded on the constant weights at compile time."""
     import tvm
 
+    from ..lowering import TIR_PIPELINE
     from ..schedule.direct import split_weight_packing
 
     prepacked, packing = split_weight_packing(func)
@@ -122,6 +122,8 @@ def _prepacked(func, w: np.ndarray) -> tuple:
 
 def _export_func(func, target, path: Path) -> str:
     import tvm
+
+    from ..lowering import TIR_PIPELINE  # compile side: `tvm-winograd run` imports this module runtime-only
 
     tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=TIR_PIPELINE).export_library(str(path))
     return str(path)
