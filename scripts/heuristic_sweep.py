@@ -22,7 +22,7 @@ import time
 import numpy as np
 import tvm
 
-from tvm_winograd.lowering import TIR_PIPELINE
+from tvm_winograd.lowering import build_tir
 from tvm_winograd.tune.tasks import layer_spec, select_layers, shape_spec
 from tvm_winograd.compute import winograd_func, direct_func, target_config
 from tvm_winograd.schedule.default import schedule_llvm_default
@@ -75,7 +75,7 @@ for name, spec in _layers(args.layers):
     fns = {}
     dev = tvm.cpu()
     for k, f in cands.items():
-        lib = tvm.compile(tvm.IRModule({"main": f}), target=target, tir_pipeline=TIR_PIPELINE)
+        lib = build_tir(f, target)
         tensors = [tvm.runtime.tensor(np.random.rand(*[int(s) for s in p.shape]).astype("float32"), dev) for p in f.params]
         fns[k] = (lib["main"], lib.mod.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=30), tensors)
     times = {k: [] for k in fns}

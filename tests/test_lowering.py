@@ -7,7 +7,10 @@ import pytest
 import tvm
 from tvm import s_tir, te
 
-from tvm_winograd.lowering import STACK_TILE_BYTES, TIR_PIPELINE
+import ast
+from pathlib import Path
+
+from tvm_winograd.lowering import STACK_TILE_BYTES, TIR_PIPELINE, build_tir
 
 
 def _row_sums(rows: int, tile: int) -> tvm.IRModule:
@@ -51,5 +54,32 @@ def test_small_local_tiles_stay_on_the_stack(tile):
 def test_large_local_buffers_stay_on_the_heap():
     """A ``local`` buffer above :data:`STACK_TILE_BYTES` is left to TVM (a workspace)."""
     rows = STACK_TILE_BYTES // 4 * 2
-    lib = tvm.compile(_row_sums(rows, rows), target="llvm", tir_pipeline=TIR_PIPELINE)
+    lib = build_tir(_row_sums(rows, rows), "llvm")
     assert _heap_allocations(lib) == 1
+
+
+#: TVM's build entry points; outside lowering.py a call must pass ``tir_pipeline=TIR_PIPELINE``.
+_BUILDS = {"compile", "build"}
+
+
+def _builds_without_our_pipeline(root: Path) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "lowering.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _BUILDS
+                    and ast.unparse(node.func.value) in ("tvm", "tirx", "tvm.tirx", "relax", "tvm.relax", "tvm.driver")
+                    and not any(k.arg == "tir_pipeline" and ast.unparse(k.value) == "TIR_PIPELINE"
+                                for k in node.keywords)):
+                out.append(f"{path.relative_to(root).as_posix()}:{node.lineno}")
+    return out
+
+
+def test_every_build_takes_our_pipeline(tmp_path):
+    """Every TIR build of the package goes through :func:`build_tir` (a Relax build names the pipeline): a new
+    build site cannot silently lose the stack tiles. The check sees a bare ``tvm.compile``."""
+    package = Path(__file__).resolve().parents[1] / "tvm_winograd"
+    assert _builds_without_our_pipeline(package) == []
+    (tmp_path / "new.py").write_text("import tvm\nlib = tvm.compile(mod, target='llvm')\n")
+    assert _builds_without_our_pipeline(tmp_path) == ["new.py:2"]

@@ -10,7 +10,7 @@ import tvm
 from .accuracy import PUBLISHED_FP32, relative_errors
 from .api import conv2d
 from .compute import direct_func, kernel_dtype_for
-from .lowering import TIR_PIPELINE
+from .lowering import build_tir
 from .reference import conv2d_direct
 from .workload import make_spec
 
@@ -38,7 +38,7 @@ def measure_accuracy(
         w = rng.standard_normal((out_channels, shape[1], r, r)).astype(dtype)
         ref = conv2d_direct(x.astype("float64"), w.astype("float64"), padding=r // 2)
         spec = make_spec(x.shape, w.shape, padding=r // 2, dtype=dtype)
-        direct = tvm.compile(tvm.IRModule({"main": direct_func(spec)}), target="llvm", tir_pipeline=TIR_PIPELINE)
+        direct = build_tir(direct_func(spec), "llvm")
         out = tvm.runtime.empty(spec.output_shape, dtype)
         direct["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w), out)
         mx, mean = relative_errors(out.numpy(), ref)

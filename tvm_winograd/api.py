@@ -17,7 +17,7 @@ import tvm
 
 from .compute import (Epilogue, WinogradConfig, check_kernel_dtype, kernel_dtype_for, target_config,
                       weight_transform_func, winograd_func)
-from .lowering import TIR_PIPELINE
+from .lowering import build_tir
 from .threads import configure_threads
 from .schedule.default import schedule_llvm_default
 from .targets import resolve_target
@@ -73,8 +73,7 @@ def _build_cached(spec: Conv2dSpec, config: WinogradConfig, target_json: str) ->
             "compile CUDA modules with tvm_winograd.export"
         )
     def build(func):
-        return tvm.compile(tvm.IRModule({"main": schedule_llvm_default(func, spec.layout)}), target=target,
-                           tir_pipeline=TIR_PIPELINE)
+        return build_tir(schedule_llvm_default(func, spec.layout), target)
 
     weight_fn = build(weight_transform_func(spec, config))
     conv_fn = build(winograd_func(spec, config, Epilogue()))

@@ -59,6 +59,7 @@ from .cuda.driver_stub import ensure_cuda_runtime
 from .cuda.verify import verify_gpu
 from .frontend import load_model
 from .gpu_pack_run import file_sha256
+from .lowering import build_tir
 from .relax_pass import conv_workloads
 from .schedule.cuda import cuda_default_schedule, schedule_cuda_default
 from .schedule.cuda.context import postprocs_for
@@ -394,8 +395,8 @@ def _bundle_runtime(out: Path, extra_pythons: Sequence[str] = ()) -> dict:
         a = te.placeholder((64,), name="a")
         double = te.create_prim_func([a, te.compute((64,), lambda i: a[i] * 2, name="b")])
         library = Path(tmp) / "double.so"
-        tvm.tirx.build(tvm.IRModule({"double": double.with_attr("global_symbol", "double")}),
-                       target="llvm").export_library(str(library))
+        build_tir(tvm.IRModule({"double": double.with_attr("global_symbol", "double")}),
+                  "llvm").export_library(str(library))
         probe = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE, str(library), ",".join(_RUNTIME_PACKAGES)],
                                capture_output=True, text=True, timeout=300,
                                env={**os.environ, "TVM_USE_RUNTIME_LIB": "1"})

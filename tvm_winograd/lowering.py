@@ -18,9 +18,10 @@ import tvm
 from tvm import tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
-__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "stack_local_tiles"]
+__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "stack_local_tiles"]
 
-#: The name builds pass as ``tir_pipeline`` (``tvm.compile``) or ``pipeline`` (``tvm.tirx.build``).
+#: The registered name of the pipeline: :func:`build_tir` passes it; a Relax build passes it as
+#: ``tvm.compile(..., tir_pipeline=TIR_PIPELINE)``.
 TIR_PIPELINE = "tvm_winograd"
 #: Largest ``local`` buffer kept on the stack (the Winograd transform tiles are 1-2.3 KB for F(4,3), 4 KB for
 #: F(6,3); a GEMM register tile is at most 32 zmm registers, 2 KB).
@@ -100,3 +101,11 @@ def _pipeline():
 
 
 register_tir_pipeline(TIR_PIPELINE, _pipeline)
+
+
+def build_tir(code: tirx.PrimFunc | tvm.IRModule, target) -> tvm.runtime.Executable:
+    """Build one PrimFunc (named ``main``) or a module of PrimFuncs for ``target`` through
+    :data:`TIR_PIPELINE`: every TIR-only build of ours goes through here, so that none forgets the pipeline.
+    Index the result by function name; ``.mod`` is the runtime module."""
+    mod = code if isinstance(code, tvm.IRModule) else tvm.IRModule({"main": code})
+    return tvm.compile(mod, target=target, tir_pipeline=TIR_PIPELINE)

@@ -108,24 +108,22 @@ def _prepacked(func, w: np.ndarray) -> tuple:
     here -- in a model the packing is folded on the constant weights at compile time."""
     import tvm
 
-    from ..lowering import TIR_PIPELINE
+    from ..lowering import build_tir  # compile side: `tvm-winograd run` imports this module runtime-only
     from ..schedule.direct import split_weight_packing
 
     prepacked, packing = split_weight_packing(func)
     if packing is None:
         return func, w
     packed = tvm.runtime.empty([int(s) for s in packing.params[1].shape], "float32", tvm.cpu())
-    pack = tvm.compile(tvm.IRModule({"main": packing}), target="llvm", tir_pipeline=TIR_PIPELINE)["main"]
+    pack = build_tir(packing, "llvm")["main"]
     pack(tvm.runtime.tensor(w), packed)
     return prepacked, packed.numpy()
 
 
 def _export_func(func, target, path: Path) -> str:
-    import tvm
+    from ..lowering import build_tir
 
-    from ..lowering import TIR_PIPELINE  # compile side: `tvm-winograd run` imports this module runtime-only
-
-    tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=TIR_PIPELINE).export_library(str(path))
+    build_tir(func, target).export_library(str(path))
     return str(path)
 
 

@@ -104,12 +104,10 @@ def _read_kernel(tasks: int, floats_per_task: int):
 
 
 def _build(func):
-    import tvm
-
-    from ..lowering import TIR_PIPELINE
+    from ..lowering import build_tir
     from ..targets import host_target
 
-    return tvm.compile(tvm.IRModule({"main": func}), target=host_target(), tir_pipeline=TIR_PIPELINE)["main"]
+    return build_tir(func, host_target())["main"]
 
 
 def _best_seconds(call, n: int = _BEST_OF) -> float:

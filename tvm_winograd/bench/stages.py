@@ -19,7 +19,6 @@ limit (:func:`~tvm_winograd.bench.roofline.winograd_stage_limits`) and where its
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import BGEMM, DATA_PACK, DATA_PAD, INPUT_TILE, INVERSE, OUTPUT
-from ..lowering import TIR_PIPELINE
+from ..lowering import build_tir
 from .roofline import STAGES, winograd_limit, winograd_stage_limits
 
 logger = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def profile_layer(name: str, batch: int, threads: int, probe, work: Path, rounds
     args = [tvm.runtime.tensor(np.ascontiguousarray(a, dtype="float32"), dev) for a in (x, u)]
     args.append(tvm.runtime.empty(spec.output_shape, "float32", dev))
     flush = _flush_buffer(probe)
-    fn = tvm.compile(tvm.IRModule({"main": staged_function(func)}), target=target, tir_pipeline=TIR_PIPELINE)["main"]
+    fn = build_tir(staged_function(func), target)["main"]
     comps = [Competitor(f"hot:{stage}", (lambda n=i + 1: fn(*args, n))) for i, stage in enumerate(STAGES)]
 
     def whole() -> None:

@@ -27,6 +27,8 @@ import tvm
 import tvm_ffi
 from tvm.target import Target
 
+from ..lowering import build_tir
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -334,7 +336,7 @@ def build_cuda(mod: tvm.IRModule | tvm.tirx.PrimFunc, target: Target) -> CudaBui
         mod = tvm.IRModule({"main": mod})
     sink: list = []
     with _compile_callback(arch, sink), target:
-        built = tvm.tirx.build(mod, target=target)
+        built = build_tir(mod, target).mod
     if not sink:
         raise SourceOnlyModuleError(f"building for {arch} never called nvcc (TVM returned a source-only module)")
     source = "\n".join(s for s, _, _ in sink)
@@ -407,7 +409,7 @@ def _build_under_target(mod: tvm.IRModule, target: Target, _params: dict | None)
     ensure_cuda_runtime()
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     with target:
-        built = tvm.tirx.build(mod, target=target)
+        built = build_tir(mod, target).mod
     if not all(m.is_runnable() for m in _cuda_imports(built)):
         raise SourceOnlyModuleError(f"CUDA build for {target_sm(target)} returned a source-only module")
     return built

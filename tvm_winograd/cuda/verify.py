@@ -23,7 +23,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ..compute import Epilogue, WinogradConfig, kernel_block_of
-from ..lowering import TIR_PIPELINE
+from ..lowering import build_tir
 from ..targets import host_target
 from ..verify import prepare, run_cpu
 from ..workload import Conv2dSpec
@@ -218,7 +218,6 @@ def check_numerics(func: tirx.PrimFunc, spec: Conv2dSpec, config: WinogradConfig
                        pack_arg_dtype=str(func.params[1].dtype))
     if cpu_module is None:
         with _host_target():
-            cpu_module = tvm.tirx.build(tvm.IRModule({"main": serial_cpu_func(func)}), target=_host_target(),
-                                         pipeline=TIR_PIPELINE)
+            cpu_module = build_tir(serial_cpu_func(func), _host_target())
     verdict = case.assess(run_cpu(cpu_module["main"], case))
     return NumericsResult(verdict.ok, verdict.worst, verdict.max_relative_error, verdict.reason)

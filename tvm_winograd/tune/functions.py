@@ -38,7 +38,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from ..targets import resolve_target
-from ..lowering import TIR_PIPELINE
+from ..lowering import build_tir
 from .database import open_database
 from .measure import default_runner, make_builder
 from .paths import schedules_dir as schedules_dir_for
@@ -107,8 +107,7 @@ def _arguments(func: tirx.PrimFunc, rng: np.random.Generator) -> list[np.ndarray
 
 
 def _run(func: tirx.PrimFunc, target: Target, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
-                     tir_pipeline=TIR_PIPELINE)
+    ex = build_tir(func.with_attr("global_symbol", "main"), target)
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
     ex["main"](*tensors)

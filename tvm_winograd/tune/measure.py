@@ -25,7 +25,7 @@ from tvm.s_tir.meta_schedule.runner.rpc_runner import RPCRunner
 from tvm.support.popen_pool import PopenPoolExecutor
 from tvm.target import Target
 
-from ..lowering import TIR_PIPELINE
+from ..lowering import build_tir
 
 __all__ = ["make_builder", "make_runner", "default_runner", "build_candidate", "parse_tracker", "BUILD_TIMEOUT_SEC", "RUN_TIMEOUT_SEC"]
 
@@ -50,12 +50,11 @@ def build_candidate(mod, target: Target, _params=None):
     machine, against 0.3 s for the build itself.  Tensor intrinsics are needed while *scheduling*
     (``tensorize`` runs in the tuning process, which has them); a scheduled module builds without them.
     """
-    from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     with target:
-        return tvm_build(mod, target=target, pipeline=TIR_PIPELINE)
+        return build_tir(mod, target).mod
 
 
 def make_builder(target: Target, max_workers: int | None = None,

@@ -11,7 +11,7 @@ from tvm import tirx
 from tvm.target import Target
 
 from ..compute import Epilogue, kernel_block_of, target_config
-from ..lowering import TIR_PIPELINE
+from ..lowering import build_tir
 from ..verify import Case, prepare, run_cpu
 from ..workload import Conv2dSpec
 from .records import apply_trace, median_ms
@@ -47,7 +47,7 @@ def verify_func(func: tirx.PrimFunc, spec: Conv2dSpec, epilogue: Epilogue, algor
         raise NotImplementedError(f"verifying on target {target.kind.name!r}: only llvm runs on this host")
     if case is None:
         case = verification_case(func, spec, epilogue, algorithm, m, target, seed)
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=TIR_PIPELINE)
+    ex = build_tir(func, target)
     got = run_cpu(ex["main"], case)
     verdict = case.assess(got)
     if not verdict.ok:
