@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
 from tvm import s_tir, te
-
-import ast
-from pathlib import Path
 
 from tvm_winograd.lowering import STACK_TILE_BYTES, TIR_PIPELINE, build_tir
 
