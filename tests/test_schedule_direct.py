@@ -126,6 +126,41 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
     assert np.all(err <= bound), f"error {err[worst]:.3e} > bound {bound[worst]:.3e} at {worst}"
 
 
+@pytest.mark.parametrize("input_nchw, k, r, padding, stride, layout, epilogue", [
+    pytest.param((2, 8, 9, 9), 48, 3, 1, 1, "NCHW", Epilogue(bias=True, residual=True, relu=True), id="3x3-nchw-batch2"),
+    pytest.param((1, 24, 17, 17), 32, 1, 0, 1, "NHWC", Epilogue(bias=True, relu=True), id="1x1-nhwc-peeled-tail"),
+    pytest.param((1, 16, 11, 11), 64, 3, 1, 2, "NHWC", Epilogue(residual=True), id="3x3s2-nhwc"),
+])
+def test_rows_outside_or_inside_the_channel_blocks_agree(monkeypatch, signed, input_nchw, k, r, padding, stride,
+                                                           layout, epilogue):
+    """Weights up to ``ROWS_OUTER_MAX_WEIGHT_BYTES`` put the output rows outside the channel blocks, larger
+    ones inside: a loop order only, so both give the same bits (each output's reduction runs in the same
+    order), within the float64 bound."""
+    import tvm_winograd.schedule.direct as direct
+
+    n, c, h, w_ = input_nchw
+    x_shape, w_shape = ((n, c, h, w_), (k, c, r, r)) if layout == "NCHW" else ((n, h, w_, c), (r, r, c, k))
+    spec = make_spec(x_shape, w_shape, padding=padding, stride=stride, layout=layout)
+    x, w = signed(x_shape), signed(w_shape)
+    out_shape = tuple(int(d) for d in spec.output_shape)
+    b = signed((k,)) if epilogue.bias else None
+    res = signed(out_shape) if epilogue.residual else None
+    ref, bound = _reference(x, w, b, res, padding, stride, 1, layout, epilogue.relu)
+    outs, scripts = [], []
+    for limit in (1 << 30, 0):  # rows outside (these weights are small), then channel blocks outside
+        monkeypatch.setattr(direct, "ROWS_OUTER_MAX_WEIGHT_BYTES", limit)
+        func = schedule_direct_llvm(direct_func(spec, epilogue), pack_weight=True)
+        scripts.append(func.script())
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target("llvm"))
+        out = tvm.runtime.tensor(np.full(out_shape, np.nan, "float32"))
+        lib["main"](*[tvm.runtime.tensor(a) for a in (x, w, b, res) if a is not None], out)
+        outs.append(out.numpy())
+        err = np.abs(outs[-1].astype(np.float64) - ref)
+        assert np.all(err <= bound), f"limit {limit}: error {err.max():.3e}"
+    assert scripts[0] != scripts[1]
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("k, width, expected", [
     (64, 112, (16, 2, 7)),  # 2 vectors x 7 columns: 14 accumulators
     (512, 7, (16, 2, 7)),
