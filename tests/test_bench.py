@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from tvm_winograd.bench.harness import (CLI_AGREEMENT, Competitor, LoadMonitor, Reliability, best_of_groups,
-                                        time_alternating)
+from tvm_winograd.bench.harness import (CLI_AGREEMENT, Competitor, LoadMonitor, Reliability, Timing, best_of_groups,
+                                        paired_ratio, time_alternating)
 from tvm_winograd.bench.roofline import direct_limit, op_limit, winograd_limit
 from tvm_winograd.workload import make_spec
 
@@ -84,6 +84,23 @@ def test_best_of_groups_keeps_the_faster_onnxruntime_configuration():
     best = best_of_groups(time_alternating(comps, 3, clock=clock, sleep=clock.sleep))
     assert set(best) == {"onnxruntime", "ours"}
     assert best["onnxruntime"].median_ms == pytest.approx(8.0) and best["onnxruntime"].config == "spinning off"
+
+
+def test_paired_ratio_cancels_the_machine_drift_between_rounds():
+    """The median of the per-round ratios: a slowdown that hits both competitors' blocks of a round
+    cancels, a burst in one of our blocks does not move it, a peer that is simply faster stays faster,
+    and timings not from one alternating run (unequal lengths) fall back to the ratio of the medians."""
+    speed = [1.0, 1.0, 1.6, 1.6, 1.6]
+    ours = Timing("ours", [40.0 * f for f in speed], 1)
+    assert paired_ratio(Timing("openvino", [50.0 * f for f in speed], 1), ours) == pytest.approx(1.25)
+    fast_peer = Timing("openvino", [50.0, 50.0, 50.0, 50.0, 50.0], 1)
+    assert fast_peer.median_ms / ours.median_ms == pytest.approx(50 / 64)
+    assert paired_ratio(fast_peer, ours) == pytest.approx(50 / 64)
+    # one slow round of ours (a burst of other load) moves the paired ratio not at all
+    bursty = Timing("ours", [40.0, 40.0, 80.0, 40.0, 40.0], 1)
+    assert paired_ratio(Timing("openvino", [50.0] * 5, 1), bursty) == pytest.approx(1.25)
+    # not from one alternating run (different lengths): the ratio of the medians
+    assert paired_ratio(Timing("p", [10.0, 30.0], 1), Timing("o", [5.0, 5.0, 20.0], 1)) == pytest.approx(20 / 5)
 
 
 def test_reliability_flags_a_slow_peer_a_loaded_machine_and_a_cli_mismatch():

@@ -3,7 +3,8 @@
 Competitors are zero-argument callables (one inference on fixed inputs).  They are timed in
 **alternating blocks**: after a warm-up, each round runs every competitor once as a block of calls
 lasting about ``block_s``; each block is preceded by an idle gap and one untimed call.  A competitor's
-figure is the median over rounds of its per-call block time.  The gap matters on a small machine:
+figure is the median over rounds of its per-call block time; a ratio between two competitors is the
+median over rounds of their per-round ratios (:func:`paired_ratio`).  The gap matters on a small machine:
 thread pools keep spinning after a call (PyTorch's OpenMP workers, onnxruntime's and TVM's pools), and
 on 2 cores the spinning threads of one competitor steal the cores of the next.
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 __all__ = [
-    "BLOCK_GAP_S", "Competitor", "Timing", "time_alternating", "best_of_groups", "LoadMonitor",
+    "BLOCK_GAP_S", "Competitor", "Timing", "time_alternating", "best_of_groups", "paired_ratio", "LoadMonitor",
     "Reliability", "PEER_PEAK_FRACTION", "CLI_AGREEMENT", "OTHER_LOAD_LIMIT", "configurations_markdown",
     "report_head",
 ]
@@ -144,6 +145,21 @@ def best_of_groups(timings: Mapping[str, Timing]) -> dict[str, Timing]:
     return out
 
 
+def paired_ratio(peer: Timing, ours: Timing) -> float:
+    """How many times faster ``ours`` ran than ``peer``: the median over rounds of the peer's block time
+    over ours in the same round (the blocks of one round run within a second or two of each other).
+
+    The shared VM's speed drifts by up to 30 % within a minute, so the two medians can come from
+    different phases of the drift; the per-round ratios cancel it. Measured on an Intel Ice Lake
+    (ResNeXt50, 15 rounds): our blocks took 40-63 ms; against OpenVINO the ratio of the medians was
+    0.82x and the paired one 0.99x, the latter what one process alternating the two libraries gives
+    (0.97-1.02x). Timings of unequal length (not from one alternating run) fall back to the medians.
+    """
+    if len(peer.samples_ms) != len(ours.samples_ms) or not ours.samples_ms:
+        return peer.median_ms / ours.median_ms
+    return statistics.median(p / o for p, o in zip(peer.samples_ms, ours.samples_ms))
+
+
 class LoadMonitor:
     """CPU used by everything but this process (other processes, the hypervisor's steal) while it runs.
 
@@ -233,7 +249,7 @@ def report_head(meta: dict, settings: str) -> list[str]:
     isolated = " (each in its own process)" if meta["isolate"] else ""
     return [meta["probe_md"], "", meta["reliability_md"], "",
             f"Threads {meta['threads']} for every competitor; {settings}; medians of {meta['rounds']} alternating "
-            f"blocks{isolated}. Command: `{meta['command']}`", ""]
+            f"blocks{isolated}; ratios are the medians of the per-round ratios. Command: `{meta['command']}`", ""]
 
 
 def configurations_markdown(rows: list[dict]) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import Timing, best_of_groups, configurations_markdown, report_head
+from .harness import Timing, best_of_groups, configurations_markdown, paired_ratio, report_head
 from .peers import conv_onnx, measure, peer_recipes, save_npz
 from .session import bench_session, write_report
 
@@ -186,7 +186,7 @@ def bench_layer(name: str, args, target, threads: int, probe, work: Path) -> dic
         "choice": f"F({m},3)" if algorithm == "winograd" else "direct", "schedule": label,
         "ms": ms, "configs": {k: t.config for k, t in best.items()},
         "gflops": {k: spec.flops / (v * 1e6) for k, v in ms.items()},
-        "best_peer": best_peer, "ratio_vs_best_peer": (ms[best_peer] / ms["ours"]) if best_peer else None,
+        "best_peer": best_peer, "ratio_vs_best_peer": paired_ratio(best[best_peer], best["ours"]) if best_peer else None,
         "limit_ms": limit.ms, "limit_bound": limit.bound, "pct_of_limit": limit.ms / ms["ours"],
         "stage_mb": limit.stage_bytes / 1e6,
     }

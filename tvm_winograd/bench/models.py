@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import BLOCK_GAP_S, Reliability, best_of_groups, configurations_markdown, report_head
+from .harness import BLOCK_GAP_S, Reliability, best_of_groups, configurations_markdown, paired_ratio, report_head
 from .peers import measure, peer_recipes, save_npz
 from .session import bench_session, write_report
 
@@ -148,7 +148,9 @@ def bench_model(name: str, batch: int, args, threads: int, work: Path, reliabili
     best_peer = faster_peer(ms)
     return {"model": label, "batch": batch, "ms": ms, "configs": {k: t.config for k, t in best.items()},
             "samples_ms": {k: t.samples_ms for k, t in timings.items()},
-            "best_peer": best_peer, "ratio": ms[best_peer] / ms["ours"] if best_peer else None,
+            "best_peer": best_peer, "ratio": paired_ratio(best[best_peer], best["ours"]) if best_peer else None,
+            "ratio_fp16u": (paired_ratio(best[best_peer], best["ours-fp16u"])
+                            if best_peer and "ours-fp16u" in best else None),
             "images_per_s": {k: batch * 1e3 / v for k, v in ms.items()}, **compiled}
 
 
@@ -163,7 +165,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         cells = [f"{r['ms'][c]:.2f}" if c in r["ms"] else "-" for c in comps]
         ratio = "-" if r["ratio"] is None else f"**{r['ratio']:.2f}x** ({r['best_peer']})"
         if r["best_peer"] and "ours-fp16u" in r["ms"]:  # the opt-in fp16 U beside the default
-            ratio += f"; fp16 U {r['ms'][r['best_peer']] / r['ms']['ours-fp16u']:.2f}x"
+            ratio += f"; fp16 U {r['ratio_fp16u']:.2f}x"
         lines.append(f"| {r['model']} | {r['batch']} | " + " | ".join(cells)
                      + f" | {ratio} | {r['images_per_s']['ours']:.1f} | {r['winograd_layers']}/{r['conv_layers']}"
                      + f" | {r['compile_s']:.0f} |")

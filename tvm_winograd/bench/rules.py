@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from .harness import best_of_groups
+from .harness import best_of_groups, paired_ratio
 from .models import OUTPUT_TOLERANCE, faster_peer
 from .peers import measure, peer_recipes, save_npz
 from .roofline import op_limit
@@ -236,7 +236,7 @@ def bench_case(case: RuleCase, args, threads: int, work: Path, probe) -> dict:
     function_ms = main["share"] * ms["ours"]  # its share of the instrumented calls, of the alternating median
     limit = op_limit(case.macs, main["arg_bytes"], probe)
     return {"case": case.name, "family": case.family, "ms": ms, "best_peer": best_peer,
-            "ratio": ms[best_peer] / ms["ours"] if best_peer else None,
+            "ratio": paired_ratio(best[best_peer], best["ours"]) if best_peer else None,
             "function": main["symbol"], "scheduled_by": by.get(main["symbol"], "?"), "function_ms": function_ms,
             "others_ms": ms["ours"] - function_ms,
             "limit_ms": limit.ms, "bound": limit.bound, "bytes": limit.bytes_moved, "macs": case.macs,
