@@ -18,6 +18,8 @@ import tvm
 from tvm import tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
+from .schedule.common import with_body
+
 __all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "stack_local_tiles"]
 
 #: The registered name of the pipeline: :func:`build_tir` passes it; a Relax build passes it as
@@ -67,14 +69,7 @@ def _rewrite(stmt: tirx.Stmt, budget: _Budget) -> tirx.Stmt:
         return tirx.IfThenElse(stmt.condition, then_case, else_case)
     if isinstance(stmt, (tirx.For, tirx.AttrStmt, tirx.While)):
         body = _rewrite(stmt.body, budget)
-        if body.same_as(stmt.body):
-            return stmt
-        if isinstance(stmt, tirx.For):
-            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-                            stmt.annotations, stmt.step)
-        if isinstance(stmt, tirx.AttrStmt):
-            return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
-        return tirx.While(stmt.condition, body)
+        return stmt if body.same_as(stmt.body) else with_body(stmt, body)
     return stmt  # a leaf (store, evaluate, declaration): holds no allocation
 
 

@@ -67,12 +67,16 @@ def body_of(stmt):
 
 
 def with_body(stmt, body):
-    """``stmt`` (a ``For``, ``SBlockRealize`` or ``SBlock``) with ``body`` in place of :func:`body_of`.
-    TVM 0.27 exposes no statement mutator to Python: what rewrites a scheduled function rebuilds the
-    path down to what it changes with this."""
+    """``stmt`` (a ``For``, ``SBlockRealize``, ``SBlock``, ``AttrStmt`` or ``While``) with ``body`` in
+    place of its own. TVM 0.27 exposes no statement mutator to Python: what rewrites a function rebuilds
+    the path down to what it changes with this."""
     if isinstance(stmt, tirx.For):
         return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
                         stmt.annotations, stmt.step)
+    if isinstance(stmt, tirx.AttrStmt):
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
+    if isinstance(stmt, tirx.While):
+        return tirx.While(stmt.condition, body)
     if isinstance(stmt, s_tir.SBlockRealize):
         return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, body)
     if isinstance(stmt, s_tir.SBlock):
