@@ -106,7 +106,7 @@ def test_scheduled_direct_matches_float64(signed, caplog, input_nchw, k, r, padd
         assert any(f"T.vectorized({v})" in script for v in (4, 8, 16)), script
         # a partial last tile is peeled by LoopPartition (no guard inside the reduction loop)
         tile = (depthwise_tile(k, spec.out_width) if groups == k == c and groups > 1
-                else direct_tile(k, spec.out_width, group_channels=k // groups if groups > 1 else None))
+                else direct_tile(k, spec.out_width, group_channels=k // groups if groups > 1 else None, wide=True))
         assert (PARTITION_HINT in script) == (spec.out_width % tile[2] != 0), script
 
     x = signed(x_shape)
@@ -172,6 +172,18 @@ def test_rows_outside_or_inside_the_channel_blocks_agree(monkeypatch, signed, in
 ])
 def test_direct_tile(k, width, expected):
     assert direct_tile(k, width) == expected
+
+
+@pytest.mark.parametrize("k, width, expected", [
+    (64, 112, (16, 2, 14)),  # 2 vectors x 14 columns: 28 accumulators, the columns outside the vectors
+    (512, 7, (16, 2, 7)),    # no wider divisor: the 2 x 7 tile
+    (48, 28, (16, 1, 14)),   # one vector: as narrow
+    (32, 13, (16, 2, 13)),
+    (32, 17, (16, 2, 14)),   # a full wide tile and a peeled tail
+    (24, 56, (8, 1, 14)),    # 8-channel vectors: as narrow
+])
+def test_wide_direct_tile(k, width, expected):
+    assert direct_tile(k, width, wide=True) == expected
 
 
 @pytest.mark.parametrize("k, width, group_channels, expected", [

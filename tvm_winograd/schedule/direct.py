@@ -72,9 +72,19 @@ __all__ = ["schedule_direct_llvm", "schedule_direct_simple", "direct_tile", "dep
 
 logger = logging.getLogger(__name__)
 
-#: Accumulators a tile may hold. AVX-512 has 32 zmm registers, but LLVM hoists the broadcasts of
-#: the unrolled window and spills beyond about 14 accumulators (measured: 2 x 7 beats 2 x 8 by 2x, 2 x 14 by 5x).
+#: Accumulators a tile may hold with the channel vectors outside the columns in the reduction step. AVX-512
+#: has 32 zmm registers, but LLVM then keeps every column's broadcast live and spills beyond about 14
+#: accumulators (measured: 2 x 7 beats 2 x 8 by 2x, 2 x 14 by 5x); see :data:`WIDE_ACC_REGISTERS`.
 ACC_REGISTERS = 14
+
+#: Accumulators of the wide tile of a dense convolution whose weights are not streamed: two channel
+#: vectors x up to 14 columns, with the columns outside the channel vectors in the reduction step (each
+#: broadcast input feeds both vectors at once; the kernel then needs 28 accumulators, 2 weight vectors
+#: and 1-2 broadcasts, and LLVM keeps them all in registers). Measured on an Intel Ice Lake (2 threads,
+#: hot, against the 2 x 7 tile): 1x1 convs at 14-56 columns 1.04-1.16x, stride-2 3x3 1.08-1.10x, the
+#: 7x7 stem 1.09x; in the models (one process, alternating) DenseNet-121 1.03x, ResNet-50 1.03x, ResNet-18
+#: 1.01x. With the streamed weights it lost (0.93x), which keeps the 2 x 7 tile.
+WIDE_ACC_REGISTERS = 28
 
 #: Output columns of a depthwise tile: its accumulators, the row's ``w_tile + s - 1`` input vectors
 #: and the row's weights share the 32 registers.
@@ -119,7 +129,7 @@ def _layout(func: tirx.PrimFunc) -> str:
 
 
 def direct_tile(out_channels: int, out_width: int, lanes: int = 16,
-                group_channels: int | None = None) -> tuple[int, int, int] | None:
+                group_channels: int | None = None, wide: bool = False) -> tuple[int, int, int] | None:
     """The register tile ``(vector, k_vectors, w_tile)`` for ``out_channels`` x ``out_width``.
 
     ``vector`` output channels per register (``lanes``, else 8 or 4), ``k_vectors`` registers along
@@ -128,6 +138,8 @@ def direct_tile(out_channels: int, out_width: int, lanes: int = 16,
     Measured on Zen 5 (AVX-512): larger tiles (2 x 14, 4 x 7) make LLVM spill accumulators and run
     2-5x slower. ``group_channels`` (a grouped convolution's output channels per group): the
     vector must lie within one group, so that each lane reads the same input channel (a broadcast).
+    ``wide``: a dense convolution whose weights are not streamed takes two ``lanes``-wide vectors x up
+    to 14 columns, with the columns outside the vectors in the reduction step (:data:`WIDE_ACC_REGISTERS`).
     ``None`` if no vector of 4 or more fits.
     """
     vector = _channel_vector(out_channels if group_channels is None else math.gcd(out_channels, group_channels),
@@ -135,8 +147,10 @@ def direct_tile(out_channels: int, out_width: int, lanes: int = 16,
     if vector is None:
         return None
     k_vectors = 2 if (out_channels // vector) % 2 == 0 else 1
-    cap = ACC_REGISTERS // k_vectors
-    return vector, k_vectors, _width_tile(out_width, cap)
+    w_tile = _width_tile(out_width, ACC_REGISTERS // k_vectors)
+    if wide and group_channels is None and vector == lanes and k_vectors == 2:
+        w_tile = max(w_tile, _width_tile(out_width, WIDE_ACC_REGISTERS // k_vectors))
+    return vector, k_vectors, w_tile
 
 
 def depthwise_tile(channels: int, out_width: int, lanes: int = 16) -> tuple[int, int, int] | None:
@@ -226,6 +240,7 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
     conv, groups, depthwise = _conv_block(sch, blocks, layout)
     out_shape = [int(sch.get(loop).extent) for loop in sch.get_loops(conv)[:4]]
     out_channels, out_width = (out_shape[1], out_shape[3]) if nchw else (out_shape[3], out_shape[2])
+    chosen = tile is None
     if tile is None:
         tile = depthwise_tile(out_channels, out_width, lanes) if depthwise else direct_tile(
             out_channels, out_width, lanes, out_channels // groups if groups > 1 else None)
@@ -238,6 +253,8 @@ def _schedule_register_tiled(func: tirx.PrimFunc, lanes: int, tile: tuple[int, i
     pad = next((blocks[n] for n in _PAD_BLOCKS if n in blocks), None)
     streamed = (not nchw and groups == 1 and pack_weight and tile[0] == lanes
                 and _streams_weights(sch, conv, tile, cores))
+    if chosen and groups == 1 and not depthwise and not streamed:
+        tile = direct_tile(out_channels, out_width, lanes, wide=True)
     task_pad = pad if groups > 1 and pad is not None and not _is_copy(sch, pad) else None
     pack = _prepare_operands(sch, conv, None if task_pad is not None else pad, nchw, pack_weight, tile[0])
     if streamed:
@@ -320,14 +337,16 @@ def _tile_accumulate(sch: s_tir.Schedule, conv, epilogue, nchw: bool, tile: tupl
     k_loop, h_loop, w_loop = (a, b, c) if nchw else (c, a, b)
     ko, kt, ki, wo, wi = _split_tile(sch, k_loop, w_loop, tile)
     rc, ry, rx = loops[4:] if nchw else (loops[6], loops[4], loops[5])
+    # a wide tile broadcasts each column's input once for both channel vectors (see WIDE_ACC_REGISTERS)
+    step = (wi, kt) if tile[1] * tile[2] > ACC_REGISTERS else (kt, wi)
     if depthwise:
         sch.reorder(n, ko, h_loop, wo, ry, rc, rx, kt, wi, ki)
         sch.unroll(rx)
     elif task_pad is None and _weight_bytes(sch, conv) <= ROWS_OUTER_MAX_WEIGHT_BYTES:
-        sch.reorder(n, h_loop, ko, wo, ry, rx, rc, kt, wi, ki)
+        sch.reorder(n, h_loop, ko, wo, ry, rx, rc, *step, ki)
         ko, h_loop = h_loop, ko  # the task is (image, row, channel block): fused in that order below
     else:
-        sch.reorder(n, ko, h_loop, wo, ry, rx, rc, kt, wi, ki)
+        sch.reorder(n, ko, h_loop, wo, ry, rx, rc, *step, ki)
     if task_pad is not None:
         _pad_per_task(sch, task_pad, n, ko, h_loop, cores)
     else:
