@@ -15,12 +15,11 @@ layers of VGG-16 and ResNet-18 1.05-1.26x faster, whole models up to 1.23x, outp
 from __future__ import annotations
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
-from .schedule.common import with_body
-
-__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "stack_local_tiles"]
+__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "stack_local_tiles",
+           "with_body"]
 
 #: The registered name of the pipeline: :func:`build_tir` passes it; a Relax build passes it as
 #: ``tvm.compile(..., tir_pipeline=TIR_PIPELINE)``.
@@ -47,6 +46,25 @@ def _constant_bytes(buffer: tirx.Buffer) -> int | None:
 class _Budget:
     def __init__(self) -> None:
         self.left = STACK_FUNCTION_BYTES
+
+
+def with_body(stmt, body):
+    """``stmt`` (a ``For``, ``SBlockRealize``, ``SBlock``, ``AttrStmt`` or ``While``) with ``body`` in
+    place of its own. TVM 0.27 exposes no statement mutator to Python: what rewrites a function rebuilds
+    the path down to what it changes with this."""
+    if isinstance(stmt, tirx.For):
+        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
+                        stmt.annotations, stmt.step)
+    if isinstance(stmt, tirx.AttrStmt):
+        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
+    if isinstance(stmt, tirx.While):
+        return tirx.While(stmt.condition, body)
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, body)
+    if isinstance(stmt, s_tir.SBlock):
+        return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
+                            stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+    raise TypeError(f"{type(stmt).__name__} has no body to replace")
 
 
 def _rewrite(stmt: tirx.Stmt, budget: _Budget) -> tirx.Stmt:

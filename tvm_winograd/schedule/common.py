@@ -5,6 +5,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from ..contract import CONSTANT_MATRICES, DATA_PAD, INPUT_TILE
+from ..lowering import with_body
 
 __all__ = ["UNROLL_BUDGET", "root_blocks", "inline_constants", "vector_split", "unroll_within",
            "schedule_inverse_simple", "body_of", "with_body"]
@@ -64,22 +65,3 @@ def schedule_inverse_simple(sch: s_tir.Schedule, block, layout: str) -> None:
 def body_of(stmt):
     """The statement inside a ``For`` or an ``SBlock`` (its body) or an ``SBlockRealize`` (its block)."""
     return stmt.block if isinstance(stmt, s_tir.SBlockRealize) else stmt.body
-
-
-def with_body(stmt, body):
-    """``stmt`` (a ``For``, ``SBlockRealize``, ``SBlock``, ``AttrStmt`` or ``While``) with ``body`` in
-    place of its own. TVM 0.27 exposes no statement mutator to Python: what rewrites a function rebuilds
-    the path down to what it changes with this."""
-    if isinstance(stmt, tirx.For):
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-                        stmt.annotations, stmt.step)
-    if isinstance(stmt, tirx.AttrStmt):
-        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body)
-    if isinstance(stmt, tirx.While):
-        return tirx.While(stmt.condition, body)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, body)
-    if isinstance(stmt, s_tir.SBlock):
-        return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, stmt.init,
-                            stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
-    raise TypeError(f"{type(stmt).__name__} has no body to replace")
