@@ -18,8 +18,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.tirx.compilation_pipeline import get_tir_pipeline, register_tir_pipeline
 
-__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "stack_local_tiles",
-           "with_body"]
+__all__ = ["TIR_PIPELINE", "STACK_TILE_BYTES", "STACK_FUNCTION_BYTES", "build_tir", "constant_bytes",
+           "stack_local_tiles", "with_body"]
 
 #: The registered name of the pipeline: :func:`build_tir` passes it; a Relax build passes it as
 #: ``tvm.compile(..., tir_pipeline=TIR_PIPELINE)``.
@@ -33,7 +33,8 @@ STACK_FUNCTION_BYTES = 64 * 1024
 _KEEP = "disable_lower_builtin"  # tirx::transform::kDisableLowerTVMBuiltin
 
 
-def _constant_bytes(buffer: tirx.Buffer) -> int | None:
+def constant_bytes(buffer: tirx.Buffer) -> int | None:
+    """Bytes of ``buffer``; None where its shape is not constant."""
     size = 1
     for extent in buffer.shape:
         if not isinstance(extent, tirx.IntImm):
@@ -70,7 +71,7 @@ def with_body(stmt, body):
 def _rewrite(stmt: tirx.Stmt, budget: _Budget) -> tirx.Stmt:
     """``stmt`` with its eligible ``AllocBuffer`` s annotated (rebuilt only along changed paths)."""
     if isinstance(stmt, tirx.AllocBuffer):
-        nbytes = _constant_bytes(stmt.buffer)
+        nbytes = constant_bytes(stmt.buffer)
         if (str(stmt.buffer.scope()) != "local" or _KEEP in stmt.annotations or nbytes is None
                 or nbytes > STACK_TILE_BYTES or nbytes > budget.left):
             return stmt

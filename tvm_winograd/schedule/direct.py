@@ -61,10 +61,10 @@ import math
 from typing import Sequence
 
 import tvm
-import tvm_ffi
 from tvm import relax, s_tir, tirx
 
 from ..contract import DATA_PAD, DIRECT_EPILOGUE, LAYOUT_REWRITE_PREPROC, WEIGHT_PAD, layout_of
+from ..lowering import constant_bytes
 from .common import body_of, root_blocks, with_body
 from .llvm.base import TASKS_PER_CORE
 
@@ -277,8 +277,7 @@ def _streams_weights(sch: s_tir.Schedule, conv, tile: tuple[int, int, int], core
 
 def _weight_bytes(sch: s_tir.Schedule, conv) -> int:
     """Bytes of the weight the convolution block reads (packed or not)."""
-    weight = sch.get(conv).reads[1].source
-    return math.prod(int(d) for d in weight.shape) * tvm_ffi.dtype(str(weight.dtype)).bits // 8
+    return constant_bytes(sch.get(conv).reads[1].source)
 
 
 def _prepare_operands(sch: s_tir.Schedule, conv, pad, nchw: bool, pack_weight: bool, vector: int):
